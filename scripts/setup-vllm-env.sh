@@ -43,7 +43,7 @@ if [[ -n "${SLURM_LLM_TORCH_INDEX:-}" ]]; then
 fi
 log "installing torch==$TORCH_VERSION (CPU)"
 "${PIP[@]}" install "${TORCH_INDEX_ARGS[@]}" "torch==$TORCH_VERSION" || die "installing torch failed"
-"$ENV_DIR/bin/python" - <<'EOF' || die "the installed torch is not a CPU build"
+"$ENV_DIR/bin/python" -W ignore - <<'EOF' || die "the installed torch is not a CPU build"
 import sys, torch
 if torch.version.cuda is not None:
     sys.exit(f"torch {torch.__version__} is a CUDA build")

@@ -1,0 +1,96 @@
+"""Which submitit executor runs replicas, and the job options a spec turns into.
+
+SLURM when the cluster answers, submitit's local executor otherwise: the same launcher runs in
+both, so a laptop and a cluster differ only here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+import submitit
+
+from slurm_llm._errors import DeploymentError
+from slurm_llm._spec import ModelSpec
+
+ExecutorKind = Literal["local", "slurm"]
+DEFAULT_TIME_LIMIT_MIN = 240
+# USR2 this long before the wall-time, so the launcher can checkpoint and SLURM requeue it.
+SIGNAL_DELAY_S = 120
+
+
+def slurm_available() -> bool:
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    try:
+        probe = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def resolve_kind(kind: str) -> ExecutorKind:
+    """``auto`` picks SLURM when its commands answer; asking for SLURM without it is an error."""
+    if kind == "local":
+        return "local"
+    if kind == "slurm":
+        if not slurm_available():
+            raise DeploymentError(
+                "executor='slurm' but sbatch/sinfo are missing or the controller does not answer; "
+                "run on a login node, start a local cluster (slurm-llm cluster up), or use "
+                "executor='local'"
+            )
+        return "slurm"
+    if kind == "auto":
+        return "slurm" if slurm_available() else "local"
+    raise DeploymentError(f"unknown executor {kind!r}; use 'auto', 'local' or 'slurm'")
+
+
+def time_limit_min(spec: ModelSpec) -> int:
+    return spec.slurm.time_limit_min or DEFAULT_TIME_LIMIT_MIN
+
+
+def slurm_parameters(spec: ModelSpec, job_name: str) -> dict[str, Any]:
+    """submitit ``SlurmExecutor`` parameters: one line of sbatch each."""
+    options = spec.slurm
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "cpus_per_task": spec.cpus,
+        "mem": f"{spec.memory_gb}GB",
+        "time": time_limit_min(spec),
+        "signal_delay_s": SIGNAL_DELAY_S,
+        "stderr_to_stdout": True,
+    }
+    if spec.gpus:
+        params["gres"] = f"gpu:{spec.gpus}"
+    for field in ("partition", "account", "qos", "constraint", "nodelist", "exclude"):
+        if (value := getattr(options, field)) is not None:
+            params[field] = value
+    if options.extra:
+        params["additional_parameters"] = dict(options.extra)
+    return params
+
+
+def local_parameters(spec: ModelSpec, replica: int) -> dict[str, Any]:
+    """submitit ``LocalExecutor`` parameters; replica ``i`` gets its own slice of the GPUs."""
+    gpus = spec.gpus
+    return {
+        "timeout_min": time_limit_min(spec),
+        "signal_delay_s": SIGNAL_DELAY_S,
+        "gpus_per_node": gpus,
+        "visible_gpus": tuple(range(replica * gpus, (replica + 1) * gpus)),
+        "stderr_to_stdout": True,
+    }
+
+
+def make_executor(kind: ExecutorKind, folder: Path) -> submitit.Executor:
+    """A fresh folder per submission batch: job ids restart after a cluster's state is wiped,
+    and a reused folder would then hand back an old job's result."""
+    if kind == "slurm":
+        return submitit.SlurmExecutor(folder=folder, max_num_timeout=100)
+    return submitit.LocalExecutor(folder=folder, max_num_timeout=100)

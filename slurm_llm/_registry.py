@@ -1,0 +1,139 @@
+"""The endpoint registry: one JSON record per ready replica, on a filesystem every node shares.
+
+This is the paper's "hosts file", made safe: a record is written to a temporary file and renamed
+into place, so a reader sees the old record, the new one, or none, never half of one. A record can
+outlive its replica (a node dies, a job is killed with SIGKILL), so readers judge staleness from a
+heartbeat the launcher refreshes, the launcher's pid when it runs on the reader's host, and the
+job's wall-time deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+HEARTBEAT_INTERVAL_S = 5.0
+HEARTBEAT_TIMEOUT_S = 30.0
+
+
+class EndpointRecord(BaseModel):
+    """One ready replica: where it answers, what it serves, and which job owns it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    deployment: str
+    replica: int
+    model: str
+    engine: str
+    url: str
+    node: str
+    job_id: str
+    launcher_pid: int
+    engine_pid: int
+    gpus: list[str]
+    started: float
+    ready: float
+    heartbeat: float
+    deadline: float | None = None
+    log_path: str | None = None
+
+
+class Registry:
+    """Records under ``root/<deployment>/<replica>.json``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path_for(self, deployment: str, replica: int) -> Path:
+        return self.root / deployment / f"{replica}.json"
+
+    def publish(self, record: EndpointRecord) -> None:
+        path = self.path_for(record.deployment, record.replica)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(record.model_dump_json())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
+
+    def withdraw(self, deployment: str, replica: int, job_id: str) -> bool:
+        """Removes the record if ``job_id`` still owns it; a successor's record is left alone."""
+        path = self.path_for(deployment, replica)
+        current = _read(path)
+        if current is None or current.job_id != job_id:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        _fsync_dir(path.parent)
+        return True
+
+    def all_records(self, deployment: str | None = None) -> list[EndpointRecord]:
+        """Every readable record, stale ones included, ordered by deployment and replica."""
+        folders = [self.root / deployment] if deployment else sorted(self.root.glob("*"))
+        found = [_read(path) for folder in folders for path in _record_files(folder)]
+        return sorted(
+            (record for record in found if record is not None),
+            key=lambda r: (r.deployment, r.replica),
+        )
+
+    def records(self, deployment: str | None = None) -> list[EndpointRecord]:
+        """Records that are not stale: what clients and routers should use."""
+        now = time.time()
+        return [r for r in self.all_records(deployment) if stale_reason(r, now) is None]
+
+
+def stale_reason(record: EndpointRecord, now: float | None = None) -> str | None:
+    """Why a record must not be trusted any more, or None while it is live."""
+    now = time.time() if now is None else now
+    if now - record.heartbeat > HEARTBEAT_TIMEOUT_S:
+        return f"no heartbeat for {now - record.heartbeat:.0f} s"
+    if record.deadline is not None and now > record.deadline:
+        return "the job's wall-time deadline has passed"
+    if record.node == socket.gethostname() and not pid_alive(record.launcher_pid):
+        return f"launcher process {record.launcher_pid} is gone"
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _record_files(folder: Path) -> Iterator[Path]:
+    if folder.is_dir():
+        yield from sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
+
+
+def _read(path: Path) -> EndpointRecord | None:
+    try:
+        return EndpointRecord.model_validate_json(path.read_bytes())
+    except (FileNotFoundError, ValidationError):
+        return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Makes a rename or unlink durable, so a crash cannot resurrect or lose a record."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

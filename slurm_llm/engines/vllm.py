@@ -1,0 +1,38 @@
+"""vLLM's OpenAI-compatible server, CUDA or CPU build: ``vllm serve``."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from slurm_llm._spec import ModelSpec
+from slurm_llm.engines._base import Engine, LaunchContext
+
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+class VLLMEngine(Engine):
+    name: ClassVar[str] = "vllm"
+    executable_name: ClassVar[str] = "vllm"
+
+    def arguments(self, spec: ModelSpec, ctx: LaunchContext) -> list[str]:
+        args = [
+            "serve", ctx.model_path,
+            "--served-model-name", spec.name,
+            "--host", ctx.host,
+            "--port", str(ctx.port),
+            "--tensor-parallel-size", str(max(len(ctx.gpus), 1)),
+            "--max-model-len", str(spec.context_length),
+            "--max-num-seqs", str(spec.max_concurrent_requests),
+            "--dtype", _DTYPES.get(spec.precision, "auto"),
+        ]  # fmt: skip
+        if spec.quantization:
+            args += ["--quantization", spec.quantization]
+        return args
+
+    def environment(self, spec: ModelSpec, ctx: LaunchContext) -> dict[str, str]:
+        # VLLM_HOST_IP keeps vLLM's internal sockets on the address we serve from.
+        env = {"VLLM_HOST_IP": ctx.host, "VLLM_NO_USAGE_STATS": "1"}
+        if spec.device == "cpu":
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, (spec.memory_gb - 2) // 2))
+            env["OMP_NUM_THREADS"] = str(ctx.cpus)
+        return {**env, **super().environment(spec, ctx)}
