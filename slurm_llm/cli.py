@@ -86,8 +86,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_presets(args: argparse.Namespace) -> int:
     table = Table(title="Presets (copy a file from launchers/ to edit it)")
-    for column in ("preset", "engine", "device", "GPUs/replica", "CPUs", "memory", "model"):
+    table.add_column("preset", no_wrap=True)
+    for column in ("engine", "device", "GPUs", "CPUs", "memory"):
         table.add_column(column)
+    table.add_column("model", overflow="fold")
     for name, path in preset_files().items():
         spec = ModelSpec.from_file(path)
         table.add_row(name, spec.engine, spec.device, str(spec.gpus), str(spec.cpus),
