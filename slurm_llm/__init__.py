@@ -1,8 +1,8 @@
 """Serve large language models on a SLURM cluster (or this machine) from a few lines of Python.
 
-    from slurm_llm import ModelSpec, deploy
-    with deploy(ModelSpec.preset("smollm2-135m"), replicas=2) as d:
-        print(d.endpoints)
+from slurm_llm import ModelSpec, deploy
+with deploy(ModelSpec.preset("smollm2-135m"), replicas=2) as d:
+    print(d.endpoints)
 """
 
 from slurm_llm._deployment import Deployment, ReplicaStatus, attach, deploy, list_deployments

@@ -1,4 +1,4 @@
-"""The embedded default: two SmolLM2 replicas on this machine, a few real chat requests, a clean stop.
+"""The embedded default: two SmolLM2 replicas here, a few real chat requests, a clean stop.
 
 It is what ``slurm-llm demo`` runs and what the README's first command ends in, so it checks what
 a new user would: that the deployment becomes ready, that both replicas answer (one request
@@ -79,7 +79,9 @@ async def ask_streamed(
             if content := delta.get("content"):
                 first = first if first is not None else time.perf_counter() - start
                 pieces.append(content)
-    return Answer(question, url, "".join(pieces), True, time.perf_counter() - start, first, len(pieces))
+    return Answer(
+        question, url, "".join(pieces), True, time.perf_counter() - start, first, len(pieces)
+    )
 
 
 async def ask_all(endpoints: list[str], model: str) -> list[Answer]:
@@ -96,7 +98,9 @@ async def ask_all(endpoints: list[str], model: str) -> list[Answer]:
 def run_demo(replicas: int = 2, executor: str = "local", console: Console | None = None) -> None:
     console = console or Console()
     spec = ModelSpec.preset("smollm2-135m")
-    console.print(f"[bold]Deploying[/] {spec.name} ({spec.engine}, {replicas} replicas, {executor})")
+    console.print(
+        f"[bold]Deploying[/] {spec.name} ({spec.engine}, {replicas} replicas, {executor})"
+    )
     started = time.perf_counter()
     with deploy(spec, replicas=replicas, executor=executor) as deployment:
         ready_s = time.perf_counter() - started
@@ -125,4 +129,6 @@ def run_demo(replicas: int = 2, executor: str = "local", console: Console | None
     leftovers += [f"engine pid {pid}" for pid in engine_pids if pid_alive(pid)]
     if leftovers:
         raise RuntimeError(f"still running after stop: {', '.join(leftovers)}")
-    console.print(f"Stopped cleanly; no replica left running. Total {time.perf_counter() - started:.1f} s.")
+    console.print(
+        f"Stopped cleanly; no replica left running. Total {time.perf_counter() - started:.1f} s."
+    )

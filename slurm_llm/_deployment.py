@@ -79,20 +79,28 @@ class ReplicaJob:
         """SLURM's state name; for local jobs RUNNING until the controller process is gone."""
         if self.kind == "slurm":
             return str(self.job.state)
-        if getattr(self.job, "_process", None) is not None:
-            return "RUNNING" if self.job._process.poll() is None else "FINISHED"
+        if (process := getattr(self.job, "_process", None)) is not None:
+            return "RUNNING" if process.poll() is None else "FINISHED"
         return "RUNNING" if _local_controller_alive(self.job_id) else "FINISHED"
 
     def finished(self) -> bool:
-        return self.scheduler_state() not in ("RUNNING", "PENDING", "REQUEUED", "CONFIGURING",
-                                              "COMPLETING", "RESIZING", "SUSPENDED", "UNKNOWN")
+        return self.scheduler_state() not in (
+            "RUNNING",
+            "PENDING",
+            "REQUEUED",
+            "CONFIGURING",
+            "COMPLETING",
+            "RESIZING",
+            "SUSPENDED",
+            "UNKNOWN",
+        )
 
     def failure_reason(self) -> str:
         if self.job.paths.result_pickle.exists():
             with contextlib.suppress(Exception):
                 error = self.job.exception()
                 if error is not None:
-                    return _last_exception_line(str(error))
+                    return _job_error_message(str(error))
         return f"job ended ({self.scheduler_state()}); log tail:\n{self.log_tail()}"
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
@@ -158,22 +166,41 @@ class Deployment:
             record = ready.get(index)
             if record is not None:
                 statuses.append(
-                    ReplicaStatus(index, job.job_id, "ready", record.url, record.node,
-                                  log_path=str(job.log_path))
+                    ReplicaStatus(
+                        index,
+                        job.job_id,
+                        "ready",
+                        record.url,
+                        record.node,
+                        log_path=str(job.log_path),
+                    )
                 )
                 continue
             state = job.scheduler_state()
             if state == "PENDING":
-                statuses.append(ReplicaStatus(index, job.job_id, "pending", log_path=str(job.log_path)))
+                statuses.append(
+                    ReplicaStatus(index, job.job_id, "pending", log_path=str(job.log_path))
+                )
             elif not job.finished():
-                statuses.append(ReplicaStatus(index, job.job_id, "starting", log_path=str(job.log_path)))
+                statuses.append(
+                    ReplicaStatus(index, job.job_id, "starting", log_path=str(job.log_path))
+                )
             elif state in ("CANCELLED", "INTERRUPTED") or state.startswith("CANCELLED"):
-                statuses.append(ReplicaStatus(index, job.job_id, "stopped", reason=state,
-                                              log_path=str(job.log_path)))
+                statuses.append(
+                    ReplicaStatus(
+                        index, job.job_id, "stopped", reason=state, log_path=str(job.log_path)
+                    )
+                )
             else:
-                statuses.append(ReplicaStatus(index, job.job_id, "failed",
-                                              reason=job.failure_reason(),
-                                              log_path=str(job.log_path)))
+                statuses.append(
+                    ReplicaStatus(
+                        index,
+                        job.job_id,
+                        "failed",
+                        reason=job.failure_reason(),
+                        log_path=str(job.log_path),
+                    )
+                )
         return statuses
 
     def wait_ready(self, timeout: float | None = None, progress: bool = True) -> Deployment:
@@ -199,9 +226,10 @@ class Deployment:
                 if counts["ready"] == len(statuses):
                     return self
                 if deadline is not None and time.monotonic() > deadline:
+                    waiting = ", ".join(str(s.log_path) for s in statuses if s.state != "ready")
                     raise DeploymentError(
                         f"deployment {self.name!r} not ready after {timeout:.0f} s: {detail}; "
-                        f"logs: {', '.join(str(s.log_path) for s in statuses if s.state != 'ready')}"
+                        f"logs: {waiting}"
                     )
                 time.sleep(0.05)
 
@@ -213,8 +241,13 @@ class Deployment:
         if replicas > len(current):
             start = current[-1] + 1 if current else 0
             self.jobs.update(
-                _submit(self.spec, self.name, self.kind, range(start, start + replicas - len(current)),
-                        self._home)
+                _submit(
+                    self.spec,
+                    self.name,
+                    self.kind,
+                    range(start, start + replicas - len(current)),
+                    self._home,
+                )
             )
         else:
             doomed = {index: self.jobs.pop(index) for index in current[replicas:]}
@@ -337,13 +370,20 @@ def _submit(
     indices = list(indices)
     if not indices:
         return {}
-    folder = deployments_dir(home) / name / "jobs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    folder = (
+        deployments_dir(home)
+        / name
+        / "jobs"
+        / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    )
     launcher = ReplicaLauncher(spec.resolved(), name, registry_dir(home))
     executor = make_executor(kind, folder)
     if kind == "slurm":
         executor.update_parameters(**slurm_parameters(spec, f"slurm-llm-{name}"))
         jobs = executor.map_array(launcher, indices)
-        return {index: ReplicaJob(kind, folder, job) for index, job in zip(indices, jobs, strict=True)}
+        return {
+            index: ReplicaJob(kind, folder, job) for index, job in zip(indices, jobs, strict=True)
+        }
     submitted = {}
     for index in indices:  # one submission each: replicas must not share GPUs
         executor.update_parameters(**local_parameters(spec, index))
@@ -390,9 +430,17 @@ def _local_controller_alive(pid: str) -> bool:
     return b"submitit.local._local" in cmdline and pid_alive(int(pid))
 
 
-def _last_exception_line(text: str) -> str:
+def _job_error_message(text: str) -> str:
+    """Our own error's message out of submitit's traceback text, else the traceback's tail."""
+    start = text.rfind(_OWN_ERRORS)
+    if start >= 0:
+        message = text[start + len(_OWN_ERRORS) :].split("\n----------------------", maxsplit=1)[0]
+        return message.strip()
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return "\n".join(lines[-LOG_TAIL_LINES:]) if lines else text
+
+
+_OWN_ERRORS = "slurm_llm._errors."
 
 
 def _describe_failures(name: str, broken: list[ReplicaStatus]) -> str:

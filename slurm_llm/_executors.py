@@ -26,7 +26,9 @@ def slurm_available() -> bool:
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
         return False
     try:
-        probe = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=15)
+        probe = subprocess.run(
+            ["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=15, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return probe.returncode == 0

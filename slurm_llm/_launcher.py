@@ -54,7 +54,9 @@ class JobInfo:
             env = submitit.JobEnvironment()
             return cls(str(env.job_id), socket.gethostname(), str(env.paths.stdout))
         except RuntimeError:  # called outside submitit, e.g. by hand on a node
-            return cls(os.environ.get("SLURM_JOB_ID", f"pid{os.getpid()}"), socket.gethostname(), None)
+            return cls(
+                os.environ.get("SLURM_JOB_ID", f"pid{os.getpid()}"), socket.gethostname(), None
+            )
 
 
 def serving_host() -> str:
@@ -95,7 +97,7 @@ class EngineProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (only async-signal-safe prctl runs)
         )
         self._pump = threading.Thread(target=self._copy_log, daemon=True)
         self._pump.start()
@@ -136,7 +138,7 @@ class EngineProcess:
         self.lease.release()
 
 
-class ReplicaLauncher(submitit.helpers.Checkpointable):  # type: ignore[misc]
+class ReplicaLauncher(submitit.helpers.Checkpointable):
     """Runs one replica of ``spec`` for ``deployment``; submitted once per replica index."""
 
     def __init__(self, spec: ModelSpec, deployment: str, registry_root: str | Path) -> None:
@@ -186,38 +188,18 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):  # type: ignore[misc]
             self._engine = EngineProcess(
                 engine.command(spec, ctx), engine.environment(spec, ctx), lease
             )
-            self._wait_ready(engine, ctx)
-            self._record = EndpointRecord(
-                deployment=self.deployment,
-                replica=replica,
-                model=spec.name,
-                engine=spec.engine,
-                url=ctx.url,
-                node=job.node,
-                job_id=job.job_id,
-                launcher_pid=os.getpid(),
-                engine_pid=self._engine.pid,
-                gpus=list(gpus),
-                started=started,
-                ready=time.time(),
-                heartbeat=time.time(),
-                deadline=job_deadline(started, spec),
-                log_path=job.log_path,
-            )
-            registry.publish(self._record)
-            print(
-                f"[slurm-llm] replica {replica} ready at {ctx.url} "
-                f"after {self._record.ready - started:.2f} s",
-                flush=True,
-            )
-            exit_code = self._supervise(registry)
+            exit_code = self._wait_ready(engine, ctx)
+            was_ready = exit_code is None
+            if exit_code is None:
+                exit_code = self._publish_and_supervise(registry, replica, job, ctx, started)
             crashes += 1
-            tail = self._engine.log_tail()
+            tail = self._engine.log_tail() if self._engine else ""
             self._shutdown()
             if crashes > spec.max_restarts:
+                when = "after it was ready" if was_ready else "before it was ready"
                 raise EngineError(
-                    f"engine exited {crashes} times (last exit code {exit_code}), more than "
-                    f"max_restarts={spec.max_restarts}; last log lines:\n{tail}"
+                    f"engine exited with code {exit_code} {when}, {crashes} time(s) in all "
+                    f"(max_restarts={spec.max_restarts}); last log lines:\n{tail}"
                 )
             backoff = min(2.0 ** (crashes - 1), 30.0)
             print(
@@ -226,6 +208,36 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):  # type: ignore[misc]
                 flush=True,
             )
             time.sleep(backoff)
+
+    def _publish_and_supervise(
+        self, registry: Registry, replica: int, job: JobInfo, ctx: LaunchContext, started: float
+    ) -> int:
+        assert self._engine is not None
+        spec = self.spec
+        self._record = EndpointRecord(
+            deployment=self.deployment,
+            replica=replica,
+            model=spec.name,
+            engine=spec.engine,
+            url=ctx.url,
+            node=job.node,
+            job_id=job.job_id,
+            launcher_pid=os.getpid(),
+            engine_pid=self._engine.pid,
+            gpus=list(ctx.gpus),
+            started=started,
+            ready=time.time(),
+            heartbeat=time.time(),
+            deadline=job_deadline(started, spec),
+            log_path=job.log_path,
+        )
+        registry.publish(self._record)
+        print(
+            f"[slurm-llm] replica {replica} ready at {ctx.url} "
+            f"after {self._record.ready - started:.2f} s",
+            flush=True,
+        )
+        return self._supervise(registry)
 
     def _gpus(self) -> tuple[str, ...]:
         if self.spec.device == "cpu":
@@ -245,20 +257,18 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):  # type: ignore[misc]
             )
         return gpus
 
-    def _wait_ready(self, engine: Engine, ctx: LaunchContext) -> None:
+    def _wait_ready(self, engine: Engine, ctx: LaunchContext) -> int | None:
+        """None once a generation succeeds; the exit code if the engine dies first."""
         assert self._engine is not None
         deadline = time.monotonic() + self.spec.ready_timeout_s
         last_error = "no answer yet"
         while time.monotonic() < deadline:
             code = self._engine.exit_code()
             if code is not None:
-                raise EngineError(
-                    f"engine exited with code {code} before it was ready; last log lines:\n"
-                    f"{self._engine.log_tail()}"
-                )
+                return code
             try:
                 engine.probe(self.spec, ctx.url, timeout=min(30.0, self.spec.ready_timeout_s))
-                return
+                return None
             except EngineError as exc:
                 last_error = str(exc)
             time.sleep(0.05)

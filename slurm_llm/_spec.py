@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -276,7 +277,15 @@ class ModelSpec(BaseModel):
 def resolve_model_path(model: str) -> str:
     """Turns ``package:<module>/<file>`` into a path; runs on the node, where the package lives."""
     if not model.startswith(PACKAGE_SCHEME):
-        return str(Path(model).expanduser()) if model.startswith(("~", "/", ".")) else model
+        if not model.startswith(("~", "/", ".")):
+            return model  # a hub id: the engine resolves it
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise SpecError(
+                f"model path {path} does not exist on {socket.gethostname()}; put the weights on "
+                "a filesystem every node mounts, or fix the spec's model field"
+            )
+        return str(path)
     module, _, filename = model.removeprefix(PACKAGE_SCHEME).partition("/")
     found = importlib.util.find_spec(module)
     if found is None or not found.submodule_search_locations:

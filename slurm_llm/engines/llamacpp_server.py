@@ -1,4 +1,4 @@
-"""Process entry point that runs llama.cpp's server (``python -m slurm_llm.engines.llamacpp_server``).
+"""Runs llama.cpp's server as a process: ``python -m slurm_llm.engines.llamacpp_server``.
 
 xllamacpp's server lives exactly as long as its ``Server`` object, so this process holds it until
 SIGTERM or SIGINT. Running it as its own process (not inside the launcher) keeps the launcher's

@@ -7,15 +7,33 @@ from slurm_llm._executors import local_parameters, resolve_kind, slurm_parameter
 def test_spec_resources_map_to_sbatch_options() -> None:
     spec = ModelSpec.preset(
         "llama-3.1-70b",
-        slurm={"partition": "gpu", "account": "llm", "qos": "high", "time_limit": "1-00:00",
-               "constraint": "a100", "exclude": "gpu[01-02]", "nodelist": "gpu07",
-               "extra": {"reservation": "paper"}},
+        slurm={
+            "partition": "gpu",
+            "account": "llm",
+            "qos": "high",
+            "time_limit": "1-00:00",
+            "constraint": "a100",
+            "exclude": "gpu[01-02]",
+            "nodelist": "gpu07",
+            "extra": {"reservation": "paper"},
+        },
     )
     assert slurm_parameters(spec, "slurm-llm-70b") == {
-        "job_name": "slurm-llm-70b", "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": 16,
-        "mem": f"{spec.memory_gb}GB", "time": 1440, "signal_delay_s": 120,
-        "stderr_to_stdout": True, "gres": "gpu:2", "partition": "gpu", "account": "llm",
-        "qos": "high", "constraint": "a100", "nodelist": "gpu07", "exclude": "gpu[01-02]",
+        "job_name": "slurm-llm-70b",
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "cpus_per_task": 16,
+        "mem": f"{spec.memory_gb}GB",
+        "time": 1440,
+        "signal_delay_s": 120,
+        "stderr_to_stdout": True,
+        "gres": "gpu:2",
+        "partition": "gpu",
+        "account": "llm",
+        "qos": "high",
+        "constraint": "a100",
+        "nodelist": "gpu07",
+        "exclude": "gpu[01-02]",
         "additional_parameters": {"reservation": "paper"},
     }
 

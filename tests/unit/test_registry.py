@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -13,9 +14,18 @@ from slurm_llm._registry import HEARTBEAT_TIMEOUT_S, stale_reason
 def record(**changes: object) -> EndpointRecord:
     now = time.time()
     base: dict[str, object] = {
-        "deployment": "smollm2", "replica": 0, "model": "smollm2", "engine": "llamacpp",
-        "url": "http://127.0.0.1:20001", "node": "elsewhere", "job_id": "42_0",
-        "launcher_pid": 1, "engine_pid": 2, "gpus": [], "started": now, "ready": now,
+        "deployment": "smollm2",
+        "replica": 0,
+        "model": "smollm2",
+        "engine": "llamacpp",
+        "url": "http://127.0.0.1:20001",
+        "node": "elsewhere",
+        "job_id": "42_0",
+        "launcher_pid": 1,
+        "engine_pid": 2,
+        "gpus": [],
+        "started": now,
+        "ready": now,
         "heartbeat": now,
     }
     return EndpointRecord.model_validate({**base, **changes})
@@ -38,7 +48,9 @@ def test_readers_never_see_half_a_record(tmp_path: Path) -> None:
         beat = 0
         while not stop.is_set():
             beat += 1
-            registry.publish(record(heartbeat=time.time(), engine_pid=beat, url="http://h:" + "9" * 500))
+            registry.publish(
+                record(heartbeat=time.time(), engine_pid=beat, url="http://h:" + "9" * 500)
+            )
 
     writer = threading.Thread(target=rewrite)
     writer.start()
@@ -69,12 +81,12 @@ def test_a_record_without_heartbeat_is_stale(tmp_path: Path) -> None:
 
 
 def test_a_record_past_its_deadline_is_stale() -> None:
-    assert stale_reason(record(deadline=time.time() - 1)) == "the job's wall-time deadline has passed"
+    assert (
+        stale_reason(record(deadline=time.time() - 1)) == "the job's wall-time deadline has passed"
+    )
 
 
 def test_a_record_whose_launcher_died_on_this_host_is_stale() -> None:
-    import socket
-
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     reason = stale_reason(record(node=socket.gethostname(), launcher_pid=child.pid))

@@ -14,8 +14,14 @@ def llama(**changes: object) -> ModelSpec:
 
 def test_every_shipped_preset_loads() -> None:
     names = set(preset_files())
-    assert {"smollm2-135m", "smollm2-135m-vllm-cpu", "llama-3.2-1b", "llama-3.2-3b",
-            "llama-3.1-8b", "llama-3.1-70b"} <= names
+    assert {
+        "smollm2-135m",
+        "smollm2-135m-vllm-cpu",
+        "llama-3.2-1b",
+        "llama-3.2-3b",
+        "llama-3.1-8b",
+        "llama-3.1-70b",
+    } <= names
     for name in names:
         assert ModelSpec.preset(name).name
 
@@ -72,7 +78,7 @@ def test_unknown_fields_and_bad_values_name_the_field() -> None:
         ModelSpec(name="x", model="m", replica=2)
     with pytest.raises(SpecError, match="engine"):
         ModelSpec(name="x", model="m", engine="ollama")
-    with pytest.raises(SpecError, match="slurm.time_limit"):
+    with pytest.raises(SpecError, match=r"slurm\.time_limit"):
         ModelSpec(name="x", model="m", slurm={"time_limit": "forever"})
 
 
@@ -85,8 +91,12 @@ def test_resolved_spec_writes_out_every_resource() -> None:
 
 def test_shape_is_read_from_a_checkpoint_config(tmp_path: Path) -> None:
     config = {  # Llama 3.2 1B
-        "hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "intermediate_size": 8192, "vocab_size": 128256,
+        "hidden_size": 2048,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 8192,
+        "vocab_size": 128256,
         "tie_word_embeddings": True,
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -107,7 +117,7 @@ def test_spec_files_report_their_path(tmp_path: Path) -> None:
 
 
 def test_unknown_preset_lists_the_known_ones() -> None:
-    with pytest.raises(SpecError, match="unknown preset 'gpt-5'; available: .*smollm2-135m"):
+    with pytest.raises(SpecError, match=r"unknown preset 'gpt-5'; available: .*smollm2-135m"):
         ModelSpec.preset("gpt-5")
 
 

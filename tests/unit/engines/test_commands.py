@@ -21,9 +21,17 @@ REFERENCES = Path(__file__).parent / "reference"
 
 CASES: dict[str, tuple[ModelSpec, LaunchContext]] = {
     "vllm-cuda-tp4": (
-        ModelSpec(name="llama-3.1-70b", model="/shared/models/llama-70b", engine="vllm",
-                  parameters_b=70.6, attention_heads=64, precision="bf16", context_length=8192,
-                  max_concurrent_requests=128, engine_args=["--enable-prefix-caching"]),
+        ModelSpec(
+            name="llama-3.1-70b",
+            model="/shared/models/llama-70b",
+            engine="vllm",
+            parameters_b=70.6,
+            attention_heads=64,
+            precision="bf16",
+            context_length=8192,
+            max_concurrent_requests=128,
+            engine_args=["--enable-prefix-caching"],
+        ),
         LaunchContext("10.0.0.7", 24001, "/shared/models/llama-70b", ("0", "1", "2", "3"), 32),
     ),
     "vllm-cpu": (
@@ -31,14 +39,26 @@ CASES: dict[str, tuple[ModelSpec, LaunchContext]] = {
         LaunchContext("127.0.0.1", 24002, "/models/smollm2", (), 2),
     ),
     "vllm-cuda-fp8-container": (
-        ModelSpec(name="llama-3.1-8b", model="/shared/llama-8b", parameters_b=8.0,
-                  attention_heads=32, precision="fp8", quantization="fp8",
-                  container="/shared/images/vllm.sif"),
+        ModelSpec(
+            name="llama-3.1-8b",
+            model="/shared/llama-8b",
+            parameters_b=8.0,
+            attention_heads=32,
+            precision="fp8",
+            quantization="fp8",
+            container="/shared/images/vllm.sif",
+        ),
         LaunchContext("10.0.0.8", 24003, "/shared/llama-8b", ("2",), 8),
     ),
     "tgi-cuda-tp2": (
-        ModelSpec(name="llama-3.2-3b", model="meta-llama/Llama-3.2-3B-Instruct", engine="tgi",
-                  gpus_per_replica=2, attention_heads=24, context_length=4096),
+        ModelSpec(
+            name="llama-3.2-3b",
+            model="meta-llama/Llama-3.2-3B-Instruct",
+            engine="tgi",
+            gpus_per_replica=2,
+            attention_heads=24,
+            context_length=4096,
+        ),
         LaunchContext("10.0.0.9", 24004, "meta-llama/Llama-3.2-3B-Instruct", ("0", "1"), 16),
     ),
     "llamacpp-cpu": (
@@ -77,7 +97,9 @@ def test_llamacpp_runs_in_this_interpreter_without_engine_env() -> None:
     spec = ModelSpec.preset("smollm2-135m")
     ctx = LaunchContext("127.0.0.1", 24006, "/m.gguf")
     assert get_engine("llamacpp").command(spec, ctx)[:3] == [
-        sys.executable, "-m", "slurm_llm.engines.llamacpp_server"
+        sys.executable,
+        "-m",
+        "slurm_llm.engines.llamacpp_server",
     ]
 
 

@@ -1,0 +1,141 @@
+"""Deployments of SmolLM2 with real llama.cpp servers through submitit's local executor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from slurm_llm import Deployment, DeploymentError, ModelSpec, Registry, attach, deploy
+from slurm_llm._registry import pid_alive
+
+pytestmark = pytest.mark.llamacpp
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_every_replica_is_ready_and_generates(smollm2_llamacpp: Deployment) -> None:
+    assert len(smollm2_llamacpp.endpoints) == 2
+    assert [s.state for s in smollm2_llamacpp.status()] == ["ready", "ready"]
+    for url in smollm2_llamacpp.endpoints:
+        reply = client(url).chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
+        )
+        assert reply.choices[0].message.content
+        assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+
+def test_replicas_stream_token_by_token(smollm2_llamacpp: Deployment) -> None:
+    stream = client(smollm2_llamacpp.endpoints[0]).chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Count from one to ten."}],
+        max_tokens=16,
+        stream=True,
+    )
+    pieces = [chunk.choices[0].delta.content for chunk in stream if chunk.choices]
+    assert len([p for p in pieces if p]) > 3
+
+
+def test_replicas_listen_on_distinct_ports_and_publish_records(
+    smollm2_llamacpp: Deployment, slurm_llm_home: Path
+) -> None:
+    records = Registry(slurm_llm_home / "registry").records("shared-smollm2")
+    assert {r.replica for r in records} == {0, 1}
+    assert len({r.url for r in records}) == 2
+    assert all(r.engine == "llamacpp" and r.model == "smollm2" for r in records)
+
+
+def test_another_process_sees_the_deployment(smollm2_llamacpp: Deployment) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "slurm_llm", "status", "shared-smollm2"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    ).stdout
+    assert out.count("ready") == 2
+
+
+def test_deploy_attaches_instead_of_doubling(smollm2_llamacpp: Deployment) -> None:
+    again = deploy(
+        ModelSpec.preset("smollm2-135m"),
+        replicas=2,
+        executor="local",
+        name="shared-smollm2",
+        progress=False,
+    )
+    assert {j.job_id for j in again.jobs.values()} == {
+        j.job_id for j in smollm2_llamacpp.jobs.values()
+    }
+
+
+def test_stop_leaves_no_process_behind(slurm_llm_home: Path) -> None:
+    deployment = deploy(
+        ModelSpec.preset("smollm2-135m"),
+        replicas=2,
+        executor="local",
+        name="short-lived",
+        progress=False,
+    )
+    engine_pids = [r.engine_pid for r in deployment.records()]
+    launcher_pids = [r.launcher_pid for r in deployment.records()]
+    deployment.stop()
+    assert deployment.records() == []
+    assert Registry(slurm_llm_home / "registry").all_records("short-lived") == []
+    time.sleep(0.2)
+    assert [p for p in engine_pids + launcher_pids if pid_alive(p)] == []
+    with pytest.raises(DeploymentError, match="no deployment named 'short-lived'"):
+        attach("short-lived")
+
+
+def test_a_killed_engine_is_restarted_and_republished(slurm_llm_home: Path) -> None:
+    with deploy(
+        ModelSpec.preset("smollm2-135m"),
+        replicas=1,
+        executor="local",
+        name="crashy",
+        progress=False,
+    ) as deployment:
+        [before] = deployment.records()
+        os.kill(before.engine_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        after = before
+        while time.monotonic() < deadline:
+            records = deployment.records()
+            if records and records[0].engine_pid != before.engine_pid:
+                after = records[0]
+                break
+            time.sleep(0.1)
+        assert after.engine_pid != before.engine_pid, "engine was not restarted"
+        assert after.job_id == before.job_id
+        reply = client(after.url).completions.create(
+            model="smollm2", prompt="One, two,", max_tokens=4
+        )
+        assert reply.choices[0].text
+
+
+def test_a_missing_model_file_fails_with_a_clear_reason(tmp_path: Path) -> None:
+    spec = ModelSpec.preset("smollm2-135m", model=str(tmp_path / "missing.gguf"))
+    with pytest.raises(DeploymentError) as error:
+        deploy(spec, replicas=1, executor="local", name="no-weights", progress=False, timeout=120)
+    message = str(error.value)
+    assert "replica 0" in message and "failed: SpecError: model path" in message
+    assert "missing.gguf does not exist" in message
+    assert "log: " in message and "Traceback" not in message
+
+
+def test_an_engine_that_exits_at_start_reports_its_log(tmp_path: Path) -> None:
+    spec = ModelSpec.preset("smollm2-135m", engine_args=["--no-such-flag"], max_restarts=0)
+    with pytest.raises(DeploymentError) as error:
+        deploy(spec, replicas=1, executor="local", name="bad-flag", progress=False, timeout=120)
+    message = str(error.value)
+    assert "engine exited with code 2 before it was ready" in message
+    assert "unrecognized arguments: --no-such-flag" in message
