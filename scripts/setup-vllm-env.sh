@@ -28,9 +28,11 @@ if [[ -x "$ENV_DIR/bin/python" ]] && "$ENV_DIR/bin/python" -c "$CHECK_PY" >/dev/
     exit 0
 fi
 
-log "creating vLLM CPU environment in $ENV_DIR"
 mkdir -p "$(dirname "$ENV_DIR")"
-if [[ ! -x "$ENV_DIR/bin/python" ]]; then
+if [[ -x "$ENV_DIR/bin/python" ]]; then
+    log "completing the incomplete vLLM CPU environment in $ENV_DIR"
+else
+    log "creating the vLLM CPU environment in $ENV_DIR"
     "$PYTHON" -m venv "$ENV_DIR" || die "python3 -m venv $ENV_DIR failed"
 fi
 PIP=("$ENV_DIR/bin/python" -m pip -q --disable-pip-version-check)
