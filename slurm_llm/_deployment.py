@@ -27,6 +27,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from slurm_llm._errors import DeploymentError
 from slurm_llm._executors import (
     ExecutorKind,
+    detached_output,
     local_parameters,
     make_executor,
     resolve_kind,
@@ -385,9 +386,10 @@ def _submit(
             index: ReplicaJob(kind, folder, job) for index, job in zip(indices, jobs, strict=True)
         }
     submitted = {}
-    for index in indices:  # one submission each: replicas must not share GPUs
-        executor.update_parameters(**local_parameters(spec, index))
-        submitted[index] = ReplicaJob(kind, folder, executor.submit(launcher, index))
+    with detached_output(folder / "controllers.log"):
+        for index in indices:  # one submission each: replicas must not share GPUs
+            executor.update_parameters(**local_parameters(spec, index))
+            submitted[index] = ReplicaJob(kind, folder, executor.submit(launcher, index))
     return submitted
 
 

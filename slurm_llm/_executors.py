@@ -6,8 +6,12 @@ both, so a laptop and a cluster differ only here.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,3 +100,26 @@ def make_executor(kind: ExecutorKind, folder: Path) -> submitit.Executor:
     if kind == "slurm":
         return submitit.SlurmExecutor(folder=folder, max_num_timeout=100)
     return submitit.LocalExecutor(folder=folder, max_num_timeout=100)
+
+
+@contextlib.contextmanager
+def detached_output(log_path: Path) -> Iterator[None]:
+    """Points this process's stdout/stderr at ``log_path`` while local jobs are started.
+
+    submitit's local controller inherits them; a controller holding the terminal or a pipe would
+    keep ``slurm-llm up | tee`` (or any caller reading our output) waiting after we exit.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, log):
+            os.close(fd)

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -115,8 +116,15 @@ def convert(gguf_file: Path, dest: Path, dtype: str = "bfloat16") -> Path:
         raise
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # Turn SIGTERM (e.g. scancel, or a parent's timeout) into SystemExit so that convert() removes
+    # its temporary directory.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("gguf_file", type=Path, metavar="GGUF_FILE")
     parser.add_argument("dest_dir", type=Path, metavar="DEST_DIR")

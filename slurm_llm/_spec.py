@@ -265,12 +265,12 @@ class ModelSpec(BaseModel):
             raise SpecError(f"{path}: {exc}") from None
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> ModelSpec:
-        """A shipped preset (see ``presets()``), optionally with fields changed."""
+    def preset(cls, preset: str, /, **overrides: Any) -> ModelSpec:
+        """A shipped preset (see ``preset_files()``), optionally with fields changed."""
         files = preset_files()
-        if name not in files:
-            raise SpecError(f"unknown preset {name!r}; available: {', '.join(sorted(files))}")
-        spec = cls.from_file(files[name])
+        if preset not in files:
+            raise SpecError(f"unknown preset {preset!r}; available: {', '.join(sorted(files))}")
+        spec = cls.from_file(files[preset])
         return spec.with_overrides(**overrides) if overrides else spec
 
 

