@@ -271,6 +271,12 @@ class Deployment:
         for index, job in jobs.items():
             self.registry.withdraw(self.name, index, job.job_id)
 
+    def detach(self) -> Deployment:
+        """Leaves the replicas running after this handle's ``with`` block; ``attach()`` finds
+        them again from any process."""
+        self._owned = False
+        return self
+
     def __enter__(self) -> Deployment:
         return self
 

@@ -50,7 +50,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print_status([deployment])
     if not args.foreground:
         console.print(f"Running in the background; stop with: slurm-llm down {deployment.name}")
-        deployment._owned = False
+        deployment.detach()
         return 0
     console.print("Serving until Ctrl-C.")
     try:
