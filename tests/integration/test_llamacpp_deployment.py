@@ -9,26 +9,27 @@ import sys
 import time
 from pathlib import Path
 
-import openai
 import pytest
 from rich.console import Console
 
 from slurm_llm import Deployment, DeploymentError, ModelSpec, Registry, attach, deploy
 from slurm_llm._demo import run_demo
 from slurm_llm._registry import pid_alive
+from tests.integration.helpers import (
+    deploy_smollm2,
+    openai_client,
+    streamed_pieces,
+    wait_for_record,
+)
 
 pytestmark = pytest.mark.llamacpp
-
-
-def client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 def test_every_replica_is_ready_and_generates(smollm2_llamacpp: Deployment) -> None:
     assert len(smollm2_llamacpp.endpoints) == 2
     assert [s.state for s in smollm2_llamacpp.status()] == ["ready", "ready"]
     for url in smollm2_llamacpp.endpoints:
-        reply = client(url).chat.completions.create(
+        reply = openai_client(url).chat.completions.create(
             model="smollm2", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
         )
         assert reply.choices[0].message.content
@@ -36,14 +37,7 @@ def test_every_replica_is_ready_and_generates(smollm2_llamacpp: Deployment) -> N
 
 
 def test_replicas_stream_token_by_token(smollm2_llamacpp: Deployment) -> None:
-    stream = client(smollm2_llamacpp.endpoints[0]).chat.completions.create(
-        model="smollm2",
-        messages=[{"role": "user", "content": "Count from one to ten."}],
-        max_tokens=16,
-        stream=True,
-    )
-    pieces = [chunk.choices[0].delta.content for chunk in stream if chunk.choices]
-    assert len([p for p in pieces if p]) > 3
+    assert len(streamed_pieces(smollm2_llamacpp.endpoints[0], "smollm2")) > 3
 
 
 def test_replicas_listen_on_distinct_ports_and_publish_records(
@@ -67,26 +61,14 @@ def test_another_process_sees_the_deployment(smollm2_llamacpp: Deployment) -> No
 
 
 def test_deploy_attaches_instead_of_doubling(smollm2_llamacpp: Deployment) -> None:
-    again = deploy(
-        ModelSpec.preset("smollm2-135m"),
-        replicas=2,
-        executor="local",
-        name="shared-smollm2",
-        progress=False,
-    )
+    again = deploy_smollm2("shared-smollm2", replicas=2)
     assert {j.job_id for j in again.jobs.values()} == {
         j.job_id for j in smollm2_llamacpp.jobs.values()
     }
 
 
 def test_stop_leaves_no_process_behind(slurm_llm_home: Path) -> None:
-    deployment = deploy(
-        ModelSpec.preset("smollm2-135m"),
-        replicas=2,
-        executor="local",
-        name="short-lived",
-        progress=False,
-    )
+    deployment = deploy_smollm2("short-lived", replicas=2)
     engine_pids = [r.engine_pid for r in deployment.records()]
     launcher_pids = [r.launcher_pid for r in deployment.records()]
     deployment.stop()
@@ -99,26 +81,13 @@ def test_stop_leaves_no_process_behind(slurm_llm_home: Path) -> None:
 
 
 def test_a_killed_engine_is_restarted_and_republished(slurm_llm_home: Path) -> None:
-    with deploy(
-        ModelSpec.preset("smollm2-135m"),
-        replicas=1,
-        executor="local",
-        name="crashy",
-        progress=False,
-    ) as deployment:
+    with deploy_smollm2("crashy", replicas=1) as deployment:
         [before] = deployment.records()
         os.kill(before.engine_pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        after = before
-        while time.monotonic() < deadline:
-            records = deployment.records()
-            if records and records[0].engine_pid != before.engine_pid:
-                after = records[0]
-                break
-            time.sleep(0.1)
-        assert after.engine_pid != before.engine_pid, "engine was not restarted"
+        after = wait_for_record(deployment, lambda r: r.engine_pid != before.engine_pid)
+        assert after is not None, "engine was not restarted"
         assert after.job_id == before.job_id
-        reply = client(after.url).completions.create(
+        reply = openai_client(after.url).completions.create(
             model="smollm2", prompt="One, two,", max_tokens=4
         )
         assert reply.choices[0].text
@@ -144,13 +113,7 @@ def test_an_engine_that_exits_at_start_reports_its_log(tmp_path: Path) -> None:
 
 
 def test_scale_adds_and_removes_replicas(slurm_llm_home: Path) -> None:
-    with deploy(
-        ModelSpec.preset("smollm2-135m"),
-        replicas=1,
-        executor="local",
-        name="elastic",
-        progress=False,
-    ) as deployment:
+    with deploy_smollm2("elastic", replicas=1) as deployment:
         deployment.scale(2).wait_ready(timeout=120, progress=False)
         assert sorted(r.replica for r in deployment.records()) == [0, 1]
         deployment.scale(1)
@@ -163,7 +126,7 @@ def test_different_models_are_deployed_side_by_side(smollm2_llamacpp: Deployment
     with deploy(other, replicas=1, executor="local", progress=False) as terse:
         [url] = terse.endpoints
         assert url not in smollm2_llamacpp.endpoints
-        reply = client(url).chat.completions.create(
+        reply = openai_client(url).chat.completions.create(
             model="smollm2-terse", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
         )
         assert reply.model == "smollm2-terse"
@@ -171,27 +134,16 @@ def test_different_models_are_deployed_side_by_side(smollm2_llamacpp: Deployment
 
 
 def test_preemption_requeues_and_the_replica_comes_back(slurm_llm_home: Path) -> None:
-    with deploy(
-        ModelSpec.preset("smollm2-135m"),
-        replicas=1,
-        executor="local",
-        name="preempted",
-        progress=False,
-    ) as deployment:
+    with deploy_smollm2("preempted", replicas=1) as deployment:
         [before] = deployment.records()
         os.kill(before.launcher_pid, signal.SIGUSR2)  # as SLURM signals before preemption
-        deadline = time.monotonic() + 60
-        after = before
-        while time.monotonic() < deadline:
-            records = deployment.records()
-            if records and records[0].launcher_pid != before.launcher_pid:
-                after = records[0]
-                break
-            time.sleep(0.1)
-        assert after.launcher_pid != before.launcher_pid, "replica did not come back"
+        after = wait_for_record(deployment, lambda r: r.launcher_pid != before.launcher_pid)
+        assert after is not None, "replica did not come back"
         assert not pid_alive(before.engine_pid)
         assert "checkpointing for requeue" in deployment.jobs[0].log_path.read_text()
-        reply = client(after.url).completions.create(model="smollm2", prompt="Hi", max_tokens=2)
+        reply = openai_client(after.url).completions.create(
+            model="smollm2", prompt="Hi", max_tokens=2
+        )
         assert reply.choices[0].text is not None
 
 

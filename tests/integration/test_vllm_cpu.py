@@ -16,6 +16,7 @@ import pytest
 
 from slurm_llm import Deployment, ModelSpec, deploy
 from tests.conftest import REPO
+from tests.integration.helpers import openai_client, streamed_pieces
 
 pytestmark = pytest.mark.vllm
 
@@ -48,7 +49,7 @@ def vllm_replica(slurm_llm_home: Path) -> Iterator[Deployment]:
 
 def client(deployment: Deployment) -> openai.OpenAI:
     [url] = deployment.endpoints
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai_client(url)
 
 
 def test_vllm_serves_the_model_under_its_name(vllm_replica: Deployment) -> None:
@@ -76,11 +77,4 @@ def test_vllm_text_completion(vllm_replica: Deployment) -> None:
 
 
 def test_vllm_streams_token_by_token(vllm_replica: Deployment) -> None:
-    stream = client(vllm_replica).chat.completions.create(
-        model="smollm2",
-        messages=[{"role": "user", "content": "Count from one to ten."}],
-        max_tokens=16,
-        stream=True,
-    )
-    pieces = [chunk.choices[0].delta.content for chunk in stream if chunk.choices]
-    assert len([p for p in pieces if p]) > 3
+    assert len(streamed_pieces(vllm_replica.endpoints[0], "smollm2")) > 3

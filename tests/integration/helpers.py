@@ -1,0 +1,43 @@
+"""Small client-side helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import openai
+
+from slurm_llm import Deployment, EndpointRecord, ModelSpec, deploy
+
+
+def openai_client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def streamed_pieces(url: str, model: str) -> list[str]:
+    """Content pieces of a streamed chat completion, one per SSE chunk that carried text."""
+    stream = openai_client(url).chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Count from one to ten."}],
+        max_tokens=16,
+        stream=True,
+    )
+    return [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+
+
+def deploy_smollm2(name: str, replicas: int = 1, **overrides: object) -> Deployment:
+    spec = ModelSpec.preset("smollm2-135m", **overrides)
+    return deploy(spec, replicas=replicas, executor="local", name=name, progress=False)
+
+
+def wait_for_record(
+    deployment: Deployment, changed: Callable[[EndpointRecord], bool], timeout: float = 60
+) -> EndpointRecord | None:
+    """The first live record of replica 0 for which ``changed`` holds, or None at the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = deployment.records()
+        if records and changed(records[0]):
+            return records[0]
+        time.sleep(0.1)
+    return None
