@@ -123,10 +123,12 @@ def run_demo(replicas: int = 2, executor: str = "local", console: Console | None
                 f"{answer.tokens / answer.seconds:.0f}",
             )
         console.print(table)
-        jobs = list(deployment.jobs.values())
-        engine_pids = [record.engine_pid for record in deployment.records()]
-    leftovers = [f"job {job.job_id}" for job in jobs if not job.finished()]
-    leftovers += [f"engine pid {pid}" for pid in engine_pids if pid_alive(pid)]
+        pids = {
+            f"{kind} of replica {r.replica}": pid
+            for r in deployment.records()
+            for kind, pid in (("engine", r.engine_pid), ("launcher", r.launcher_pid))
+        }
+    leftovers = [f"{what} (pid {pid})" for what, pid in pids.items() if pid_alive(pid)]
     if leftovers:
         raise RuntimeError(f"still running after stop: {', '.join(leftovers)}")
     console.print(

@@ -1,26 +1,28 @@
 """``deploy()`` and the ``Deployment`` handle: the researcher's view of a model's replicas.
 
-A deployment is a name, a spec, and one submitit job per replica index. Its state (which job
-serves which index) lives in a small JSON file beside the registry, so another process (the CLI,
-a second notebook) can attach to it, show its status and stop it. Readiness is never guessed:
-a replica is ready exactly when its launcher has published a live registry record.
+A deployment is a name, a spec, and one slot per replica index; a slot holds the job serving it
+and, during a wall-time handover, the successor that will take over. This state lives in a JSON
+file beside the registry, so any process (the CLI, a second notebook) can attach to it, show its
+status, reconcile it and stop it; a lock keeps two processes from acting on it at once.
+Readiness is never guessed: a replica is ready exactly when its launcher has published a live
+registry record.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
-import signal
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
-import submitit
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -35,11 +37,16 @@ from slurm_llm._executors import (
 )
 from slurm_llm._launcher import ReplicaLauncher
 from slurm_llm._paths import deployments_dir, registry_dir
-from slurm_llm._registry import EndpointRecord, Registry, pid_alive
+from slurm_llm._registry import EndpointRecord, Registry
+from slurm_llm._replica_job import ReplicaJob, job_states
+from slurm_llm._slurm_state import JobState, SlurmStates
 from slurm_llm._spec import ModelSpec
 
 ReplicaState = Literal["pending", "starting", "ready", "failed", "stopped"]
-LOG_TAIL_LINES = 15
+# Ends that say nothing about the replica itself: replace it, however young it was.
+INFRASTRUCTURE_ENDS = frozenset({"CANCELLED", "NODE_FAIL", "BOOT_FAIL", "PREEMPTED", "DEADLINE"})
+MAX_FAILURES_IN_A_ROW = 5
+MAX_EVENTS = 200
 
 
 @dataclass(frozen=True)
@@ -53,80 +60,26 @@ class ReplicaStatus:
     node: str | None = None
     reason: str | None = None
     log_path: str | None = None
+    successor: str | None = None
 
 
-class ReplicaJob:
-    """The job behind one replica index, whether this process submitted it or not."""
+@dataclass
+class Slot:
+    """One replica index: the job serving it, a successor during handover, and its history."""
 
-    def __init__(self, kind: ExecutorKind, folder: Path, job: submitit.Job[None]) -> None:
-        self.kind = kind
-        self.folder = folder
-        self.job = job
+    job: ReplicaJob
+    successor: ReplicaJob | None = None
+    failures: int = 0
+    gave_up: str | None = None
 
-    @classmethod
-    def reattach(cls, kind: ExecutorKind, folder: Path, job_id: str) -> ReplicaJob:
-        job_class = submitit.SlurmJob if kind == "slurm" else submitit.LocalJob
-        return cls(kind, folder, job_class(folder=folder, job_id=job_id))
-
-    @property
-    def job_id(self) -> str:
-        return str(self.job.job_id)
-
-    @property
-    def log_path(self) -> Path:
-        return Path(self.job.paths.stdout)
-
-    def scheduler_state(self) -> str:
-        """SLURM's state name; for local jobs RUNNING until the controller process is gone."""
-        if self.kind == "slurm":
-            return str(self.job.state)
-        if (process := getattr(self.job, "_process", None)) is not None:
-            return "RUNNING" if process.poll() is None else "FINISHED"
-        return "RUNNING" if _local_controller_alive(self.job_id) else "FINISHED"
-
-    def finished(self) -> bool:
-        return self.scheduler_state() not in (
-            "RUNNING",
-            "PENDING",
-            "REQUEUED",
-            "CONFIGURING",
-            "COMPLETING",
-            "RESIZING",
-            "SUSPENDED",
-            "UNKNOWN",
-        )
-
-    def failure_reason(self) -> str:
-        if self.job.paths.result_pickle.exists():
-            with contextlib.suppress(Exception):
-                error = self.job.exception()
-                if error is not None:
-                    return _job_error_message(str(error))
-        return f"job ended ({self.scheduler_state()}); log tail:\n{self.log_tail()}"
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log yet)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def cancel(self) -> None:
-        """scancel on SLURM. Locally SIGTERM, which submitit's controller forwards to the
-        launcher (a clean stop), rather than submitit's SIGINT, which kills it after 1 s."""
-        if self.kind == "slurm":
-            self.job.cancel(check=False)
-        elif (process := getattr(self.job, "_process", None)) is not None:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        elif _local_controller_alive(self.job_id):
-            os.kill(int(self.job_id), signal.SIGTERM)
+    def jobs(self) -> list[ReplicaJob]:
+        return [self.job] + ([self.successor] if self.successor else [])
 
 
 class Deployment:
-    """Replicas of one model: submit, wait until ready, inspect, scale, stop.
+    """Replicas of one model: submit, wait until ready, inspect, scale, keep alive, stop.
 
-    Use it as a context manager so the replicas stop when the block ends.
+    Use it as a context manager so the replicas stop when the block ends (unless ``detach()``).
     """
 
     def __init__(
@@ -134,93 +87,97 @@ class Deployment:
         name: str,
         spec: ModelSpec,
         kind: ExecutorKind,
-        jobs: dict[int, ReplicaJob],
         home: Path | None = None,
         owned: bool = True,
     ) -> None:
         self.name = name
         self.spec = spec
         self.kind = kind
-        self.jobs = jobs
+        self.slots: dict[int, Slot] = {}
+        self.events: list[str] = []
         self._home = home
         self._owned = owned
+        self._known_jobs: dict[str, ReplicaJob] = {}
+        self._slurm = SlurmStates()
+        self._keeper: threading.Thread | None = None
+        self._keeping = threading.Event()
         self.registry = Registry(registry_dir(home))
 
     # ---- what clients need ------------------------------------------------------------------
 
     def records(self) -> list[EndpointRecord]:
-        """Live records of this deployment's current jobs."""
-        current = {index: job.job_id for index, job in self.jobs.items()}
-        return [r for r in self.registry.records(self.name) if current.get(r.replica) == r.job_id]
+        """Live records of the jobs this deployment counts on (successors included)."""
+        self._load()
+        wanted = {(i, job.job_id) for i, slot in self.slots.items() for job in slot.jobs()}
+        return [r for r in self.registry.records(self.name) if (r.replica, r.job_id) in wanted]
 
     @property
     def endpoints(self) -> list[str]:
         """Base URLs of ready replicas (OpenAI API under ``/v1``)."""
         return [record.url for record in self.records()]
 
-    # ---- lifecycle --------------------------------------------------------------------------
+    @property
+    def jobs(self) -> dict[int, ReplicaJob]:
+        """The job currently serving each replica index."""
+        self._load()
+        return {index: slot.job for index, slot in self.slots.items()}
+
+    # ---- status -----------------------------------------------------------------------------
 
     def status(self) -> list[ReplicaStatus]:
-        ready = {r.replica: r for r in self.records()}
-        statuses = []
-        for index, job in sorted(self.jobs.items()):
-            record = ready.get(index)
-            if record is not None:
-                statuses.append(
-                    ReplicaStatus(
-                        index,
-                        job.job_id,
-                        "ready",
-                        record.url,
-                        record.node,
-                        log_path=str(job.log_path),
-                    )
-                )
-                continue
-            state = job.scheduler_state()
-            if state == "PENDING":
-                statuses.append(
-                    ReplicaStatus(index, job.job_id, "pending", log_path=str(job.log_path))
-                )
-            elif not job.finished():
-                statuses.append(
-                    ReplicaStatus(index, job.job_id, "starting", log_path=str(job.log_path))
-                )
-            elif state in ("CANCELLED", "INTERRUPTED") or state.startswith("CANCELLED"):
-                statuses.append(
-                    ReplicaStatus(
-                        index, job.job_id, "stopped", reason=state, log_path=str(job.log_path)
-                    )
-                )
-            else:
-                statuses.append(
-                    ReplicaStatus(
-                        index,
-                        job.job_id,
-                        "failed",
-                        reason=job.failure_reason(),
-                        log_path=str(job.log_path),
-                    )
-                )
-        return statuses
+        self._load()
+        records = self.records()
+        states = self._states()
+        return [
+            self._slot_status(i, slot, records, states) for i, slot in sorted(self.slots.items())
+        ]
+
+    def _slot_status(
+        self, index: int, slot: Slot, records: list[EndpointRecord], states: dict[str, JobState]
+    ) -> ReplicaStatus:
+        job = slot.job
+        base: dict[str, Any] = {
+            "replica": index,
+            "job_id": job.job_id,
+            "log_path": str(job.log_path),
+            "successor": slot.successor.job_id if slot.successor else None,
+        }
+        if slot.gave_up:
+            return ReplicaStatus(state="failed", reason=slot.gave_up, **base)
+        live = [r for r in records if r.replica == index]
+        if live:
+            own = [r for r in live if r.job_id == job.job_id] or live
+            return ReplicaStatus(state="ready", url=own[0].url, node=own[0].node, **base)
+        state = states.get(job.job_id, JobState("UNKNOWN"))
+        if state.hopeless:
+            reason = f"SLURM will never start it: {state.reason}"
+            return ReplicaStatus(state="failed", reason=reason, **base)
+        if state.state == "PENDING":
+            return ReplicaStatus(state="pending", reason=state.reason, **base)
+        if state.active or state.state == "UNKNOWN":
+            return ReplicaStatus(state="starting", node=state.nodes, **base)
+        if state.state == "CANCELLED":
+            return ReplicaStatus(state="stopped", reason="cancelled", **base)
+        return ReplicaStatus(state="failed", reason=job.failure_reason(state), **base)
 
     def wait_ready(self, timeout: float | None = None, progress: bool = True) -> Deployment:
         """Blocks until every replica is ready; raises with reasons and logs if one fails."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        console = Console(stderr=True)
         columns = (
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total} ready · {task.fields[detail]}"),
             TimeElapsedColumn(),
         )
+        console = Console(stderr=True)
         with Progress(*columns, console=console, transient=True, disable=not progress) as bar:
-            task = bar.add_task(self.name, total=len(self.jobs), detail="submitted")
+            task = bar.add_task(self.name, total=len(self.slots), detail="submitted")
             while True:
                 statuses = self.status()
                 counts = {s: sum(1 for x in statuses if x.state == s) for s in _STATES}
                 detail = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s != "ready")
-                bar.update(task, completed=counts["ready"], detail=detail or "all ready")
+                bar.update(task, total=len(statuses), completed=counts["ready"],
+                           detail=detail or "all ready")  # fmt: skip
                 broken = [s for s in statuses if s.state in ("failed", "stopped")]
                 if broken:
                     raise DeploymentError(_describe_failures(self.name, broken))
@@ -229,53 +186,245 @@ class Deployment:
                 if deadline is not None and time.monotonic() > deadline:
                     waiting = ", ".join(str(s.log_path) for s in statuses if s.state != "ready")
                     raise DeploymentError(
-                        f"deployment {self.name!r} not ready after {timeout:.0f} s: {detail}; "
+                        f"deployment {self.name!r} not ready after {timeout:.0f} s ({detail}); "
                         f"logs: {waiting}"
                     )
                 time.sleep(0.05)
+
+    # ---- changing it ------------------------------------------------------------------------
 
     def scale(self, replicas: int) -> Deployment:
         """Adds replicas at new indices or stops the highest ones; does not wait for readiness."""
         if replicas < 0:
             raise DeploymentError(f"cannot scale {self.name!r} to {replicas} replicas")
-        current = sorted(self.jobs)
-        if replicas > len(current):
-            start = current[-1] + 1 if current else 0
-            self.jobs.update(
-                _submit(
-                    self.spec,
-                    self.name,
-                    self.kind,
-                    range(start, start + replicas - len(current)),
-                    self._home,
-                )
-            )
-        else:
-            doomed = {index: self.jobs.pop(index) for index in current[replicas:]}
-            _stop_jobs(doomed.values())
-            self._withdraw(doomed)
-        self.spec = self.spec.with_overrides(replicas=replicas)
-        _save_state(self)
+        with self._locked():
+            current = sorted(self.slots)
+            doomed: list[tuple[int, Slot]] = []
+            if replicas > len(current):
+                start = current[-1] + 1 if current else 0
+                new = range(start, start + replicas - len(current))
+                for index, job in self._submit(new).items():
+                    self.slots[index] = Slot(job)
+            else:
+                doomed = [(index, self.slots.pop(index)) for index in current[replicas:]]
+            self.spec = self.spec.with_overrides(replicas=replicas)
+            self._save()
+        self._stop_slots(doomed)
         return self
+
+    def reconcile(self) -> list[str]:
+        """One pass of keeping the deployment whole; returns what it did, for logs and tests.
+
+        - a job that ended is replaced (scancel, node failure, an engine past its restart limit),
+          unless it failed before ever being ready: that is a spec or site problem that another
+          job would repeat, so the slot is marked failed with the reason instead;
+        - a job SLURM will never start (its pending reason says so) is cancelled, likewise;
+        - a replica near its wall-time gets a successor, and is cancelled once that is ready.
+        """
+        with self._locked(blocking=False) as got:
+            if not got:
+                return []  # another process is reconciling this deployment
+            actions = self._reconcile_locked()
+            if actions:
+                self._save()
+        return actions
+
+    def _reconcile_locked(self) -> list[str]:
+        records = self.registry.records(self.name)
+        live = {(r.replica, r.job_id): r for r in records}
+        states = self._states()
+        now = time.time()
+        actions: list[str] = []
+        for index, slot in sorted(self.slots.items()):
+            if slot.gave_up:
+                continue
+            if slot.successor is not None:
+                actions += self._advance_handover(index, slot, live, states)
+            state = states.get(slot.job.job_id, JobState("UNKNOWN"))
+            if state.hopeless:
+                slot.gave_up = f"SLURM will never start job {slot.job.job_id}: {state.reason}"
+                slot.job.cancel()
+                actions.append(f"replica {index}: {slot.gave_up}; cancelled")
+            elif not state.active and state.state != "UNKNOWN":
+                actions += self._replace(index, slot, state, live)
+            elif slot.successor is None:
+                record = live.get((index, slot.job.job_id))
+                if record and record.deadline and record.deadline - now < self.spec.handover_s:
+                    [slot.successor] = self._submit([index]).values()
+                    actions.append(
+                        f"replica {index}: job {slot.job.job_id} ends in "
+                        f"{record.deadline - now:.0f} s; successor job {slot.successor.job_id}"
+                    )
+        self.events = [*self.events, *(f"{time.strftime('%H:%M:%S')} {a}" for a in actions)]
+        self.events = self.events[-MAX_EVENTS:]
+        return actions
+
+    def _advance_handover(
+        self,
+        index: int,
+        slot: Slot,
+        live: dict[tuple[int, str], EndpointRecord],
+        states: dict[str, JobState],
+    ) -> list[str]:
+        assert slot.successor is not None
+        successor = slot.successor
+        if (index, successor.job_id) in live:
+            old, slot.job, slot.successor = slot.job, successor, None
+            old.cancel()
+            return [f"replica {index}: successor {successor.job_id} ready; retired {old.job_id}"]
+        state = states.get(successor.job_id, JobState("UNKNOWN"))
+        if not state.active and state.state != "UNKNOWN":
+            slot.successor = None
+            return [f"replica {index}: successor {successor.job_id} ended ({state.state})"]
+        return []
+
+    def _replace(
+        self, index: int, slot: Slot, state: JobState, live: dict[tuple[int, str], EndpointRecord]
+    ) -> list[str]:
+        dead = slot.job
+        self.registry.withdraw(self.name, index, dead.job_id)  # it may have died without cleanup
+        reason = dead.failure_reason(state)
+        was_ready = dead.was_ready()
+        if not was_ready and state.state not in INFRASTRUCTURE_ENDS:
+            slot.gave_up = f"job {dead.job_id} failed before it was ready: {reason}"
+            return [f"replica {index}: {slot.gave_up}"]
+        slot.failures = 1 if was_ready else slot.failures + 1
+        if slot.failures > MAX_FAILURES_IN_A_ROW:
+            slot.gave_up = f"{slot.failures - 1} replacements in a row ended; last: {reason}"
+            return [f"replica {index}: giving up: {slot.gave_up}"]
+        if slot.successor is not None:  # the handover successor takes over now
+            slot.job, slot.successor = slot.successor, None
+        else:
+            [slot.job] = self._submit([index]).values()
+        first_line = reason.splitlines()[0] if reason else state.state
+        return [
+            f"replica {index}: job {dead.job_id} ended ({state.state}: {first_line}); "
+            f"now served by job {slot.job.job_id}"
+        ]
+
+    def keep_alive(self, interval: float = 1.0) -> Deployment:
+        """Reconciles in a background thread until ``stop()`` (or the process ends)."""
+        if self._keeper is None or not self._keeper.is_alive():
+            self._keeping.clear()
+            self._keeper = threading.Thread(
+                target=self._keep, args=(interval,), name=f"keep-alive-{self.name}", daemon=True
+            )
+            self._keeper.start()
+        return self
+
+    def _keep(self, interval: float) -> None:
+        while not self._keeping.wait(interval):
+            try:
+                self.reconcile()
+            except Exception as exc:  # keep the replicas alive through a transient error
+                self.events.append(f"{time.strftime('%H:%M:%S')} reconcile failed: {exc}")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Cancels every replica, waits for the jobs to end, and forgets the deployment."""
-        jobs, self.jobs = dict(self.jobs), {}
-        _stop_jobs(jobs.values(), timeout)
-        self._withdraw(jobs)
-        with contextlib.suppress(FileNotFoundError):
-            _state_path(self.name, self._home).unlink()
-
-    def _withdraw(self, jobs: dict[int, ReplicaJob]) -> None:
-        """A launcher killed before its cleanup leaves a record; remove it for the client's sake."""
-        for index, job in jobs.items():
-            self.registry.withdraw(self.name, index, job.job_id)
+        self._keeping.set()
+        if self._keeper is not None:
+            self._keeper.join(timeout=10)
+        with self._locked():
+            slots = list(self.slots.items())
+            self.slots = {}
+            _state_path(self.name, self._home).unlink(missing_ok=True)
+        self._stop_slots(slots, timeout)
 
     def detach(self) -> Deployment:
         """Leaves the replicas running after this handle's ``with`` block; ``attach()`` finds
         them again from any process."""
         self._owned = False
         return self
+
+    def _stop_slots(self, slots: Iterable[tuple[int, Slot]], timeout: float = 30.0) -> None:
+        pairs = [(index, job) for index, slot in slots for job in slot.jobs()]
+        for _, job in pairs:
+            job.cancel()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = job_states([job for _, job in pairs], self._slurm)
+            if not any(state.active for state in states.values()):
+                break
+            time.sleep(0.1)
+        for index, job in pairs:  # a launcher killed before its cleanup leaves a record
+            self.registry.withdraw(self.name, index, job.job_id)
+
+    # ---- persistence ------------------------------------------------------------------------
+
+    def _states(self) -> dict[str, JobState]:
+        return job_states([job for slot in self.slots.values() for job in slot.jobs()], self._slurm)
+
+    def _submit(self, indices: Iterable[int]) -> dict[int, ReplicaJob]:
+        jobs = _submit(self.spec, self.name, self.kind, indices, self._home)
+        self._known_jobs.update({job.job_id: job for job in jobs.values()})
+        return jobs
+
+    @contextlib.contextmanager
+    def _locked(self, blocking: bool = True) -> Iterator[bool]:
+        """Holds the deployment's lock with its state freshly loaded."""
+        path = _state_path(self.name, self._home).with_name("lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            self._load()
+            yield True
+        finally:
+            os.close(fd)
+
+    def _load(self) -> None:
+        try:
+            state = json.loads(_state_path(self.name, self._home).read_text())
+        except FileNotFoundError:
+            self.slots = {}
+            return
+        self.spec = ModelSpec(**state["spec"])
+        self.events = state.get("events", [])
+        self.slots = {int(index): self._slot(entry) for index, entry in state["slots"].items()}
+
+    def _slot(self, entry: dict[str, Any]) -> Slot:
+        successor = entry.get("successor")
+        return Slot(
+            job=self._job(entry["job"]),
+            successor=self._job(successor) if successor else None,
+            failures=entry.get("failures", 0),
+            gave_up=entry.get("gave_up"),
+        )
+
+    def _job(self, entry: dict[str, str]) -> ReplicaJob:
+        job_id = entry["job_id"]
+        if job_id not in self._known_jobs:  # keep local Popen handles of jobs we submitted
+            self._known_jobs[job_id] = ReplicaJob.reattach(self.kind, Path(entry["folder"]), job_id)
+        return self._known_jobs[job_id]
+
+    def _save(self) -> None:
+        def job(j: ReplicaJob) -> dict[str, str]:
+            return {"job_id": j.job_id, "folder": str(j.folder)}
+
+        state = {
+            "name": self.name,
+            "kind": self.kind,
+            "spec": self.spec.model_dump(mode="json"),
+            "slots": {
+                str(index): {
+                    "job": job(slot.job),
+                    "successor": job(slot.successor) if slot.successor else None,
+                    "failures": slot.failures,
+                    "gave_up": slot.gave_up,
+                }
+                for index, slot in self.slots.items()
+            },
+            "events": self.events,
+        }
+        path = _state_path(self.name, self._home)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, path)
 
     def __enter__(self) -> Deployment:
         return self
@@ -290,7 +439,7 @@ class Deployment:
             self.stop()
 
     def __repr__(self) -> str:
-        return f"Deployment({self.name!r}, replicas={len(self.jobs)}, executor={self.kind!r})"
+        return f"Deployment({self.name!r}, replicas={len(self.slots)}, executor={self.kind!r})"
 
 
 def deploy(
@@ -303,11 +452,14 @@ def deploy(
     wait: bool = True,
     timeout: float | None = None,
     progress: bool = True,
+    keep_alive: bool = True,
 ) -> Deployment:
     """Submits ``replicas`` replicas of ``spec`` (SLURM if available, else this machine).
 
     If a deployment of the same name is already running (from any process), it is attached to
-    and scaled to ``replicas`` instead of being doubled; its spec must match.
+    and scaled to ``replicas`` instead of being doubled; its spec must match. With
+    ``keep_alive`` (the default) this process replaces dead replicas and hands over before
+    wall-time ends, for as long as it runs.
     """
     home_path = Path(home) if home is not None else None
     name = name or spec.name
@@ -319,13 +471,13 @@ def deploy(
                 f"a deployment named {name!r} is already running with a different spec; stop it "
                 f"(slurm-llm down {name}) or deploy under another name"
             )
-        deployment = existing.scale(count) if len(existing.jobs) != count else existing
+        deployment = existing.scale(count) if len(existing.slots) != count else existing
     else:
-        kind = resolve_kind(executor)
-        spec = spec.with_overrides(replicas=count)
-        jobs = _submit(spec, name, kind, range(count), home_path)
-        deployment = Deployment(name, spec, kind, jobs, home_path)
-        _save_state(deployment)
+        deployment = Deployment(name, spec.with_overrides(replicas=count), resolve_kind(executor),
+                                home_path)  # fmt: skip
+        with deployment._locked():
+            deployment.slots = {i: Slot(job) for i, job in deployment._submit(range(count)).items()}
+            deployment._save()
     if wait:
         try:
             deployment.wait_ready(timeout, progress)
@@ -333,6 +485,8 @@ def deploy(
             if deployment._owned:
                 deployment.stop()
             raise
+    if keep_alive:
+        deployment.keep_alive()
     return deployment
 
 
@@ -349,13 +503,10 @@ def attach(
             return None
         known = ", ".join(list_deployments(home_path)) or "none"
         raise DeploymentError(f"no deployment named {name!r} (running: {known})") from None
-    kind: ExecutorKind = state["kind"]
-    jobs = {
-        int(index): ReplicaJob.reattach(kind, Path(entry["folder"]), entry["job_id"])
-        for index, entry in state["jobs"].items()
-    }
-    deployment = Deployment(name, ModelSpec(**state["spec"]), kind, jobs, home_path, owned=False)
-    if jobs and all(job.finished() for job in jobs.values()):
+    deployment = Deployment(name, ModelSpec(**state["spec"]), state["kind"], home_path, owned=False)
+    deployment._load()
+    states = deployment._states()
+    if deployment.slots and not any(s.active for s in states.values()):
         path.unlink(missing_ok=True)  # every job is gone: nothing left to attach to
         if missing_ok:
             return None
@@ -377,20 +528,20 @@ def _submit(
     indices = list(indices)
     if not indices:
         return {}
-    folder = (
-        deployments_dir(home)
-        / name
-        / "jobs"
-        / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    )
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    folder = deployments_dir(home) / name / "jobs" / stamp
     launcher = ReplicaLauncher(spec.resolved(), name, registry_dir(home))
     executor = make_executor(kind, folder)
     if kind == "slurm":
         executor.update_parameters(**slurm_parameters(spec, f"slurm-llm-{name}"))
-        jobs = executor.map_array(launcher, indices)
-        return {
-            index: ReplicaJob(kind, folder, job) for index, job in zip(indices, jobs, strict=True)
-        }
+        try:
+            jobs = executor.map_array(launcher, indices)
+        except Exception as exc:  # sbatch's own words are the clearest explanation
+            raise DeploymentError(
+                f"SLURM refused the replicas of {name!r}: {str(exc).strip()}; check the spec's "
+                "slurm options (partition, account, qos, constraint) and its GPUs per replica"
+            ) from None
+        return {i: ReplicaJob(kind, folder, job) for i, job in zip(indices, jobs, strict=True)}
     submitted = {}
     with detached_output(folder / "controllers.log"):
         for index in indices:  # one submission each: replicas must not share GPUs
@@ -399,56 +550,8 @@ def _submit(
     return submitted
 
 
-def _stop_jobs(jobs: Iterable[ReplicaJob], timeout: float = 30.0) -> None:
-    jobs = list(jobs)
-    for job in jobs:
-        job.cancel()
-    deadline = time.monotonic() + timeout
-    while any(not job.finished() for job in jobs) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 def _state_path(name: str, home: Path | None) -> Path:
     return deployments_dir(home) / name / "state.json"
-
-
-def _save_state(deployment: Deployment) -> None:
-    path = _state_path(deployment.name, deployment._home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "name": deployment.name,
-        "kind": deployment.kind,
-        "spec": deployment.spec.model_dump(mode="json"),
-        "jobs": {
-            str(index): {"job_id": job.job_id, "folder": str(job.folder)}
-            for index, job in deployment.jobs.items()
-        },
-    }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
-
-
-def _local_controller_alive(pid: str) -> bool:
-    """True while submitit's local controller with this pid runs (not a recycled pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, ValueError):
-        return False
-    return b"submitit.local._local" in cmdline and pid_alive(int(pid))
-
-
-def _job_error_message(text: str) -> str:
-    """Our own error's message out of submitit's traceback text, else the traceback's tail."""
-    start = text.rfind(_OWN_ERRORS)
-    if start >= 0:
-        message = text[start + len(_OWN_ERRORS) :].split("\n----------------------", maxsplit=1)[0]
-        return message.strip()
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return "\n".join(lines[-LOG_TAIL_LINES:]) if lines else text
-
-
-_OWN_ERRORS = "slurm_llm._errors."
 
 
 def _describe_failures(name: str, broken: list[ReplicaStatus]) -> str:

@@ -23,7 +23,13 @@ from slurm_llm._spec import ModelSpec
 ExecutorKind = Literal["local", "slurm"]
 DEFAULT_TIME_LIMIT_MIN = 240
 # USR2 this long before the wall-time, so the launcher can checkpoint and SLURM requeue it.
-SIGNAL_DELAY_S = 120
+MAX_SIGNAL_DELAY_S = 120
+
+
+def signal_delay_s(spec: ModelSpec) -> int:
+    """Up to 2 minutes, less for short jobs: SLURM may send the signal up to 60 s early, and it
+    must come after the deployment's own handover (``handover_s`` before the end)."""
+    return int(min(MAX_SIGNAL_DELAY_S, max(15, time_limit_min(spec) * 60 // 8)))
 
 
 def slurm_available() -> bool:
@@ -69,7 +75,7 @@ def slurm_parameters(spec: ModelSpec, job_name: str) -> dict[str, Any]:
         "cpus_per_task": spec.cpus,
         "mem": f"{spec.memory_gb}GB",
         "time": time_limit_min(spec),
-        "signal_delay_s": SIGNAL_DELAY_S,
+        "signal_delay_s": signal_delay_s(spec),
         "stderr_to_stdout": True,
     }
     if spec.gpus:
@@ -87,7 +93,7 @@ def local_parameters(spec: ModelSpec, replica: int) -> dict[str, Any]:
     gpus = spec.gpus
     return {
         "timeout_min": time_limit_min(spec),
-        "signal_delay_s": SIGNAL_DELAY_S,
+        "signal_delay_s": signal_delay_s(spec),
         "gpus_per_node": gpus,
         "visible_gpus": tuple(range(replica * gpus, (replica + 1) * gpus)),
         "stderr_to_stdout": True,

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,12 +30,15 @@ from typing import Any
 import submitit
 
 from slurm_llm._errors import EngineError
+from slurm_llm._executors import time_limit_min
 from slurm_llm._ports import PortLease, lease_port
 from slurm_llm._registry import HEARTBEAT_INTERVAL_S, EndpointRecord, Registry
 from slurm_llm._spec import ModelSpec, resolve_model_path
 from slurm_llm.engines import Engine, LaunchContext, get_engine
 
 LOG_TAIL_LINES = 40
+# Written to the job's log on every publication; ReplicaJob.was_ready() looks for it.
+READY_MARK = "[slurm-llm] ready at "
 _PR_SET_PDEATHSIG = 1
 
 
@@ -77,10 +81,17 @@ def visible_gpus() -> tuple[str, ...]:
 
 
 def job_deadline(started: float, spec: ModelSpec) -> float | None:
+    """When the job's wall-time ends: SLURM's own end time if it tells, else start + limit."""
     if end := os.environ.get("SLURM_JOB_END_TIME"):
         return float(end)
-    limit = spec.slurm.time_limit_min
-    return None if limit is None else started + 60 * limit
+    if job_id := os.environ.get("SLURM_JOB_ID"):
+        with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
+            out = subprocess.run(
+                ["squeue", "-h", "-j", job_id, "-o", "%e"],
+                capture_output=True, text=True, timeout=10, check=True,
+            ).stdout.strip()  # fmt: skip
+            return datetime.fromisoformat(out).timestamp()
+    return started + 60 * time_limit_min(spec)
 
 
 class EngineProcess:
@@ -232,11 +243,8 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
             log_path=job.log_path,
         )
         registry.publish(self._record)
-        print(
-            f"[slurm-llm] replica {replica} ready at {ctx.url} "
-            f"after {self._record.ready - started:.2f} s",
-            flush=True,
-        )
+        seconds = self._record.ready - started
+        print(f"{READY_MARK}{ctx.url} (replica {replica}, after {seconds:.2f} s)", flush=True)
         return self._supervise(registry)
 
     def _gpus(self) -> tuple[str, ...]:

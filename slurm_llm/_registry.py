@@ -46,16 +46,20 @@ class EndpointRecord(BaseModel):
 
 
 class Registry:
-    """Records under ``root/<deployment>/<replica>.json``."""
+    """Records under ``root/<deployment>/<replica>-<job>.json``.
+
+    Keyed by job as well as replica index because two jobs serve one index during a wall-time
+    handover: the successor publishes before its predecessor withdraws.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
-    def path_for(self, deployment: str, replica: int) -> Path:
-        return self.root / deployment / f"{replica}.json"
+    def path_for(self, deployment: str, replica: int, job_id: str) -> Path:
+        return self.root / deployment / f"{replica}-{job_id}.json"
 
     def publish(self, record: EndpointRecord) -> None:
-        path = self.path_for(record.deployment, record.replica)
+        path = self.path_for(record.deployment, record.replica, record.job_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -71,13 +75,12 @@ class Registry:
         _fsync_dir(path.parent)
 
     def withdraw(self, deployment: str, replica: int, job_id: str) -> bool:
-        """Removes the record if ``job_id`` still owns it; a successor's record is left alone."""
-        path = self.path_for(deployment, replica)
-        current = _read(path)
-        if current is None or current.job_id != job_id:
-            return False
-        with contextlib.suppress(FileNotFoundError):
+        """Removes the record ``job_id`` published for ``replica``; True if there was one."""
+        path = self.path_for(deployment, replica, job_id)
+        try:
             path.unlink()
+        except FileNotFoundError:
+            return False
         _fsync_dir(path.parent)
         return True
 
@@ -87,7 +90,7 @@ class Registry:
         found = [_read(path) for folder in folders for path in _record_files(folder)]
         return sorted(
             (record for record in found if record is not None),
-            key=lambda r: (r.deployment, r.replica),
+            key=lambda r: (r.deployment, r.replica, r.ready),
         )
 
     def records(self, deployment: str | None = None) -> list[EndpointRecord]:

@@ -128,6 +128,12 @@ class ModelSpec(BaseModel):
     slurm: SlurmOptions = Field(default_factory=SlurmOptions)
     max_restarts: int = Field(default=3, ge=0, description="engine crashes survived per job")
     ready_timeout_s: float = Field(default=900.0, gt=0)
+    handover_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="submit a successor this long before a replica's wall-time ends, so service "
+        "continues; it must cover the queue wait and the engine's start-up",
+    )
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -143,6 +149,17 @@ class ModelSpec(BaseModel):
                 f"{value!r} cannot be a served model name; use letters, digits and . _ : / -"
             )
         return value
+
+    @model_validator(mode="after")
+    def _handover_fits_the_time_limit(self) -> Self:
+        limit = self.slurm.time_limit_min
+        if limit is not None and self.handover_s >= 30 * limit:
+            raise ValueError(
+                f"handover_s={self.handover_s:g} is not less than half of slurm.time_limit "
+                f"({limit} min): every replica would hand over as soon as it starts; lower "
+                "handover_s or raise the time limit"
+            )
+        return self
 
     @model_validator(mode="after")
     def _resources_can_work(self) -> Self:

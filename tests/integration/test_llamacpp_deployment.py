@@ -176,3 +176,22 @@ def test_the_demo_runs_and_cleans_up(slurm_llm_home: Path) -> None:
     text = console.export_text()
     assert text.count("A:") == 4
     assert "streamed" in text and "Stopped cleanly" in text
+
+
+def test_a_cancelled_replica_is_replaced_and_never_advertised(slurm_llm_home: Path) -> None:
+    with deploy_smollm2("self-healing", replicas=2) as deployment:
+        old = deployment.jobs[0]
+        [old_record] = [r for r in deployment.records() if r.replica == 0]
+        old.cancel()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            statuses = deployment.status()
+            if statuses[0].job_id != old.job_id and statuses[0].state == "ready":
+                break
+            time.sleep(0.1)
+        assert statuses[0].job_id != old.job_id and statuses[0].state == "ready"
+        assert old_record.job_id not in {
+            r.job_id for r in Registry(slurm_llm_home / "registry").records()
+        }
+        assert any(f"job {old.job_id} ended" in event for event in deployment.events)
+        assert len(deployment.endpoints) == 2

@@ -49,9 +49,10 @@ def test_local_jobs_serve_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_deadline_comes_from_the_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SLURM_JOB_END_TIME", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     spec = ModelSpec.preset("smollm2-135m", slurm={"time_limit": "01:00:00"})
     assert job_deadline(1000.0, spec) == 1000.0 + 3600
-    assert job_deadline(1000.0, ModelSpec.preset("smollm2-135m")) is None
+    assert job_deadline(1000.0, ModelSpec.preset("smollm2-135m")) == 1000.0 + 240 * 60
     monkeypatch.setenv("SLURM_JOB_END_TIME", "5000")
     assert job_deadline(1000.0, spec) == 5000.0
 

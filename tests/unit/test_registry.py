@@ -36,7 +36,7 @@ def test_a_published_record_is_read_back(tmp_path: Path) -> None:
     published = record()
     registry.publish(published)
     assert registry.records("smollm2") == [published]
-    assert registry.path_for("smollm2", 0).is_file()
+    assert registry.path_for("smollm2", 0, "42_0").is_file()
 
 
 def test_readers_never_see_half_a_record(tmp_path: Path) -> None:
@@ -63,13 +63,14 @@ def test_readers_never_see_half_a_record(tmp_path: Path) -> None:
     assert not list((tmp_path / "smollm2").glob(".*.tmp")), "temporary files left behind"
 
 
-def test_withdraw_removes_only_the_owning_jobs_record(tmp_path: Path) -> None:
+def test_predecessor_and_successor_of_a_replica_coexist(tmp_path: Path) -> None:
     registry = Registry(tmp_path)
-    registry.publish(record(job_id="43_0"))  # a successor took replica 0 over
+    registry.publish(record(job_id="42_0"))
+    registry.publish(record(job_id="43_0", url="http://127.0.0.1:20002"))  # handover successor
+    assert [r.job_id for r in registry.records()] == ["42_0", "43_0"]
+    assert registry.withdraw("smollm2", 0, job_id="42_0")
+    assert [r.job_id for r in registry.records()] == ["43_0"]
     assert not registry.withdraw("smollm2", 0, job_id="42_0")
-    assert len(registry.records()) == 1
-    assert registry.withdraw("smollm2", 0, job_id="43_0")
-    assert registry.records() == []
 
 
 def test_a_record_without_heartbeat_is_stale(tmp_path: Path) -> None:
@@ -96,6 +97,6 @@ def test_a_record_whose_launcher_died_on_this_host_is_stale() -> None:
 def test_garbage_files_are_ignored(tmp_path: Path) -> None:
     registry = Registry(tmp_path)
     (tmp_path / "smollm2").mkdir()
-    (tmp_path / "smollm2" / "0.json").write_text('{"url": "http://half')
+    (tmp_path / "smollm2" / "0-41.json").write_text('{"url": "http://half')
     registry.publish(record(replica=1))
     assert [r.replica for r in registry.records()] == [1]

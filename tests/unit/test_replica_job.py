@@ -1,4 +1,4 @@
-from slurm_llm._deployment import _job_error_message
+from slurm_llm._replica_job import job_error_message
 
 SUBMITIT_TEXT = """Job (task=0) failed during processing with trace:
 ----------------------
@@ -11,7 +11,7 @@ You can check full logs with 'job.stderr(0)'"""
 
 
 def test_our_own_error_message_is_extracted_from_submitits_traceback() -> None:
-    assert _job_error_message(SUBMITIT_TEXT) == (
+    assert job_error_message(SUBMITIT_TEXT) == (
         "EngineError: engine exited with code 1 before it was ready; last log lines:\n"
         "error: model file is corrupt"
     )
@@ -19,4 +19,4 @@ def test_our_own_error_message_is_extracted_from_submitits_traceback() -> None:
 
 def test_foreign_errors_keep_the_traceback_tail() -> None:
     text = "Traceback (most recent call last):\n  File 'x'\nMemoryError: out of memory"
-    assert _job_error_message(text).endswith("MemoryError: out of memory")
+    assert job_error_message(text).endswith("MemoryError: out of memory")

@@ -1,0 +1,120 @@
+"""What SLURM says about our jobs: ``squeue`` for live ones, ``sacct`` for ended ones.
+
+submitit reads every state from ``sacct`` through a watcher that backs off to 15-20 s, and on a
+site without accounting it reports UNKNOWN forever. Replicas need better: a cancelled job must be
+noticed in about a second, a pending job's reason shown ("Resources", "PartitionConfig"), and
+sites without accounting must still work. So live jobs come from one batched ``squeue`` call,
+ended ones from ``sacct`` when it answers, and otherwise from whether submitit wrote a result.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+logger = logging.getLogger("slurm_llm")
+
+ACTIVE_STATES = frozenset(
+    {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+     "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED"}
+)  # fmt: skip
+# Pending reasons that no amount of waiting fixes: the job asks for something the site lacks.
+HOPELESS_REASONS = frozenset(
+    {
+        "BadConstraints",
+        "PartitionConfig",
+        "PartitionNodeLimit",
+        "PartitionTimeLimit",
+        "InvalidAccount",
+        "InvalidQOS",
+        "QOSMaxGRESPerJob",
+        "QOSMaxCpuPerJobLimit",
+        "QOSMaxMemoryPerJob",
+        "QOSMaxWallDurationPerJobLimit",
+        "AssocMaxGRESPerJob",
+        "AssocMaxCpuPerJobLimit",
+        "AssocMaxWallDurationPerJobLimit",
+        "DependencyNeverSatisfied",
+    }
+)
+ENDED = "ENDED"  # gone from the queue, outcome unknown (no accounting)
+
+
+@dataclass(frozen=True)
+class JobState:
+    state: str
+    reason: str | None = None
+    nodes: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def hopeless(self) -> bool:
+        return self.state == "PENDING" and (self.reason or "") in HOPELESS_REASONS
+
+
+class SlurmStates:
+    """Batched state queries; remembers whether this site has accounting."""
+
+    def __init__(self) -> None:
+        self.accounting: bool | None = None
+
+    def query(self, job_ids: Iterable[str]) -> dict[str, JobState]:
+        ids = sorted(set(job_ids))
+        if not ids:
+            return {}
+        states = parse_squeue(
+            _run(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T|%r|%N"])
+        )
+        missing = [job_id for job_id in ids if job_id not in states]
+        if missing:
+            states.update(self._ended(missing))
+        return {job_id: states.get(job_id, JobState(ENDED)) for job_id in ids}
+
+    def _ended(self, job_ids: list[str]) -> dict[str, JobState]:
+        if self.accounting is False:
+            return {}
+        output = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "JobID,State"])
+        if output is None:
+            if self.accounting is None:
+                logger.warning(
+                    "sacct does not answer (accounting disabled on this cluster?): ended jobs "
+                    "are judged from squeue and their result files only"
+                )
+            self.accounting = False
+            return {}
+        self.accounting = True
+        return parse_sacct(output)
+
+
+def parse_squeue(output: str | None) -> dict[str, JobState]:
+    states = {}
+    for line in (output or "").splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 4:
+            job_id, state, reason, nodes = parts
+            states[job_id] = JobState(state, None if reason == "None" else reason, nodes or None)
+    return states
+
+
+def parse_sacct(output: str) -> dict[str, JobState]:
+    """``123_0|CANCELLED by 0`` lines; the last line of a job wins (requeues repeat it)."""
+    states = {}
+    for line in output.splitlines():
+        job_id, _, state = line.strip().partition("|")
+        if job_id and state:
+            states[job_id] = JobState(state.split()[0].rstrip("+"))
+    return states
+
+
+def _run(argv: list[str]) -> str | None:
+    """stdout, or None when the command fails (unknown job ids make squeue fail too)."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
