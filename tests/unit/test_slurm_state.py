@@ -1,0 +1,69 @@
+"""Parsing SLURM's answers, and the fallback for sites without accounting.
+
+The PATH stand-ins below are fakes of ``squeue``/``sacct`` (named as such): they reproduce a
+site whose accounting is disabled, which the local test cluster (it runs slurmdbd) is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from pathlib import Path
+
+import pytest
+
+from slurm_llm._slurm_state import ENDED, JobState, SlurmStates, parse_sacct, parse_squeue
+
+
+def test_squeue_lines_become_states_with_pending_reasons() -> None:
+    states = parse_squeue("12_0|RUNNING|None|n1\n12_1|PENDING|Resources|\n")
+    assert states == {
+        "12_0": JobState("RUNNING", None, "n1"),
+        "12_1": JobState("PENDING", "Resources", None),
+    }
+    assert states["12_0"].active and not states["12_1"].hopeless
+
+
+def test_a_pending_reason_that_waiting_cannot_fix_is_hopeless() -> None:
+    assert JobState("PENDING", "PartitionConfig").hopeless
+    assert JobState("PENDING", "BadConstraints").hopeless
+    assert not JobState("PENDING", "Priority").hopeless
+
+
+def test_sacct_states_drop_the_cancelling_user_and_keep_the_last_line() -> None:
+    states = parse_sacct("7_0|CANCELLED by 0\n8|REQUEUED\n8|RUNNING\n9|FAILED\n")
+    assert {k: v.state for k, v in states.items()} == {
+        "7_0": "CANCELLED",
+        "8": "RUNNING",
+        "9": "FAILED",
+    }
+
+
+def fake_command(folder: Path, name: str, script: str) -> None:
+    path = folder / name
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def test_without_accounting_ended_jobs_are_reported_as_ended_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_command(tmp_path, "squeue", 'echo "5_0|RUNNING|None|n2"')
+    fake_command(
+        tmp_path, "sacct", 'echo "sacct: error: Slurm accounting storage is disabled" >&2; exit 1'
+    )
+    monkeypatch.setenv("PATH", str(tmp_path))
+    slurm = SlurmStates()
+    with caplog.at_level(logging.WARNING, logger="slurm_llm"):
+        states = slurm.query(["5_0", "5_1"])
+    assert states == {"5_0": JobState("RUNNING", None, "n2"), "5_1": JobState(ENDED)}
+    assert slurm.accounting is False
+    assert "accounting disabled" in caplog.text
+    caplog.clear()
+    slurm.query(["5_1"])
+    assert caplog.text == ""  # warned once
+
+
+def test_no_jobs_means_no_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert SlurmStates().query([]) == {}
