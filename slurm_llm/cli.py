@@ -7,6 +7,7 @@ Ctrl-C exits 130. Nothing here holds logic the Python API lacks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -49,17 +50,40 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     print_status([deployment])
     if not args.foreground:
-        console.print(f"Running in the background; stop with: slurm-llm down {deployment.name}")
+        console.print(
+            f"Running in the background. Stop with: slurm-llm down {deployment.name}\n"
+            f"Replace failed replicas and hand over before wall-time with: "
+            f"slurm-llm keep-alive {deployment.name}"
+        )
         deployment.detach()
         return 0
-    console.print("Serving until Ctrl-C.")
+    console.print("Serving and replacing failed replicas until Ctrl-C.")
     try:
-        while True:
-            time.sleep(1)
+        follow_events(deployment)
     except KeyboardInterrupt:
         console.print("Stopping...")
         deployment.stop()
     return 0
+
+
+def cmd_keep_alive(args: argparse.Namespace) -> int:
+    deployment = attach(args.name)
+    assert deployment is not None
+    console.print(f"Keeping {deployment.name} whole until Ctrl-C (its replicas keep running).")
+    deployment.keep_alive(args.interval)
+    with contextlib.suppress(KeyboardInterrupt):
+        follow_events(deployment)
+    return 0
+
+
+def follow_events(deployment: Deployment) -> None:
+    """Prints the deployment's events as its keep-alive loop records them, forever."""
+    seen = len(deployment.events)
+    while True:
+        time.sleep(1)
+        for event in deployment.events[seen:]:
+            console.print(event, highlight=False)
+        seen = len(deployment.events)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -69,6 +93,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print("No deployments running.")
         return 0
     print_status(deployments)
+    for deployment in deployments:
+        for event in deployment.events[-args.events :]:
+            console.print(f"{deployment.name}: {event}", highlight=False)
     return 0
 
 
@@ -179,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = command("status", cmd_status, "Show deployments, their replicas and endpoints.")
     status.add_argument("name", nargs="?", help="one deployment (default: all)")
+    status.add_argument("--events", type=int, default=5, help="recent events to show")
+
+    keep = command(
+        "keep-alive", cmd_keep_alive,
+        "Replace failed replicas and hand over before wall-time, until Ctrl-C.",
+    )  # fmt: skip
+    keep.add_argument("name")
+    keep.add_argument("--interval", type=float, default=1.0, help="seconds between checks")
 
     down = command("down", cmd_down, "Stop deployments and their jobs.")
     down.add_argument("names", nargs="*", help="deployment names")

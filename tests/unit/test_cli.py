@@ -10,7 +10,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("up", "status", "down", "presets", "prepare-model", "demo"):
+    for command in ("up", "status", "keep-alive", "down", "presets", "prepare-model", "demo"):
         assert command in out
 
 
