@@ -70,7 +70,7 @@ def slurm_parameters(spec: ModelSpec, job_name: str) -> dict[str, Any]:
     options = spec.slurm
     params: dict[str, Any] = {
         "job_name": job_name,
-        "nodes": 1,
+        "nodes": spec.nodes,
         "ntasks_per_node": 1,
         "cpus_per_task": spec.cpus,
         "mem": f"{spec.memory_gb}GB",
@@ -90,6 +90,11 @@ def slurm_parameters(spec: ModelSpec, job_name: str) -> dict[str, Any]:
 
 def local_parameters(spec: ModelSpec, replica: int) -> dict[str, Any]:
     """submitit ``LocalExecutor`` parameters; replica ``i`` gets its own slice of the GPUs."""
+    if spec.nodes > 1:
+        raise DeploymentError(
+            f"{spec.name!r} spans {spec.nodes} nodes per replica, which needs SLURM; "
+            "use executor='slurm' or nodes=1"
+        )
     gpus = spec.gpus
     return {
         "timeout_min": time_limit_min(spec),

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -51,16 +51,25 @@ class JobInfo:
     job_id: str
     node: str
     log_path: str | None
+    rank: int = 0
+    nodes: int = 1
+    folder: str | None = None
 
     @classmethod
     def current(cls) -> JobInfo:
         try:
             env = submitit.JobEnvironment()
-            return cls(str(env.job_id), socket.gethostname(), str(env.paths.stdout))
         except RuntimeError:  # called outside submitit, e.g. by hand on a node
-            return cls(
-                os.environ.get("SLURM_JOB_ID", f"pid{os.getpid()}"), socket.gethostname(), None
-            )
+            job_id = os.environ.get("SLURM_JOB_ID", f"pid{os.getpid()}")
+            return cls(job_id, socket.gethostname(), None)
+        return cls(
+            str(env.job_id),
+            socket.gethostname(),
+            str(env.paths.stdout),
+            rank=env.global_rank,
+            nodes=env.num_nodes,
+            folder=str(env.paths.folder),
+        )
 
 
 def serving_host() -> str:
@@ -158,13 +167,15 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
         self.registry_root = str(registry_root)
         self._engine: EngineProcess | None = None
         self._record: EndpointRecord | None = None
+        self._rendezvous_lease: PortLease | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Only the configuration travels in the pickle; processes belong to one job's life.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_engine", "_record")}
+        runtime = ("_engine", "_record", "_rendezvous_lease")
+        return {k: v for k, v in self.__dict__.items() if k not in runtime}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _engine=None, _record=None)
+        self.__dict__.update(state, _engine=None, _record=None, _rendezvous_lease=None)
 
     def __call__(self, replica: int) -> None:
         job = JobInfo.current()
@@ -196,17 +207,24 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
             started = time.time()
             lease = lease_port(host)
             ctx = LaunchContext(host, lease.port, model_path, gpus, cpus)
+            if job.nodes > 1:
+                ctx = self._join_nodes(ctx, job)
             self._engine = EngineProcess(
                 engine.command(spec, ctx), engine.environment(spec, ctx), lease
             )
-            exit_code = self._wait_ready(engine, ctx)
+            # A headless worker (rank > 0) neither probes nor publishes: rank 0 does both.
+            exit_code: int | None = (
+                self._supervise(registry) if job.rank > 0 else self._wait_ready(engine, ctx)
+            )
             was_ready = exit_code is None
             if exit_code is None:
                 exit_code = self._publish_and_supervise(registry, replica, job, ctx, started)
             crashes += 1
             tail = self._engine.log_tail() if self._engine else ""
             self._shutdown()
-            if crashes > spec.max_restarts:
+            if crashes > spec.max_restarts or job.nodes > 1:
+                # Ranks of a multi-node replica cannot restart alone: the job fails, and the
+                # deployment replaces the whole replica.
                 when = "after it was ready" if was_ready else "before it was ready"
                 raise EngineError(
                     f"engine exited with code {exit_code} {when}, {crashes} time(s) in all "
@@ -247,6 +265,29 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
         print(f"{READY_MARK}{ctx.url} (replica {replica}, after {seconds:.2f} s)", flush=True)
         return self._supervise(registry)
 
+    def _join_nodes(self, ctx: LaunchContext, job: JobInfo) -> LaunchContext:
+        """Rank 0 picks the rendezvous address and writes it beside the job's files; the other
+        ranks read it there (the submitit folder is on the shared filesystem)."""
+        assert job.folder is not None
+        path = Path(job.folder) / f"{job.job_id}.rendezvous"
+        if job.rank == 0:
+            self._rendezvous_lease = lease_port(ctx.host)
+            address = f"{ctx.host}:{self._rendezvous_lease.port}"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(address)
+            os.replace(tmp, path)
+        else:
+            deadline = time.monotonic() + self.spec.ready_timeout_s
+            while not path.exists():
+                if time.monotonic() > deadline:
+                    raise EngineError(f"rank {job.rank}: rank 0 never wrote {path}")
+                time.sleep(0.2)
+            address = path.read_text()
+        host, _, port = address.rpartition(":")
+        return replace(
+            ctx, nodes=job.nodes, node_rank=job.rank, master_addr=host, master_port=int(port)
+        )
+
     def _gpus(self) -> tuple[str, ...]:
         if self.spec.device == "cpu":
             return ()
@@ -286,12 +327,12 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
         )
 
     def _supervise(self, registry: Registry) -> int:
-        """Heartbeats until the engine exits; returns its exit code."""
-        assert self._engine is not None and self._record is not None
+        """Heartbeats (if it published) until the engine exits; returns its exit code."""
+        assert self._engine is not None
         next_beat = time.monotonic() + HEARTBEAT_INTERVAL_S
         while (code := self._engine.exit_code()) is None:
             time.sleep(0.2)
-            if time.monotonic() >= next_beat:
+            if self._record is not None and time.monotonic() >= next_beat:
                 self._record = self._record.model_copy(update={"heartbeat": time.time()})
                 registry.publish(self._record)
                 next_beat = time.monotonic() + HEARTBEAT_INTERVAL_S
@@ -305,6 +346,9 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.stop()
+        lease, self._rendezvous_lease = self._rendezvous_lease, None
+        if lease is not None:
+            lease.release()
 
 
 def _raise_stopped(signum: int, frame: FrameType | None) -> None:

@@ -106,6 +106,12 @@ class ModelSpec(BaseModel):
         default=None, description="Apptainer image to run the engine in (apptainer exec --nv)"
     )
     replicas: int = Field(default=1, ge=0)
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        description="nodes per replica, for models bigger than a node (vLLM: tensor parallel "
+        "within a node, pipeline parallel across nodes); GPU counts are then per node",
+    )
     gpus_per_replica: int | None = Field(default=None, ge=0)
     tensor_parallel: int | None = Field(default=None, ge=1)
     cpus_per_replica: int | None = Field(default=None, ge=1)
@@ -174,6 +180,11 @@ class ModelSpec(BaseModel):
             if self.tensor_parallel not in (None, 1):
                 raise ValueError("device='cpu' runs tensor_parallel=1; remove tensor_parallel")
             return self
+        if self.nodes > 1 and self.engine != "vllm":
+            raise ValueError(
+                f"nodes={self.nodes} needs engine='vllm' (the only engine here that spans nodes); "
+                "use nodes=1 or engine='vllm'"
+            )
         shape = self.shape()
         if self.tensor_parallel is not None:
             candidates = tensor_parallel_candidates(
@@ -215,20 +226,23 @@ class ModelSpec(BaseModel):
         return shape_from_config(model_dir) if model_dir.is_dir() else None
 
     def _derived_gpus(self, shape: ModelShape) -> int:
-        gpus = gpus_needed(shape, self.precision, self.gpu_memory_gb, self.gpus_per_node)
+        """GPUs per node of a replica; a replica on several nodes splits the weights evenly."""
+        per_node = ModelShape(shape.parameters_b / self.nodes, shape.attention_heads)
+        gpus = gpus_needed(per_node, self.precision, self.gpu_memory_gb, self.gpus_per_node)
         if gpus is None:
             need = weights_gb(shape.parameters_b, self.precision)
             raise ValueError(
                 f"the weights need {need:.0f} GB at precision={self.precision!r}, more than "
-                f"{self.gpus_per_node} GPUs of {self.gpu_memory_gb:g} GB hold with room for the "
-                "KV cache; use a lower precision ('fp8', 'int8', 'int4'), a partition with bigger "
-                "GPUs (gpu_memory_gb) or more GPUs per node (gpus_per_node)"
+                f"{self.nodes} node(s) of {self.gpus_per_node} GPUs of {self.gpu_memory_gb:g} GB "
+                "hold with room for the KV cache; use a lower precision ('fp8', 'int8', 'int4'), "
+                "bigger GPUs (gpu_memory_gb), more GPUs per node (gpus_per_node) or more nodes "
+                f"per replica (nodes={self.nodes + 1}, vLLM only)"
             )
         return gpus
 
     @property
     def gpus(self) -> int:
-        """GPUs per replica, derived from the model's size when not given."""
+        """GPUs per replica (per node of it), derived from the model's size when not given."""
         if self.device == "cpu":
             return 0
         if self.gpus_per_replica is not None:

@@ -28,6 +28,11 @@ class LaunchContext:
     model_path: str
     gpus: tuple[str, ...] = ()
     cpus: int = 1
+    # A replica spanning nodes: this node's rank, and where rank 0 coordinates.
+    nodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
 
     @property
     def url(self) -> str:

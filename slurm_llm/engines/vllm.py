@@ -27,6 +27,17 @@ class VLLMEngine(Engine):
         ]  # fmt: skip
         if spec.quantization:
             args += ["--quantization", spec.quantization]
+        if ctx.nodes > 1:
+            # Tensor parallel within a node (fast links), pipeline parallel across nodes.
+            args += [
+                "--pipeline-parallel-size", str(ctx.nodes),
+                "--nnodes", str(ctx.nodes),
+                "--node-rank", str(ctx.node_rank),
+                "--master-addr", str(ctx.master_addr),
+                "--master-port", str(ctx.master_port),
+            ]  # fmt: skip
+            if ctx.node_rank > 0:
+                args.append("--headless")  # only rank 0 serves HTTP
         return args
 
     def environment(self, spec: ModelSpec, ctx: LaunchContext) -> dict[str, str]:

@@ -57,3 +57,25 @@ def test_unknown_executor_is_refused() -> None:
 
 def test_local_is_always_available() -> None:
     assert resolve_kind("local") == "local"
+
+
+def test_multi_node_replicas_ask_slurm_for_nodes_and_refuse_local() -> None:
+    spec = ModelSpec(
+        name="big",
+        model="m",
+        parameters_b=405,
+        attention_heads=128,
+        precision="fp8",
+        nodes=2,
+        gpus_per_node=8,
+    )
+    params = slurm_parameters(spec, "x")
+    assert (params["nodes"], params["gres"]) == (2, "gpu:4")
+    with pytest.raises(DeploymentError, match="needs SLURM"):
+        local_parameters(spec, 0)
+
+
+def test_short_jobs_get_a_short_preemption_signal() -> None:
+    spec = ModelSpec.preset("smollm2-135m", slurm={"time_limit": "00:04:00"}, handover_s=110)
+    assert slurm_parameters(spec, "x")["signal_delay_s"] == 30
+    assert slurm_parameters(ModelSpec.preset("smollm2-135m"), "x")["signal_delay_s"] == 120

