@@ -21,6 +21,7 @@ from slurm_llm._deployment import Deployment, attach, deploy, list_deployments
 from slurm_llm._errors import SlurmLLMError, SpecError
 from slurm_llm._smollm2 import gguf_path, prepare_hf_dir
 from slurm_llm._spec import ModelSpec, preset_files
+from slurm_llm.cluster import add_cluster_commands
 
 console = Console()
 errors = Console(stderr=True)
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--all", action="store_true", help="stop every deployment")
 
     command("presets", cmd_presets, "List the shipped model presets.")
+    add_cluster_commands(commands)
 
     prepare = command(
         "prepare-model",

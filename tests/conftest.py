@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from slurm_llm.cluster import LocalCluster
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -22,3 +24,24 @@ def slurm_llm_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("SLURM_LLM_HOME", None)
     else:
         os.environ["SLURM_LLM_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def local_slurm() -> Iterator[LocalCluster]:
+    """A real SLURM cluster on this machine, started once per session with fresh state.
+
+    Under the repository's .cache/ (or $SLURM_LLM_CLUSTER_DIR); its ports are fixed, so a
+    cluster started by hand elsewhere must be stopped first.
+    """
+    root = Path(os.environ.get("SLURM_LLM_CLUSTER_DIR", REPO / ".cache" / "slurm-cluster"))
+    cluster = LocalCluster(root)
+    cluster.up(clean=True)
+    previous = {key: os.environ.get(key) for key in cluster.env()}
+    os.environ.update(cluster.env())
+    yield cluster
+    cluster.down(clean=True)
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
