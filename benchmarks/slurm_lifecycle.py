@@ -11,28 +11,19 @@ prints). Each round measures, side by side with the engine's own start-up (llama
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from rich.console import Console
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import describe, machine_info
+from _report import describe, machine_info, report_seconds
 from startup_overhead import engine_alone
 
 from slurm_llm import ModelSpec, deploy
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def one_round(spec: ModelSpec, home: Path, round_no: int) -> dict[str, float]:
@@ -100,26 +91,18 @@ def main() -> None:
             r["replacement"] - r["replacement_engine"] for r in rounds
         ],
     }
-    table = Table(title=f"Replica lifecycle on SLURM, llama.cpp SmolLM2, {args.rounds} rounds")
-    for column in ("", "median s", "min s", "max s"):
-        table.add_column(column, justify="right" if column else "left")
-    for label, values in rows.items():
-        table.add_row(label, f"{statistics.median(values):.2f}", f"{min(values):.2f}",
-                      f"{max(values):.2f}")  # fmt: skip
-    console.print(table)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"slurm_lifecycle-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"machine": info, "rounds": args.rounds, "seconds": rows}, indent=2))
-    figure, axis = plt.subplots(figsize=(8, 3.5))
-    picked = ["engine alone: start to first generation", "deploy() to ready on SLURM",
-              "scancel to replacement ready"]  # fmt: skip
-    axis.boxplot([rows[k] for k in picked], orientation="horizontal",
-                 tick_labels=["engine alone", "deploy()", "replacement"])  # fmt: skip
-    axis.set_xlabel("seconds")
-    axis.set_title(f"Replica lifecycle on SLURM ({info['slurm']})\n{describe(info)}", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(out.with_suffix(".png"), dpi=120)
-    console.print(f"Saved {out} and {out.with_suffix('.png')}")
+    report_seconds(
+        "slurm_lifecycle",
+        f"Replica lifecycle on SLURM ({info['slurm']}), llama.cpp SmolLM2, {args.rounds} rounds",
+        rows,
+        {
+            "engine alone: start to first generation": "engine alone",
+            "deploy() to ready on SLURM": "deploy()",
+            "scancel to replacement ready": "replacement",
+        },
+        info,
+        console,
+    )
 
 
 if __name__ == "__main__":

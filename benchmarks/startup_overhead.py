@@ -14,31 +14,22 @@ engine being ready to ``deploy()`` noticing.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from rich.console import Console
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import describe, machine_info
+from _report import describe, machine_info, report_seconds
 
 from slurm_llm import ModelSpec, deploy
 from slurm_llm._errors import EngineError
 from slurm_llm._ports import lease_port
 from slurm_llm._spec import resolve_model_path
 from slurm_llm.engines import LaunchContext, get_engine
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def engine_alone(spec: ModelSpec) -> float:
@@ -113,28 +104,18 @@ def main() -> None:
         "  ready record to deploy() returning": [d["noticed"] for d in deployed],
         "overhead = deploy() - engine alone (paired)": overhead,
     }
-    table = Table(title=f"deploy() to ready, llama.cpp SmolLM2, {args.rounds} rounds")
-    for column in ("", "median s", "min s", "max s"):
-        table.add_column(column, justify="right" if column else "left")
-    for label, values in rows.items():
-        table.add_row(
-            label, f"{statistics.median(values):.3f}", f"{min(values):.3f}", f"{max(values):.3f}"
-        )
-    console.print(table)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"startup_overhead-{stamp}.json"
-    out.write_text(json.dumps({"machine": info, "rounds": args.rounds, "seconds": rows}, indent=2))
-    figure, axis = plt.subplots(figsize=(8, 3.5))
-    labels = ["engine alone", "deploy()", "overhead"]
-    axis.boxplot([alone, totals, overhead], orientation="horizontal", tick_labels=labels)
-    axis.set_xlabel("seconds")
-    axis.set_title(
-        f"Start-up to first generation, SmolLM2 on llama.cpp\n{describe(info)}", fontsize=8
+    report_seconds(
+        "startup_overhead",
+        f"deploy() to ready, llama.cpp SmolLM2, {args.rounds} rounds",
+        rows,
+        {
+            "engine alone: start to first generation": "engine alone",
+            "deploy() to ready (1 replica, local executor)": "deploy()",
+            "overhead = deploy() - engine alone (paired)": "overhead",
+        },
+        info,
+        console,
     )
-    figure.tight_layout()
-    figure.savefig(out.with_suffix(".png"), dpi=120)
-    console.print(f"Saved {out} and {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ from slurm_llm.engines import LaunchContext, get_engine
 
 REFERENCES = Path(__file__).parent / "reference"
 
+LLAMA_405B_ON_2_NODES = ModelSpec(
+    name="llama-3.1-405b", model="/shared/llama-405b", parameters_b=405, attention_heads=128,
+    precision="fp8", nodes=2, gpus_per_node=8,
+)  # fmt: skip
+
 CASES: dict[str, tuple[ModelSpec, LaunchContext]] = {
     "vllm-cuda-tp4": (
         ModelSpec(
@@ -51,15 +56,7 @@ CASES: dict[str, tuple[ModelSpec, LaunchContext]] = {
         LaunchContext("10.0.0.8", 24003, "/shared/llama-8b", ("2",), 8),
     ),
     "vllm-2-nodes-rank0": (
-        ModelSpec(
-            name="llama-3.1-405b",
-            model="/shared/llama-405b",
-            parameters_b=405,
-            attention_heads=128,
-            precision="fp8",
-            nodes=2,
-            gpus_per_node=8,
-        ),
+        LLAMA_405B_ON_2_NODES,
         LaunchContext(
             "10.0.0.10",
             24007,
@@ -73,15 +70,7 @@ CASES: dict[str, tuple[ModelSpec, LaunchContext]] = {
         ),
     ),
     "vllm-2-nodes-rank1": (
-        ModelSpec(
-            name="llama-3.1-405b",
-            model="/shared/llama-405b",
-            parameters_b=405,
-            attention_heads=128,
-            precision="fp8",
-            nodes=2,
-            gpus_per_node=8,
-        ),
+        LLAMA_405B_ON_2_NODES,
         LaunchContext(
             "10.0.0.11",
             24008,
