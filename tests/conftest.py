@@ -28,13 +28,17 @@ def slurm_llm_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def local_slurm() -> Iterator[LocalCluster]:
-    """A real SLURM cluster on this machine, started once per session with fresh state.
+    """A real SLURM cluster on this machine (``slurm-llm cluster up``), started once per session
+    with fresh state and stopped at its end; SLURM's commands and submitit find it through the
+    environment.
 
-    Under the repository's .cache/ (or $SLURM_LLM_CLUSTER_DIR); its ports are fixed, so a
-    cluster started by hand elsewhere must be stopped first.
+    It lives in the repository's .cache/ (or $SLURM_LLM_TEST_CLUSTER_DIR) on ports of its own,
+    so a cluster that a user started with the defaults keeps running undisturbed. Its state and
+    accounting are wiped at the start (a few seconds), so that no job, drained node or job id
+    of an earlier session can leak into this one.
     """
-    root = Path(os.environ.get("SLURM_LLM_CLUSTER_DIR", REPO / ".cache" / "slurm-cluster"))
-    cluster = LocalCluster(root)
+    root = Path(os.environ.get("SLURM_LLM_TEST_CLUSTER_DIR", REPO / ".cache" / "test-cluster"))
+    cluster = LocalCluster(root, base_port=15800)
     cluster.up(clean=True)
     previous = {key: os.environ.get(key) for key in cluster.env()}
     os.environ.update(cluster.env())

@@ -1,8 +1,9 @@
 """A real SLURM cluster on this machine: ``slurm-llm cluster up|down|status``."""
 
 from slurm_llm.cluster._cli import add_cluster_commands
+from slurm_llm.cluster._cluster import ClusterStatus, LocalCluster
 from slurm_llm.cluster._config import ClusterConfig, render
-from slurm_llm.cluster._daemons import ClusterError, ClusterStatus, LocalCluster
+from slurm_llm.cluster._errors import ClusterError
 
 __all__ = [
     "ClusterConfig",
