@@ -195,3 +195,21 @@ def test_a_cancelled_replica_is_replaced_and_never_advertised(slurm_llm_home: Pa
         }
         assert any(f"job {old.job_id} ended" in event for event in deployment.events)
         assert len(deployment.endpoints) == 2
+
+
+def test_an_engine_past_its_restart_limit_gets_a_replacement_job(slurm_llm_home: Path) -> None:
+    with deploy_smollm2("fragile", replicas=1, max_restarts=0) as deployment:
+        [before] = deployment.records()
+        os.kill(before.engine_pid, signal.SIGKILL)  # the launcher gives up: its job fails
+        after = wait_for_record(deployment, lambda r: r.job_id != before.job_id)
+        assert after is not None, "no replacement job"
+        [event] = [e for e in deployment.events if f"job {before.job_id} ended" in e]
+        assert "engine exited with code -9 after it was ready" in event
+
+
+def test_a_replica_not_ready_in_time_is_reported_with_its_log(slurm_llm_home: Path) -> None:
+    with pytest.raises(DeploymentError) as error:
+        deploy_smollm2("slow", replicas=1, ready_timeout_s=0.01)
+    message = str(error.value)
+    assert "engine not ready after 0 s" in message
+    assert "last log lines" in message and "log: " in message

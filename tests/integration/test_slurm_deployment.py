@@ -94,6 +94,25 @@ def test_a_requeued_replica_comes_back_under_the_same_job(on_slurm: Deployment) 
     assert on_slurm.status()[0].state == "ready"
 
 
+def test_a_replica_on_a_failed_node_is_replaced_elsewhere(on_slurm: Deployment) -> None:
+    [record] = [r for r in on_slurm.records() if r.replica == 0]
+    squeue = ["squeue", "-h", "-j", record.job_id, "-o", "%N"]
+    node = subprocess.run(squeue, capture_output=True, text=True, check=True).stdout.strip()
+    down = ["scontrol", "update", f"nodename={node}", "state=down", "reason=slurm-llm test"]
+    subprocess.run(down, check=True)
+    try:
+
+        def elsewhere() -> bool:  # replaced, or requeued by SLURM onto another node
+            records = [r for r in on_slurm.records() if r.replica == 0]
+            return bool(records) and all(r.node != node for r in records)
+
+        wait_until(elsewhere, 120, "replica 0 serving again from another node")
+        assert on_slurm.status()[0].state == "ready"
+    finally:
+        resume = ["scontrol", "update", f"nodename={node}", "state=resume"]
+        subprocess.run(resume, check=True)
+
+
 def test_wall_time_handover_keeps_a_replica_ready_at_every_moment(
     local_slurm: object, slurm_llm_home: Path
 ) -> None:
