@@ -94,12 +94,15 @@ def test_a_requeued_replica_comes_back_under_the_same_job(on_slurm: Deployment) 
     assert on_slurm.status()[0].state == "ready"
 
 
-def test_a_replica_on_a_failed_node_is_replaced_elsewhere(on_slurm: Deployment) -> None:
+def test_a_replica_on_a_failed_node_serves_again_from_another(on_slurm: Deployment) -> None:
     [record] = [r for r in on_slurm.records() if r.replica == 0]
     squeue = ["squeue", "-h", "-j", record.job_id, "-o", "%N"]
     node = subprocess.run(squeue, capture_output=True, text=True, check=True).stdout.strip()
-    down = ["scontrol", "update", f"nodename={node}", "state=down", "reason=slurm-llm test"]
-    subprocess.run(down, check=True)
+    # Drained first, so it stays out of service once down (ReturnToService brings a plain down
+    # node back as soon as its slurmd re-registers); down kills the job on it.
+    for state in ("drain", "down"):
+        update = ["scontrol", "update", f"nodename={node}", f"state={state}", "reason=test"]
+        subprocess.run(update, check=True)
     try:
 
         def elsewhere() -> bool:  # replaced, or requeued by SLURM onto another node
