@@ -1,0 +1,78 @@
+"""Running the router: in the foreground (``slurm-llm router``) or in a background thread of
+the caller's process (``RouterThread``, for notebooks, workflows and tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from types import TracebackType
+
+from aiohttp import web
+
+from slurm_llm._paths import registry_dir
+from slurm_llm._registry import Registry
+from slurm_llm.router._app import RouterConfig, build_app
+from slurm_llm.router._backends import BackendPool
+
+
+def make_pool(home: Path | None = None, deployment: str | None = None) -> BackendPool:
+    return BackendPool(Registry(registry_dir(home)), deployment)
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    home: Path | None = None,
+    deployment: str | None = None,
+    config: RouterConfig | None = None,
+) -> None:
+    """Blocks, serving every model in the registry (or one deployment's) until interrupted."""
+    web.run_app(build_app(make_pool(home, deployment), config), host=host, port=port,
+                print=None, access_log=None)  # fmt: skip
+
+
+class RouterThread:
+    """The router on an event loop of its own thread; ``url`` once the context is entered."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        home: Path | None = None,
+        deployment: str | None = None,
+        config: RouterConfig | None = None,
+    ) -> None:
+        self.pool = make_pool(home, deployment)
+        self.app = build_app(self.pool, config)
+        self.host = host
+        self.port = port
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._runner = web.AppRunner(self.app, access_log=None)
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> RouterThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        return self
+
+    async def _start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        server = site._server  # the port the OS picked when port=0
+        assert isinstance(server, asyncio.base_events.Server)
+        self.port = server.sockets[0].getsockname()[1]
+        self.url = f"http://{self.host}:{self.port}"
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()

@@ -1,0 +1,170 @@
+"""The router in front of real llama.cpp replicas, driven by the official OpenAI client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+
+from slurm_llm import Deployment
+from slurm_llm.router import RouterConfig, RouterThread
+from tests.integration.helpers import deploy_smollm2, openai_client, streamed_pieces
+
+pytestmark = pytest.mark.llamacpp
+
+
+@pytest.fixture(scope="module")
+def router(smollm2_llamacpp: Deployment, slurm_llm_home: Path) -> Iterator[RouterThread]:
+    config = RouterConfig(max_body_bytes=64 * 1024)
+    with RouterThread(home=slurm_llm_home, deployment="shared-smollm2", config=config) as running:
+        yield running
+
+
+def ask(url: str, content: str = "Say hi.") -> str:
+    reply = openai_client(url).chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": content}], max_tokens=4
+    )
+    return reply.choices[0].message.content or ""
+
+
+def post(url: str, body: bytes) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_models_lists_what_the_replicas_serve(router: RouterThread) -> None:
+    assert [m.id for m in openai_client(router.url).models.list()] == ["smollm2"]
+
+
+def test_chat_and_text_completions_through_the_router(router: RouterThread) -> None:
+    assert ask(router.url)
+    client = openai_client(router.url)
+    assert client.completions.create(model="smollm2", prompt="1, 2,", max_tokens=3).choices[0].text
+
+
+def test_streaming_passes_through_token_by_token(router: RouterThread) -> None:
+    assert len(streamed_pieces(router.url, "smollm2")) > 3
+
+
+def test_the_async_client_works_too(router: RouterThread) -> None:
+    async def many() -> int:
+        client = openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0)
+        requests = [
+            client.chat.completions.create(
+                model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+            )
+            for _ in range(6)
+        ]
+        replies = await asyncio.gather(*requests)
+        await client.close()
+        return len([r for r in replies if r.choices])
+
+    assert asyncio.run(many()) == 6
+
+
+def test_load_is_spread_over_the_replicas(router: RouterThread) -> None:
+    before = {b.url: b.answered for b in router.pool.backends.values()}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: ask(router.url), range(16)))
+    after = {b.url: b.answered - before.get(b.url, 0) for b in router.pool.backends.values()}
+    assert len(after) == 2 and min(after.values()) >= 3, after
+
+
+def test_unknown_model_is_404_listing_the_served_ones(router: RouterThread) -> None:
+    status, body = post(f"{router.url}/v1/chat/completions",
+                        b'{"model": "gpt-9", "messages": []}')  # fmt: skip
+    assert status == 404
+    assert "'gpt-9' is not served here; available: smollm2" in str(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"messages": []}', "'model' (a string) is required"),
+        (b'{"model": "smollm2"}', "'messages' is required"),
+    ],
+)
+def test_malformed_requests_get_400_naming_the_problem(
+    router: RouterThread, body: bytes, message: str
+) -> None:
+    status, reply = post(f"{router.url}/v1/chat/completions", body)
+    assert status == 400
+    assert message in str(reply) and "Traceback" not in str(reply)
+
+
+def test_oversized_bodies_get_413(router: RouterThread) -> None:
+    huge = b'{"model": "smollm2", "prompt": "' + b"x" * 100_000 + b'"}'
+    status, reply = post(f"{router.url}/v1/completions", huge)
+    assert status == 413 and "larger than 65536 bytes" in str(reply)
+
+
+def test_killing_a_replica_under_load_fails_no_request(slurm_llm_home: Path) -> None:
+    with (
+        deploy_smollm2("under-fire", replicas=2, max_restarts=5) as deployment,
+        RouterThread(home=slurm_llm_home, deployment="under-fire") as router,
+    ):
+        victim = deployment.records()[0]
+        results: list[str | Exception] = []
+        lock = threading.Lock()
+
+        def one(index: int) -> None:
+            try:
+                answer = ask(router.url, f"Count to {index}.")
+            except Exception as exc:  # every failure is collected and reported
+                answer = exc  # type: ignore[assignment]
+            with lock:
+                results.append(answer)
+
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(one, i) for i in range(60)]
+            while len(results) < 10:
+                threading.Event().wait(0.05)
+            os.kill(victim.engine_pid, signal.SIGKILL)
+            for future in futures:
+                future.result()
+        failures = [r for r in results if isinstance(r, Exception)]
+        assert failures == [] and len(results) == 60
+
+
+def test_the_cli_serves_the_router(smollm2_llamacpp: Deployment) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [sys.executable, "-m", "slurm_llm", "router", "--port", str(port),
+            "--deployment", "shared-smollm2"]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as ready:
+                    assert json.loads(ready.read())["models"] == ["smollm2"]
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert ask(f"http://127.0.0.1:{port}")
+    finally:
+        process.terminate()
+        process.wait(10)
