@@ -125,8 +125,7 @@ class Deployment:
     # ---- status -----------------------------------------------------------------------------
 
     def status(self) -> list[ReplicaStatus]:
-        self._load()
-        records = self.records()
+        records = self.records()  # loads the state too
         states = self._states()
         return [
             self._slot_status(i, slot, records, states) for i, slot in sorted(self.slots.items())
