@@ -7,12 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from slurm_llm import Deployment, ModelSpec, deploy
+from slurm_llm import Deployment
+from tests.integration.helpers import close_clients, deploy_smollm2
 
 
 @pytest.fixture(scope="session")
 def smollm2_llamacpp(slurm_llm_home: Path) -> Iterator[Deployment]:
     """Two real llama.cpp replicas of SmolLM2 on the local executor, shared by read-only tests."""
-    spec = ModelSpec.preset("smollm2-135m")
-    with deploy(spec, replicas=2, executor="local", name="shared-smollm2", progress=False) as d:
-        yield d
+    with deploy_smollm2("shared-smollm2", replicas=2) as deployment:
+        yield deployment
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _openai_clients_closed() -> Iterator[None]:
+    yield
+    close_clients()

@@ -9,9 +9,23 @@ import openai
 
 from slurm_llm import Deployment, EndpointRecord, ModelSpec, deploy
 
+_CLIENTS: dict[str, openai.OpenAI] = {}
+
 
 def openai_client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    """One client per server for the whole session, as applications use it; a client per call
+    left its connections to the garbage collector, whose ResourceWarnings then failed
+    whichever test happened to be running."""
+    if url not in _CLIENTS:
+        _CLIENTS[url] = openai.OpenAI(
+            base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120
+        )
+    return _CLIENTS[url]
+
+
+def close_clients() -> None:
+    while _CLIENTS:
+        _CLIENTS.popitem()[1].close()
 
 
 def streamed_pieces(url: str, model: str) -> list[str]:
