@@ -74,6 +74,7 @@ def test_a_gpu_job_gets_two_gpus_on_a_named_node(local_slurm: LocalCluster, tmp_
     node, gpus = out.read_text().split()
     assert node in {"n1", "n2", "n3"}  # each slurmd runs in a UTS namespace of its own
     assert len(set(gpus.split(","))) == 2
+    local_slurm.wait_idle(timeout=30)  # the finished job gave its node back
 
 
 def test_more_gpus_than_a_node_has_is_refused(local_slurm: LocalCluster) -> None:
