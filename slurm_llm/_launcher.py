@@ -259,6 +259,7 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
             heartbeat=time.time(),
             deadline=job_deadline(started, spec),
             log_path=job.log_path,
+            slots=spec.max_concurrent_requests,
         )
         registry.publish(self._record)
         seconds = self._record.ready - started

@@ -43,6 +43,9 @@ class EndpointRecord(BaseModel):
     heartbeat: float
     deadline: float | None = None
     log_path: str | None = None
+    # Sequences the engine batches at once; the router sends no more than this and queues the
+    # rest itself, so a waiting request goes to whichever replica frees up first.
+    slots: int | None = None
 
 
 class Registry:

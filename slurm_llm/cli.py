@@ -22,7 +22,7 @@ from slurm_llm._errors import SlurmLLMError, SpecError
 from slurm_llm._smollm2 import gguf_path, prepare_hf_dir
 from slurm_llm._spec import ModelSpec, preset_files
 from slurm_llm.cluster import add_cluster_commands
-from slurm_llm.router import serve
+from slurm_llm.router import add_router_command
 
 console = Console()
 errors = Console(stderr=True)
@@ -112,15 +112,6 @@ def cmd_down(args: argparse.Namespace) -> int:
         count = len(deployment.jobs)
         deployment.stop()
         console.print(f"Stopped {name} ({count} replica(s)).")
-    return 0
-
-
-def cmd_router(args: argparse.Namespace) -> int:
-    console.print(
-        f"Routing {'every deployment' if args.deployment is None else args.deployment} "
-        f"on http://{args.host}:{args.port}/v1 (Ctrl-C stops)"
-    )
-    serve(host=args.host, port=args.port, deployment=args.deployment)
     return 0
 
 
@@ -230,16 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("names", nargs="*", help="deployment names")
     down.add_argument("--all", action="store_true", help="stop every deployment")
 
-    router = command(
-        "router", cmd_router,
-        "Serve one OpenAI-compatible endpoint in front of every ready replica.",
-    )  # fmt: skip
-    router.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    router.add_argument("--port", type=int, default=8000)
-    router.add_argument("--deployment", default=None, help="only this deployment's replicas")
-
     command("presets", cmd_presets, "List the shipped model presets.")
     add_cluster_commands(commands)
+    add_router_command(commands)
 
     prepare = command(
         "prepare-model",

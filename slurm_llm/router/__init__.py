@@ -1,7 +1,26 @@
-"""The aiohttp gateway in front of every deployed model (OpenAI-compatible)."""
+"""The aiohttp gateway in front of every deployed model: OpenAI and TGI APIs, bulk requests,
+load-aware balancing, admission control, health probes, metrics and API keys."""
 
-from slurm_llm.router._app import RouterConfig, build_app
+from slurm_llm.router._admission import ModelLoad
+from slurm_llm.router._app import build_app
+from slurm_llm.router._auth import load_api_keys
 from slurm_llm.router._backends import Backend, BackendPool
+from slurm_llm.router._cli import add_router_command
+from slurm_llm.router._config import RouterConfig
+from slurm_llm.router._policies import POLICIES
+from slurm_llm.router._probes import ProbeConfig
 from slurm_llm.router._server import RouterThread, serve
 
-__all__ = ["Backend", "BackendPool", "RouterConfig", "RouterThread", "build_app", "serve"]
+__all__ = [
+    "POLICIES",
+    "Backend",
+    "BackendPool",
+    "ModelLoad",
+    "ProbeConfig",
+    "RouterConfig",
+    "RouterThread",
+    "add_router_command",
+    "build_app",
+    "load_api_keys",
+    "serve",
+]

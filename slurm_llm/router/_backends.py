@@ -1,38 +1,48 @@
-"""The router's view of the replicas: read from the endpoint registry, chosen by load.
+"""The router's view of the replicas: read from the endpoint registry or given as fixed URLs.
 
 Backends come and go with registry records (re-read twice a second), so a replica is routed to
-as soon as its launcher publishes and forgotten as soon as it withdraws or goes stale. Choice is
-"power of two choices" on outstanding requests: pick two healthy replicas of the model at random
-and send to the less loaded one, which avoids the herd that pure least-loaded causes when many
-requests arrive between load updates. A replica that refuses a connection or answers 5xx is
-ejected for a short, growing time (passive health), so retries go elsewhere.
+as soon as its launcher publishes and forgotten as soon as it withdraws or goes stale. Fixed
+backends (``--backend MODEL=URL``) serve servers started by other means.
+
+A replica is routable unless it is ejected. Passive ejection follows a refused connection or a
+5xx and lasts a short, growing time, so retries go elsewhere at once; active ejection follows
+several failed deep probes in a row and lasts until probes succeed again (see ``_probes``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
-from slurm_llm._registry import Registry
+from slurm_llm._registry import EndpointRecord, Registry
 
 EJECT_BASE_S = 1.0
 EJECT_MAX_S = 30.0
+DEFAULT_SLOTS = 8  # a replica whose record does not say how many sequences it batches
 
 
 @dataclass
 class Backend:
     url: str
     model: str
+    engine: str = "vllm"
+    limit: int = DEFAULT_SLOTS  # requests sent at once; more wait in the router's queue
     in_flight: int = 0
-    failures: int = 0
-    ejected_until: float = 0.0
     answered: int = 0  # requests this replica answered, for balancing checks and metrics
+    failures: int = 0  # consecutive passive failures
+    ejected_until: float = 0.0
+    probe_failures: int = 0  # consecutive failed deep probes
+    probe_successes: int = 0
+    probed_down: bool = False
+    last_success: float = field(default=0.0)
 
-    def healthy(self, now: float) -> bool:
-        return now >= self.ejected_until
+    def routable(self, now: float) -> bool:
+        return not self.probed_down and now >= self.ejected_until
+
+    def free(self) -> bool:
+        return self.in_flight < self.limit
 
     def failed(self) -> None:
         """Passive ejection with exponential back-off: 1 s, 2 s, 4 s, ... up to 30 s."""
@@ -44,43 +54,65 @@ class Backend:
         self.answered += 1
         self.failures = 0
         self.ejected_until = 0.0
+        self.last_success = time.monotonic()
 
 
 class BackendPool:
-    """Backends per model, kept in step with the registry."""
+    """Backends per model, kept in step with the registry (and any fixed URLs)."""
 
-    def __init__(self, registry: Registry, deployment: str | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry | None,
+        deployment: str | None = None,
+        static: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        replica_limit: int | None = None,
+    ) -> None:
+        """``static`` holds (model, url) pairs; ``replica_limit`` overrides every replica's own
+        slot count."""
         self.registry = registry
         self.deployment = deployment
+        self.replica_limit = replica_limit
         self.backends: dict[str, Backend] = {}  # by url
+        self.on_change: Callable[[], None] = lambda: None
+        pairs = static.items() if isinstance(static, Mapping) else static
+        self._static = {url: model for model, url in pairs}
+        for url, model in self._static.items():
+            self.backends[url] = Backend(url, model, limit=replica_limit or DEFAULT_SLOTS)
 
     def refresh(self) -> None:
-        records = self.registry.records(self.deployment)
-        live = {record.url: record.model for record in records}
-        for url in list(self.backends):
-            if url not in live:
-                del self.backends[url]
-        for url, model in live.items():
-            if url not in self.backends or self.backends[url].model != model:
-                self.backends[url] = Backend(url, model)
+        self._apply(self._read())
 
     async def watch(self, interval: float = 0.5) -> None:
+        """Re-reads the registry off the event loop; applies the changes on it, where the
+        admission queue reads the backends."""
         while True:
-            await asyncio.to_thread(self.refresh)
+            self._apply(await asyncio.to_thread(self._read))
             await asyncio.sleep(interval)
+
+    def _read(self) -> dict[str, EndpointRecord] | None:
+        if self.registry is None:
+            return None
+        return {r.url: r for r in self.registry.records(self.deployment)}
+
+    def _apply(self, records: dict[str, EndpointRecord] | None) -> None:
+        if records is None:
+            return
+        changed = False
+        for url in list(self.backends):
+            if url not in records and url not in self._static:
+                del self.backends[url]
+                changed = True
+        for url, record in records.items():
+            known = self.backends.get(url)
+            if known is None or known.model != record.model:
+                limit = self.replica_limit or record.slots or DEFAULT_SLOTS
+                self.backends[url] = Backend(url, record.model, record.engine, limit)
+                changed = True
+        if changed:
+            self.on_change()
 
     def models(self) -> list[str]:
         return sorted({backend.model for backend in self.backends.values()})
 
-    def choose(self, model: str, exclude: Collection[str] = ()) -> Backend | None:
-        now = time.monotonic()
-        candidates = [
-            b for b in self.backends.values()
-            if b.model == model and b.url not in exclude and b.healthy(now)
-        ]  # fmt: skip
-        if not candidates:
-            return None
-        if len(candidates) == 1:
-            return candidates[0]
-        first, second = random.sample(candidates, 2)
-        return first if first.in_flight <= second.in_flight else second
+    def of(self, model: str) -> list[Backend]:
+        return [b for b in self.backends.values() if b.model == model]

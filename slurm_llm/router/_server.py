@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -12,12 +13,23 @@ from aiohttp import web
 
 from slurm_llm._paths import registry_dir
 from slurm_llm._registry import Registry
-from slurm_llm.router._app import RouterConfig, build_app
+from slurm_llm.router._admission import ModelLoad
+from slurm_llm.router._app import build_app
 from slurm_llm.router._backends import BackendPool
+from slurm_llm.router._config import RouterConfig
+from slurm_llm.router._state import STATE
 
 
-def make_pool(home: Path | None = None, deployment: str | None = None) -> BackendPool:
-    return BackendPool(Registry(registry_dir(home)), deployment)
+def make_pool(
+    home: Path | None,
+    deployment: str | None,
+    static: Sequence[tuple[str, str]],
+    config: RouterConfig,
+) -> BackendPool:
+    """The registry's replicas (or one deployment's) plus fixed ones; only the fixed ones when
+    ``static`` is given and ``deployment`` is not."""
+    registry = None if static and deployment is None else Registry(registry_dir(home))
+    return BackendPool(registry, deployment, static, config.replica_limit)
 
 
 def serve(
@@ -26,10 +38,23 @@ def serve(
     home: Path | None = None,
     deployment: str | None = None,
     config: RouterConfig | None = None,
+    static: Sequence[tuple[str, str]] = (),
 ) -> None:
-    """Blocks, serving every model in the registry (or one deployment's) until interrupted."""
-    web.run_app(build_app(make_pool(home, deployment), config), host=host, port=port,
-                print=None, access_log=None)  # fmt: skip
+    """Blocks, serving every model in the registry (or one deployment's) until interrupted.
+
+    ``static`` adds (model, url) pairs for servers started by other means."""
+    config = config or RouterConfig()
+    app = build_app(make_pool(home, deployment, static, config), config)
+    web.run_app(app, host=host, port=port, print=None, access_log=None, loop=new_event_loop())
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed: it roughly halves the router's cost per request."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 class RouterThread:
@@ -42,8 +67,10 @@ class RouterThread:
         home: Path | None = None,
         deployment: str | None = None,
         config: RouterConfig | None = None,
+        static: Sequence[tuple[str, str]] = (),
     ) -> None:
-        self.pool = make_pool(home, deployment)
+        config = config or RouterConfig()
+        self.pool = make_pool(home, deployment, static, config)
         self.app = build_app(self.pool, config)
         self.host = host
         self.port = port
@@ -65,6 +92,10 @@ class RouterThread:
         assert isinstance(server, asyncio.base_events.Server)
         self.port = server.sockets[0].getsockname()[1]
         self.url = f"http://{self.host}:{self.port}"
+
+    def load(self, model: str) -> ModelLoad:
+        """How busy ``model`` is right now (in-flight, capacity, queue)."""
+        return self.app[STATE].admission.load(model)
 
     def __exit__(
         self,

@@ -1,0 +1,187 @@
+"""Admission control: each replica gets at most ``limit`` requests; the rest wait here, in order.
+
+Queueing in the router rather than in each engine matters for tail latency: a request waiting
+here goes to whichever replica frees up first, while one already sent waits behind whatever its
+replica happened to get, long generations included. The queue is bounded per model, and a
+request waits a bounded time, so overload turns into a fast 429/503 with ``Retry-After``
+instead of a pile of requests that all time out. ``load()`` tells workflows how busy a model is
+so they can shed expensive work before the queue fills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from slurm_llm.router._backends import Backend, BackendPool
+from slurm_llm.router._errors import RouterError
+from slurm_llm.router._policies import Policy, by_affinity
+
+
+class Rejected(RouterError):
+    """The router cannot take the request now; ``status`` is 429 or 503."""
+
+    def __init__(self, status: int, message: str, reason: str, retry_after: int = 1) -> None:
+        kind = "rate_limit_exceeded" if status == 429 else "service_unavailable"
+        super().__init__(status, message, kind, retry_after)
+        self.reason = reason  # the label rejections are counted under
+
+
+class NoOtherReplica(Exception):
+    """Every replica of the model was already tried by this request."""
+
+
+@dataclass
+class ModelLoad:
+    """How busy one model is, as workflows see it."""
+
+    model: str
+    replicas: int
+    routable: int
+    in_flight: int
+    capacity: int  # requests the routable replicas take at once
+    queued: int
+
+    @property
+    def utilisation(self) -> float:
+        """Demand over capacity: above 1 means requests are waiting."""
+        if self.capacity == 0:
+            return float("inf") if self.in_flight + self.queued else 0.0
+        return (self.in_flight + self.queued) / self.capacity
+
+
+@dataclass(eq=False)
+class Waiter:
+    key: str | None
+    exclude: Collection[str]
+    future: asyncio.Future[Backend] = field(default_factory=asyncio.Future)
+
+
+class Admission:
+    def __init__(
+        self,
+        pool: BackendPool,
+        policy: Policy,
+        max_queue: int = 1024,
+        queue_timeout_s: float = 60.0,
+    ) -> None:
+        self.pool = pool
+        self.policy = policy
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self.queues: dict[str, deque[Waiter]] = {}
+        pool.on_change = self.dispatch_all
+
+    async def acquire(
+        self,
+        model: str,
+        key: str | None = None,
+        exclude: Collection[str] = (),
+        bounded: bool = True,
+    ) -> Backend:
+        """A replica reserved for one request (``in_flight`` already counts it); give it back
+        with ``release``. ``bounded=False`` lets batch items wait even when the queue is full:
+        their number is bounded by the batch itself."""
+        now = time.monotonic()
+        candidates = [b for b in self.pool.of(model) if b.url not in exclude]
+        if not candidates:
+            raise NoOtherReplica(model)
+        routable = [b for b in candidates if b.routable(now)]
+        if not routable:
+            ejected = [b.ejected_until - now for b in candidates if not b.probed_down]
+            raise Rejected(
+                503,
+                f"all {len(candidates)} replica(s) of {model!r} are failing health checks",
+                "unhealthy",
+                retry_after=max(1, round(min(ejected))) if ejected else 5,
+            )
+        queue = self.queues.setdefault(model, deque())
+        if not queue:
+            free = [b for b in routable if b.free()]
+            if free:
+                return self._take(model, free, key)
+        if bounded and len(queue) >= self.max_queue:
+            raise Rejected(
+                429,
+                f"{model!r} already has {len(queue)} requests waiting, the most this router "
+                "queues; retry later or add replicas",
+                "queue_full",
+                retry_after=self._retry_after(model),
+            )
+        waiter = Waiter(key, exclude)
+        queue.append(waiter)
+        try:
+            async with asyncio.timeout(self.queue_timeout_s):
+                return await waiter.future
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            # A replica handed over in the same instant would otherwise stay reserved forever.
+            if waiter.future.done() and not waiter.future.cancelled():
+                self.release(waiter.future.result())
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise Rejected(
+                503,
+                f"no replica of {model!r} was free within {self.queue_timeout_s:g} s; "
+                "retry later or add replicas",
+                "queue_timeout",
+                retry_after=self._retry_after(model),
+            ) from None
+        finally:
+            if waiter in queue:
+                queue.remove(waiter)
+
+    def release(self, backend: Backend) -> None:
+        backend.in_flight -= 1
+        self.dispatch(backend.model)
+
+    def dispatch(self, model: str) -> None:
+        """Gives free replicas to waiters, oldest first; a waiter that excludes every free
+        replica (it already failed on them) lets the next one go ahead."""
+        queue = self.queues.get(model)
+        if not queue:
+            return
+        now = time.monotonic()
+        for waiter in list(queue):
+            if waiter.future.done():
+                queue.remove(waiter)
+                continue
+            free = [
+                b for b in self.pool.of(model)
+                if b.free() and b.routable(now) and b.url not in waiter.exclude
+            ]  # fmt: skip
+            if not free:
+                if not any(b.free() and b.routable(now) for b in self.pool.of(model)):
+                    return
+                continue
+            queue.remove(waiter)
+            waiter.future.set_result(self._take(model, free, waiter.key))
+
+    def dispatch_all(self) -> None:
+        for model in list(self.queues):
+            self.dispatch(model)
+
+    def _take(self, model: str, free: list[Backend], key: str | None) -> Backend:
+        backend = by_affinity(key, free) if key else self.policy.choose(model, free)
+        backend.in_flight += 1
+        return backend
+
+    def _retry_after(self, model: str) -> int:
+        """Seconds until the queue ahead has likely drained, at 1 s per round of replicas."""
+        load = self.load(model)
+        return max(1, min(60, round(load.queued / max(load.capacity, 1))))
+
+    def load(self, model: str) -> ModelLoad:
+        now = time.monotonic()
+        backends = self.pool.of(model)
+        routable = [b for b in backends if b.routable(now)]
+        return ModelLoad(
+            model=model,
+            replicas=len(backends),
+            routable=len(routable),
+            in_flight=sum(b.in_flight for b in backends),
+            capacity=sum(b.limit for b in routable),
+            queued=len(self.queues.get(model, ())),
+        )

@@ -1,0 +1,112 @@
+"""``/v1/batch``: many requests in one call, run concurrently, answered together and in order.
+
+Each item is an ordinary chat or text completion and goes through the same admission, balancing
+and retries as a request of its own; an item that fails is reported in its place, so one bad
+prompt never costs the rest of the batch. A batch keeps at most as many items in flight as the
+model's replicas take at once, and its items may wait past the queue bound (the batch bounds
+them itself), so a large batch neither gets rejected nor starves interactive requests, which
+queue between its items.
+
+Request::
+
+    {"model": "smollm2", "endpoint": "/v1/chat/completions",
+     "defaults": {"max_tokens": 64},
+     "requests": [{"messages": [...]}, {"messages": [...], "max_tokens": 8}, ...]}
+
+An item may name its own ``model``. Answer: ``{"object": "batch", "results": [{"index": 0,
+"status": 200, "response": {...}}, {"index": 1, "status": 400, "error": {...}}, ...],
+"succeeded": n, "failed": m}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from slurm_llm.router._dispatch import Call
+from slurm_llm.router._errors import RouterError
+from slurm_llm.router._openai_api import REQUIRED, check_fields, count_usage
+from slurm_llm.router._requests import read_json, require_served
+from slurm_llm.router._state import MODEL, STATE, RouterState
+
+
+async def batch(request: web.Request) -> web.Response:
+    _, body = await read_json(request)
+    state = request.app[STATE]
+    endpoint = body.get("endpoint", "/v1/chat/completions")
+    if endpoint not in REQUIRED:
+        raise RouterError(400, f"'endpoint' must be one of {', '.join(REQUIRED)}, not {endpoint!r}")
+    items = body.get("requests")
+    if not isinstance(items, list) or not items:
+        raise RouterError(
+            400, "the field 'requests' (a non-empty list of request objects) is required"
+        )
+    if len(items) > state.config.max_batch_items:
+        raise RouterError(
+            413,
+            f"the batch has {len(items)} requests; this router takes at most "
+            f"{state.config.max_batch_items} per call: split it",
+        )
+    defaults = body.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise RouterError(400, "the field 'defaults' must be an object")
+    if isinstance(body.get("model"), str):
+        request[MODEL] = body["model"]
+        defaults = {"model": body["model"], **defaults}
+    limits: dict[str, asyncio.Semaphore] = {}
+    results = await asyncio.gather(
+        *(
+            run_item(state, endpoint, index, item, defaults, limits)
+            for index, item in enumerate(items)
+        )
+    )
+    failed = sum("error" in result for result in results)
+    return web.json_response(
+        {
+            "object": "batch",
+            "results": results,
+            "succeeded": len(results) - failed,
+            "failed": failed,
+        }
+    )
+
+
+async def run_item(
+    state: RouterState,
+    endpoint: str,
+    index: int,
+    item: object,
+    defaults: dict[str, Any],
+    limits: dict[str, asyncio.Semaphore],
+) -> dict[str, Any]:
+    try:
+        if not isinstance(item, dict):
+            raise RouterError(400, "each request must be a JSON object")
+        merged = {**defaults, **item}
+        model = require_served(state.pool, merged.get("model"))
+        check_fields(endpoint, merged)
+        if merged.get("stream"):
+            raise RouterError(400, "batch requests cannot be streamed; drop 'stream'")
+        if model not in limits:
+            limits[model] = asyncio.Semaphore(max(1, state.admission.load(model).capacity))
+        async with limits[model]:
+            reply = await state.dispatcher.send(
+                Call(model, endpoint, json.dumps(merged).encode()), bounded=False
+            )
+    except RouterError as exc:
+        return {
+            "index": index,
+            "status": exc.status,
+            "error": {"message": exc.message, "type": exc.kind},
+        }
+    try:
+        payload = json.loads(reply.body)
+    except json.JSONDecodeError:
+        payload = reply.body.decode(errors="replace")
+    if reply.status != 200:
+        return {"index": index, "status": reply.status, "error": payload}
+    count_usage(state.metrics, model, reply.body)
+    return {"index": index, "status": 200, "response": payload}

@@ -1,0 +1,93 @@
+"""``slurm-llm router``: the gateway from a shell."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from slurm_llm._errors import SlurmLLMError
+from slurm_llm.router._auth import load_api_keys
+from slurm_llm.router._config import RouterConfig
+from slurm_llm.router._policies import POLICIES
+from slurm_llm.router._probes import ProbeConfig
+from slurm_llm.router._server import serve
+
+console = Console()
+
+
+def parse_backend(text: str) -> tuple[str, str]:
+    model, _, url = text.partition("=")
+    if not model or not url.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"expected MODEL=http://host:port, got {text!r}")
+    return model, url.rstrip("/")
+
+
+def config_from(args: argparse.Namespace) -> RouterConfig:
+    keys = load_api_keys(Path(args.api_keys_file) if args.api_keys_file else None)
+    if args.api_keys_file and not keys:
+        raise SlurmLLMError(f"the API key file {args.api_keys_file} holds no key")
+    return RouterConfig(
+        policy=args.policy,
+        replica_limit=args.replica_limit,
+        max_queue=args.max_queue,
+        queue_timeout_s=args.queue_timeout,
+        deadline_s=args.deadline,
+        max_body_bytes=args.max_body_mb * 2**20,
+        prefix_affinity_chars=args.prefix_affinity,
+        api_keys=keys,
+        probes=ProbeConfig(interval_s=args.probe_interval),
+    )
+
+
+def cmd_router(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    source = (
+        ", ".join(f"{m}={u}" for m, u in args.backend)
+        if args.backend
+        else ("every deployment" if args.deployment is None else f"deployment {args.deployment}")
+    )
+    keys = f", {len(config.api_keys)} API key(s)" if config.api_keys else ", no API key needed"
+    console.print(
+        f"Routing {source} on http://{args.host}:{args.port}/v1 "
+        f"({config.policy}{keys}; Ctrl-C stops)",
+        highlight=False,
+    )
+    serve(args.host, args.port, deployment=args.deployment, config=config, static=args.backend)
+    return 0
+
+
+def add_router_command(commands: Any) -> None:
+    """Adds ``router`` to the main CLI's sub-commands (the result of ``add_subparsers``)."""
+    text = "Serve one OpenAI- and TGI-compatible endpoint in front of every ready replica."
+    router = commands.add_parser("router", help=text, description=text)
+    router.set_defaults(handler=cmd_router)
+    router.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    router.add_argument("--port", type=int, default=8000)
+    router.add_argument("--deployment", default=None, help="only this deployment's replicas")
+    router.add_argument(
+        "--backend", type=parse_backend, action="append", default=[], metavar="MODEL=URL",
+        help="a server started by other means (repeatable); without --deployment, only these",
+    )  # fmt: skip
+    router.add_argument("--policy", choices=POLICIES, default="least-loaded")
+    router.add_argument(
+        "--replica-limit", type=int, default=None,
+        help="requests sent to a replica at once (default: its engine's slots; fixed backends 8)",
+    )  # fmt: skip
+    router.add_argument("--max-queue", type=int, default=1024, help="waiting requests per model")
+    router.add_argument("--queue-timeout", type=float, default=60.0, help="seconds before 503")
+    router.add_argument("--deadline", type=float, default=600.0, help="seconds per request")
+    router.add_argument("--max-body-mb", type=int, default=4)
+    router.add_argument(
+        "--prefix-affinity", type=int, default=0, metavar="CHARS",
+        help="send prompts that share their first CHARS characters to the same replica",
+    )  # fmt: skip
+    router.add_argument(
+        "--api-keys-file", default=None,
+        help="one key per line; keys in $SLURM_LLM_API_KEYS (comma-separated) count too",
+    )  # fmt: skip
+    router.add_argument(
+        "--probe-interval", type=float, default=10.0, help="seconds between deep probes; 0: off"
+    )

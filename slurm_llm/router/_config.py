@@ -1,0 +1,27 @@
+"""Everything a router can be told, with defaults that suit a small cluster."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from slurm_llm.router._policies import PolicyName
+from slurm_llm.router._probes import ProbeConfig
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    policy: PolicyName = "least-loaded"
+    replica_limit: int | None = None  # requests per replica at once; None: its engine's slots
+    max_queue: int = 1024  # requests waiting per model before 429
+    queue_timeout_s: float = 60.0  # longest wait for a free replica before 503
+    attempts: int = 3  # replicas tried for one non-streamed request
+    deadline_s: float = 600.0  # a request's whole budget, retries included
+    retry_backoff_s: float = 0.05
+    connect_timeout_s: float = 5.0
+    idle_stream_timeout_s: float = 120.0  # silence allowed between two chunks of a stream
+    max_body_bytes: int = 4 * 2**20
+    max_batch_items: int = 10_000
+    session_header: str = "X-Session-ID"  # requests with the same value go to the same replica
+    prefix_affinity_chars: int = 0  # >0: the prompt's first N characters pick the replica
+    api_keys: frozenset[str] = frozenset()  # empty: no key needed
+    probes: ProbeConfig = field(default_factory=ProbeConfig)

@@ -1,0 +1,152 @@
+"""Sending one request to a replica: admission, retries on another replica, timeouts.
+
+A non-streamed request that meets a refused connection or a 5xx is retried on a different
+replica, with back-off, until the attempts or the deadline run out, so a dying replica costs
+latency, not errors. A streamed request is retried only before its first byte; after that, the
+relay passes bytes through as they come and reports whether the stream ended cleanly.
+
+The body a client sent is forwarded as the same bytes (no re-encoding), which keeps the
+router's own cost per request small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from slurm_llm.router._admission import Admission, NoOtherReplica
+from slurm_llm.router._backends import Backend
+from slurm_llm.router._config import RouterConfig
+from slurm_llm.router._errors import RouterError
+from slurm_llm.router._metrics import RouterMetrics
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request for one model; ``tgi`` is what a TGI replica gets instead, if different."""
+
+    model: str
+    path: str
+    body: bytes
+    key: str | None = None  # affinity key
+    tgi: tuple[str, bytes] | None = None
+
+    def for_backend(self, backend: Backend) -> tuple[str, bytes]:
+        if self.tgi is not None and backend.engine == "tgi":
+            return self.tgi
+        return self.path, self.body
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str
+    backend: Backend
+
+
+Relay = Callable[[aiohttp.ClientResponse, Backend], Awaitable[tuple[web.StreamResponse, bool]]]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        admission: Admission,
+        session: aiohttp.ClientSession,
+        config: RouterConfig,
+        metrics: RouterMetrics,
+    ) -> None:
+        self.admission = admission
+        self.session = session
+        self.config = config
+        self.metrics = metrics
+
+    async def send(self, call: Call, bounded: bool = True) -> Reply:
+        """The first answer that is not a 5xx, from up to ``attempts`` different replicas."""
+        outcome = await self._attempts(call, None, bounded)
+        assert isinstance(outcome, Reply)
+        return outcome
+
+    async def stream(self, call: Call, relay: Relay) -> web.StreamResponse | Reply:
+        """The relayed stream, or the replica's non-200 answer (which was not streamed)."""
+        return await self._attempts(call, relay, bounded=True)
+
+    async def _attempts(
+        self, call: Call, relay: Relay | None, bounded: bool
+    ) -> web.StreamResponse | Reply:
+        deadline = time.monotonic() + self.config.deadline_s
+        tried: set[str] = set()
+        problem = "no replica was routable"
+        for attempt in range(self.config.attempts):
+            if attempt:
+                self.metrics.retries.labels(call.model).inc()
+                await asyncio.sleep(self.config.retry_backoff_s * 2 ** (attempt - 1))
+            if time.monotonic() >= deadline:
+                raise RouterError(
+                    504,
+                    f"{call.model!r} did not answer within {self.config.deadline_s:g} s",
+                    "timeout",
+                )
+            try:
+                backend = await self._acquire(call, tried, bounded)
+            except NoOtherReplica:
+                break
+            tried.add(backend.url)
+            try:
+                outcome = await self._forward(call, backend, relay, deadline)
+            finally:
+                self.admission.release(backend)
+            if not isinstance(outcome, str):
+                return outcome
+            problem = outcome
+        raise RouterError(
+            503,
+            f"no replica of {call.model!r} could answer ({problem}); retry shortly",
+            "service_unavailable",
+            retry_after=1,
+        )
+
+    async def _acquire(self, call: Call, tried: set[str], bounded: bool) -> Backend:
+        started = time.monotonic()
+        backend = await self.admission.acquire(call.model, call.key, tried, bounded)
+        self.metrics.queue_wait.labels(call.model).observe(time.monotonic() - started)
+        return backend
+
+    async def _forward(
+        self, call: Call, backend: Backend, relay: Relay | None, deadline: float
+    ) -> web.StreamResponse | Reply | str:
+        """The answer, or why this replica failed (then the caller tries another)."""
+        path, body = call.for_backend(backend)
+        timeout = aiohttp.ClientTimeout(
+            total=None if relay else max(deadline - time.monotonic(), 0.1),
+            sock_connect=self.config.connect_timeout_s,
+            sock_read=self.config.idle_stream_timeout_s if relay else None,
+        )
+        try:
+            async with self.session.post(
+                f"{backend.url}{path}", data=body, headers=JSON_HEADERS, timeout=timeout
+            ) as upstream:
+                if upstream.status >= 500:
+                    backend.failed()
+                    return f"{backend.url} answered {upstream.status}"
+                if relay is None or upstream.status != 200:
+                    payload = await upstream.read()
+                    backend.succeeded()
+                    return Reply(upstream.status, payload, upstream.content_type, backend)
+                response, clean = await relay(upstream, backend)
+                if clean:
+                    backend.succeeded()
+                else:
+                    backend.failed()
+                return response
+        except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+            if time.monotonic() < deadline:  # past the deadline, slow is not broken
+                backend.failed()
+            return f"{backend.url} did not answer ({type(exc).__name__})"

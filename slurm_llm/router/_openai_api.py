@@ -1,0 +1,107 @@
+"""The OpenAI-compatible API: chat and text completions (streamed or not) and the model list."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from slurm_llm.router._backends import Backend
+from slurm_llm.router._dispatch import Call, Relay, Reply
+from slurm_llm.router._errors import RouterError
+from slurm_llm.router._metrics import RouterMetrics
+from slurm_llm.router._requests import affinity_key, read_json, served_model
+from slurm_llm.router._state import STATE
+
+REQUIRED = {"/v1/chat/completions": "messages", "/v1/completions": "prompt"}
+
+
+def check_fields(path: str, body: dict[str, Any]) -> None:
+    field = REQUIRED[path]
+    if field not in body:
+        raise RouterError(400, f"the field '{field}' is required for {path}")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    raw, body = await read_json(request)
+    model = served_model(request, body.get("model"))
+    check_fields(request.path, body)
+    state = request.app[STATE]
+    call = Call(model, request.path, raw, affinity_key(request, body))
+    if body.get("stream"):
+        outcome = await state.dispatcher.stream(call, sse_relay(request, state.metrics, model))
+        return outcome if isinstance(outcome, web.StreamResponse) else as_response(outcome)
+    reply = await state.dispatcher.send(call)
+    if reply.status == 200:
+        count_usage(state.metrics, model, reply.body)
+    return as_response(reply)
+
+
+def as_response(reply: Reply) -> web.Response:
+    return web.Response(body=reply.body, status=reply.status, content_type=reply.content_type)
+
+
+def count_usage(metrics: RouterMetrics, model: str, payload: bytes) -> None:
+    try:
+        usage = json.loads(payload).get("usage") or {}
+    except (json.JSONDecodeError, AttributeError):
+        return
+    for kind in ("prompt", "completion"):
+        if isinstance(tokens := usage.get(f"{kind}_tokens"), int):
+            metrics.tokens.labels(model, kind).inc(tokens)
+
+
+def sse_relay(request: web.Request, metrics: RouterMetrics, model: str) -> Relay:
+    """Passes SSE bytes through as they arrive; a break ends the stream with an error event."""
+
+    async def relay(
+        upstream: aiohttp.ClientResponse, backend: Backend
+    ) -> tuple[web.StreamResponse, bool]:
+        started = time.monotonic()
+        response = web.StreamResponse(
+            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        events = 0
+        first = True
+        try:
+            async for chunk in upstream.content.iter_any():
+                if first:
+                    metrics.first_byte.labels(model).observe(time.monotonic() - started)
+                    first = False
+                events += chunk.count(b"data:")
+                try:
+                    await response.write(chunk)
+                except ConnectionResetError:
+                    return response, True  # the client left; the replica did nothing wrong
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            message = (
+                f"the replica broke off the stream ({type(exc).__name__}); "
+                "the text so far is incomplete"
+            )
+            event = {"error": {"message": message, "type": "upstream_error", "code": 502}}
+            with contextlib.suppress(ConnectionResetError):
+                await response.write(f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode())
+                await response.write_eof()
+            return response, False
+        metrics.tokens.labels(model, "completion").inc(max(events - 1, 0))  # less [DONE]
+        await response.write_eof()
+        return response, True
+
+    return relay
+
+
+async def list_models(request: web.Request) -> web.Response:
+    pool = request.app[STATE].pool
+    data = [{"id": model, "object": "model", "owned_by": "slurm-llm"} for model in pool.models()]
+    return web.json_response({"object": "list", "data": data})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", list_models)

@@ -1,0 +1,131 @@
+"""TGI's native routes, for code written against the ``text-generation`` client.
+
+TGI serves one model per server, so its requests name no model. Here the model comes from the
+base URL, ``http://router/models/<model>`` (the client posts to its base URL, or to
+``/generate`` and ``/generate_stream`` under it); the bare routes work when one model is served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from slurm_llm.router._backends import Backend
+from slurm_llm.router._dispatch import Call, Relay, Reply
+from slurm_llm.router._errors import RouterError
+from slurm_llm.router._requests import affinity_key, read_json, served_model
+from slurm_llm.router._state import STATE
+from slurm_llm.router._tgi_translation import (
+    StreamTranslator,
+    TgiRequestError,
+    error_body,
+    from_completion,
+    sse,
+    to_completion,
+)
+
+
+def is_tgi_path(path: str) -> bool:
+    return path == "/" or path.startswith("/models/") or path in ("/generate", "/generate_stream")
+
+
+def tgi_error(exc: RouterError) -> web.Response:
+    """TGI's error shape, with the ``error_type`` its client turns into the right exception."""
+    kinds = {400: "validation", 422: "validation", 429: "overloaded", 503: "overloaded"}
+    body: dict[str, str] = {"error": exc.message}
+    if exc.status in kinds:
+        body = error_body(exc.message, kinds[exc.status])
+    return web.json_response(body, status=exc.status, headers=exc.headers())
+
+
+def requested_model(request: web.Request) -> str:
+    if "model" in request.match_info:
+        return served_model(request, request.match_info["model"])
+    served = request.app[STATE].pool.models()
+    if len(served) == 1:
+        return served_model(request, served[0])
+    raise RouterError(
+        400 if served else 503,
+        f"this router serves {len(served)} models ({', '.join(served) or 'none yet'}); "
+        "use http://<router>/models/<model> as the text-generation client's base URL",
+    )
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    raw, body = await read_json(request)
+    model = requested_model(request)
+    streamed = request.path.endswith("/generate_stream") or (
+        not request.path.endswith("/generate") and bool(body.get("stream"))
+    )
+    try:
+        completion = to_completion({**body, "stream": streamed}, model)
+    except TgiRequestError as exc:
+        raise RouterError(400, str(exc)) from None
+    native = ("/generate_stream" if streamed else "/generate", raw)
+    call = Call(model, "/v1/completions", json.dumps(completion).encode(),
+                affinity_key(request, body), tgi=native)  # fmt: skip
+    dispatcher = request.app[STATE].dispatcher
+    if streamed:
+        outcome = await dispatcher.stream(call, tgi_relay(request, body))
+        if isinstance(outcome, web.StreamResponse):
+            return outcome
+        reply = outcome
+    else:
+        reply = await dispatcher.send(call)
+    answer = tgi_answer(reply, body)
+    as_list = request.path in ("/", f"/models/{model}")
+    return web.json_response([answer] if as_list else answer)
+
+
+def tgi_answer(reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
+    """The ``/generate`` answer, from a TGI replica as is, from others translated."""
+    try:
+        payload = json.loads(reply.body)
+    except json.JSONDecodeError:
+        raise RouterError(502, f"the replica answered {reply.status} with no JSON") from None
+    if reply.status != 200:
+        error = payload.get("error", payload) if isinstance(payload, dict) else payload
+        message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+        raise RouterError(reply.status, f"the replica refused the request: {message}")
+    if reply.backend.engine == "tgi":
+        return payload[0] if isinstance(payload, list) else payload  # type: ignore[no-any-return]
+    return from_completion(payload, body)
+
+
+def tgi_relay(request: web.Request, body: dict[str, Any]) -> Relay:
+    async def relay(
+        upstream: aiohttp.ClientResponse, backend: Backend
+    ) -> tuple[web.StreamResponse, bool]:
+        translator = None if backend.engine == "tgi" else StreamTranslator(body)
+        response = web.StreamResponse(
+            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                out = chunk if translator is None else translator.feed(chunk)
+                try:
+                    await response.write(out)
+                except ConnectionResetError:
+                    return response, True  # the client left
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            message = f"the replica broke off the stream ({type(exc).__name__})"
+            with contextlib.suppress(ConnectionResetError):
+                await response.write(sse(error_body(message, "incomplete_generation")))
+                await response.write_eof()
+            return response, False
+        await response.write_eof()
+        return response, True
+
+    return relay
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in ("", "/models/{model}"):
+        app.router.add_post(prefix or "/", generate)
+        app.router.add_post(f"{prefix}/generate", generate)
+        app.router.add_post(f"{prefix}/generate_stream", generate)
