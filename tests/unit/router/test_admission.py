@@ -1,0 +1,179 @@
+"""Admission control: replicas get at most their limit; the rest wait in order, or are told
+when to come back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from slurm_llm.router._admission import Admission, NoOtherReplica, Rejected
+from slurm_llm.router._backends import BackendPool
+from slurm_llm.router._policies import RoundRobin
+
+
+def admission(replicas: int = 1, limit: int = 1, **options: Any) -> Admission:
+    static = [("m", f"http://10.0.0.{i}:8000") for i in range(replicas)]
+    return Admission(BackendPool(None, static=static, replica_limit=limit), RoundRobin(), **options)
+
+
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(test())
+
+
+def test_a_free_replica_is_taken_at_once_and_counted() -> None:
+    async def scenario() -> None:
+        gate = admission(replicas=2)
+        first, second = await gate.acquire("m"), await gate.acquire("m")
+        assert {first.url, second.url} == set(gate.pool.backends)
+        assert first.in_flight == second.in_flight == 1
+        assert gate.load("m").in_flight == 2 and gate.load("m").capacity == 2
+
+    run(scenario)
+
+
+def test_waiters_are_served_first_come_first_served() -> None:
+    async def scenario() -> None:
+        gate = admission()
+        held = await gate.acquire("m")
+        order: list[int] = []
+
+        async def wait(index: int) -> None:
+            backend = await gate.acquire("m")
+            order.append(index)
+            gate.release(backend)
+
+        waiters = [asyncio.create_task(wait(i)) for i in range(5)]
+        await asyncio.sleep(0.01)
+        assert gate.load("m").queued == 5
+        gate.release(held)
+        await asyncio.gather(*waiters)
+        assert order == [0, 1, 2, 3, 4]
+
+    run(scenario)
+
+
+def test_a_full_queue_answers_429_with_retry_after() -> None:
+    async def scenario() -> None:
+        gate = admission(max_queue=2)
+        await gate.acquire("m")
+        waiters = [asyncio.create_task(gate.acquire("m")) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(Rejected, match="already has 2 requests waiting") as caught:
+            await gate.acquire("m")
+        assert caught.value.status == 429 and caught.value.headers() == {
+            "Retry-After": "2"
+        }  # 2 ahead, 1 slot
+        assert caught.value.reason == "queue_full"
+        for waiter in waiters:
+            waiter.cancel()
+
+    run(scenario)
+
+
+def test_batch_items_may_wait_past_the_queue_bound() -> None:
+    async def scenario() -> None:
+        gate = admission(max_queue=0)
+        await gate.acquire("m")
+        waiter = asyncio.create_task(gate.acquire("m", bounded=False))
+        await asyncio.sleep(0.01)
+        assert gate.load("m").queued == 1
+        waiter.cancel()
+
+    run(scenario)
+
+
+def test_waiting_too_long_answers_503() -> None:
+    async def scenario() -> None:
+        gate = admission(queue_timeout_s=0.05)
+        await gate.acquire("m")
+        with pytest.raises(Rejected, match=r"no replica of 'm' was free within 0\.05 s") as caught:
+            await gate.acquire("m")
+        assert caught.value.status == 503 and gate.load("m").queued == 0
+
+    run(scenario)
+
+
+def test_a_waiter_that_gives_up_leaves_no_replica_reserved() -> None:
+    async def scenario() -> None:
+        gate = admission()
+        held = await gate.acquire("m")
+        waiter = asyncio.create_task(gate.acquire("m"))
+        await asyncio.sleep(0.01)
+        gate.release(held)  # hands the replica to the waiter ...
+        waiter.cancel()  # ... which is cancelled before it runs again
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert held.in_flight == 0 and gate.load("m").queued == 0
+
+    run(scenario)
+
+
+def test_a_retry_waits_for_a_replica_it_has_not_tried_and_lets_others_pass() -> None:
+    async def scenario() -> None:
+        gate = admission(replicas=2)
+        first = await gate.acquire("m")
+        second = await gate.acquire("m")
+        retry = asyncio.create_task(gate.acquire("m", exclude={first.url}))
+        fresh = asyncio.create_task(gate.acquire("m"))
+        await asyncio.sleep(0.01)
+        gate.release(first)  # the retry must not take it back; the fresh request may
+        assert (await fresh) is first
+        gate.release(second)
+        assert (await retry) is second
+
+    run(scenario)
+
+
+def test_every_replica_tried_means_no_other_replica() -> None:
+    async def scenario() -> None:
+        gate = admission(replicas=1)
+        with pytest.raises(NoOtherReplica):
+            await gate.acquire("m", exclude=set(gate.pool.backends))
+
+    run(scenario)
+
+
+def test_when_every_replica_is_ejected_the_answer_is_503_not_a_wait() -> None:
+    async def scenario() -> None:
+        gate = admission(replicas=2)
+        for backend in gate.pool.backends.values():
+            backend.failed()
+        with pytest.raises(Rejected, match="all 2 replica") as caught:
+            await gate.acquire("m")
+        assert caught.value.status == 503 and caught.value.reason == "unhealthy"
+
+    run(scenario)
+
+
+def test_a_replica_back_from_ejection_serves_the_queue() -> None:
+    async def scenario() -> None:
+        gate = admission(replicas=2)
+        held = await gate.acquire("m")
+        (ejected,) = [b for b in gate.pool.backends.values() if b is not held]
+        ejected.failed()
+        waiter = asyncio.create_task(gate.acquire("m"))
+        await asyncio.sleep(0.01)
+        assert gate.load("m").queued == 1
+        ejected.ejected_until = time.monotonic() - 1
+        gate.pool.on_change()  # what the probe loop and the registry watch call
+        assert (await waiter) is ejected
+
+    run(scenario)
+
+
+def test_utilisation_counts_queued_requests_against_capacity() -> None:
+    async def scenario() -> None:
+        gate = admission(replicas=2, limit=2)
+        for _ in range(4):
+            await gate.acquire("m")
+        waiters = [asyncio.create_task(gate.acquire("m")) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        assert gate.load("m").utilisation == 1.5
+        for waiter in waiters:
+            waiter.cancel()
+
+    run(scenario)
