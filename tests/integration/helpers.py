@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from email.message import Message
+from typing import Any, NamedTuple
 
 import openai
 
@@ -37,6 +42,27 @@ def streamed_pieces(url: str, model: str) -> list[str]:
         stream=True,
     )
     return [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+
+
+class HttpReply(NamedTuple):
+    status: int
+    body: Any  # parsed JSON
+    headers: Message
+
+
+def post(
+    url: str, body: bytes | dict[str, Any], headers: dict[str, str] | None = None
+) -> HttpReply:
+    """A plain HTTP POST that returns error answers instead of raising, to check them."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return HttpReply(response.status, json.loads(response.read()), response.headers)
+    except urllib.error.HTTPError as exc:
+        return HttpReply(exc.code, json.loads(exc.read()), exc.headers)
 
 
 def deploy_smollm2(name: str, replicas: int = 1, **overrides: object) -> Deployment:

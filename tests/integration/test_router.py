@@ -13,7 +13,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,17 +20,10 @@ import openai
 import pytest
 
 from slurm_llm import Deployment
-from slurm_llm.router import RouterConfig, RouterThread
-from tests.integration.helpers import deploy_smollm2, openai_client, streamed_pieces
+from slurm_llm.router import RouterThread
+from tests.integration.helpers import deploy_smollm2, openai_client, post, streamed_pieces
 
 pytestmark = pytest.mark.llamacpp
-
-
-@pytest.fixture(scope="module")
-def router(smollm2_llamacpp: Deployment, slurm_llm_home: Path) -> Iterator[RouterThread]:
-    config = RouterConfig(max_body_bytes=64 * 1024)
-    with RouterThread(home=slurm_llm_home, deployment="shared-smollm2", config=config) as running:
-        yield running
 
 
 def ask(url: str, content: str = "Say hi.") -> str:
@@ -39,17 +31,6 @@ def ask(url: str, content: str = "Say hi.") -> str:
         model="smollm2", messages=[{"role": "user", "content": content}], max_tokens=4
     )
     return reply.choices[0].message.content or ""
-
-
-def post(url: str, body: bytes) -> tuple[int, dict[str, object]]:
-    request = urllib.request.Request(
-        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def test_models_lists_what_the_replicas_serve(router: RouterThread) -> None:
@@ -91,8 +72,8 @@ def test_load_is_spread_over_the_replicas(router: RouterThread) -> None:
 
 
 def test_unknown_model_is_404_listing_the_served_ones(router: RouterThread) -> None:
-    status, body = post(f"{router.url}/v1/chat/completions",
-                        b'{"model": "gpt-9", "messages": []}')  # fmt: skip
+    status, body, _ = post(f"{router.url}/v1/chat/completions",
+                           b'{"model": "gpt-9", "messages": []}')  # fmt: skip
     assert status == 404
     assert "'gpt-9' is not served here; available: smollm2" in str(body)
 
@@ -109,14 +90,14 @@ def test_unknown_model_is_404_listing_the_served_ones(router: RouterThread) -> N
 def test_malformed_requests_get_400_naming_the_problem(
     router: RouterThread, body: bytes, message: str
 ) -> None:
-    status, reply = post(f"{router.url}/v1/chat/completions", body)
+    status, reply, _ = post(f"{router.url}/v1/chat/completions", body)
     assert status == 400
     assert message in str(reply) and "Traceback" not in str(reply)
 
 
 def test_oversized_bodies_get_413(router: RouterThread) -> None:
     huge = b'{"model": "smollm2", "prompt": "' + b"x" * 100_000 + b'"}'
-    status, reply = post(f"{router.url}/v1/completions", huge)
+    status, reply, _ = post(f"{router.url}/v1/completions", huge)
     assert status == 413 and "larger than 65536 bytes" in str(reply)
 
 
