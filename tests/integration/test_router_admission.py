@@ -1,0 +1,156 @@
+"""Admission control, balancing policies, metrics and API keys, on real llama.cpp replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+from text_generation import Client
+
+from slurm_llm import Deployment
+from slurm_llm.router import RouterConfig, RouterThread
+from tests.integration.helpers import post
+
+pytestmark = pytest.mark.llamacpp
+
+LONG = {"model": "smollm2", "prompt": "Tell a long story:", "max_tokens": 48}
+
+
+def answered(router: RouterThread) -> dict[str, int]:
+    return {b.url: b.answered for b in router.pool.backends.values()}
+
+
+def spent(router: RouterThread, before: dict[str, int]) -> list[int]:
+    return sorted(n - before[url] for url, n in answered(router).items())
+
+
+@pytest.fixture(scope="module")
+def tight_router(smollm2_llamacpp: Deployment, slurm_llm_home: Path) -> Iterator[RouterThread]:
+    """One request per replica at a time and room for two waiting, to make overload easy."""
+    config = RouterConfig(replica_limit=1, max_queue=2)
+    with RouterThread(home=slurm_llm_home, deployment="shared-smollm2", config=config) as router:
+        yield router
+
+
+def test_overload_gets_429_with_retry_after_and_the_rest_are_served(
+    tight_router: RouterThread,
+) -> None:
+    async def burst() -> list[tuple[int, str | None]]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one() -> tuple[int, str | None]:
+                async with session.post(f"{tight_router.url}/v1/completions", json=LONG) as reply:
+                    await reply.read()
+                    return reply.status, reply.headers.get("Retry-After")
+
+            return await asyncio.gather(*(one() for _ in range(8)))
+
+    outcomes = asyncio.run(burst())
+    statuses = sorted(status for status, _ in outcomes)
+    assert statuses == [200] * 4 + [429] * 4, "2 running + 2 queued, the rest turned away"
+    assert all(retry and int(retry) >= 1 for status, retry in outcomes if status == 429)
+
+
+def test_the_load_shows_in_flight_capacity_and_queue(tight_router: RouterThread) -> None:
+    story = {**LONG, "max_tokens": 256}
+
+    async def watch() -> list[dict[str, int]]:
+        async with aiohttp.ClientSession() as session:
+            requests = [
+                asyncio.create_task(session.post(f"{tight_router.url}/v1/completions", json=story))
+                for _ in range(4)
+            ]
+            seen = []
+            for _ in range(50):  # until all four are in the router, at most 5 s
+                async with session.get(f"{tight_router.url}/v1/load") as reply:
+                    seen.append((await reply.json())["models"][0])
+                if seen[-1]["in_flight"] + seen[-1]["queued"] == 4:
+                    break
+                await asyncio.sleep(0.1)
+            for reply_ in await asyncio.gather(*requests):
+                reply_.release()
+            return seen
+
+    last = asyncio.run(watch())[-1]
+    assert [last["in_flight"], last["capacity"], last["queued"]] == [2, 2, 2]
+    assert last["utilisation"] == 2.0
+    assert tight_router.load("smollm2").in_flight == 0
+
+
+def test_metrics_count_requests_queueing_rejections_and_replicas(
+    tight_router: RouterThread,
+) -> None:
+    post(f"{tight_router.url}/v1/completions", {**LONG, "max_tokens": 2})
+    post(f"{tight_router.url}/v1/completions", {"model": "gpt-9", "prompt": "x"})
+    text = get_text(f"{tight_router.url}/metrics")
+    counted = r'requests_total\{endpoint="/v1/completions",model="smollm2",status="200"\} [1-9]'
+    assert re.search(counted, text)
+    assert 'model="unknown",status="404"' in text, "invented model names get no label of their own"
+    assert 'slurm_llm_router_rejections_total{model="smollm2",reason="queue_full"}' in text
+    assert 'slurm_llm_router_queue_wait_seconds_count{model="smollm2"}' in text
+    assert 'slurm_llm_router_tokens_total{kind="completion",model="smollm2"}' in text
+    assert text.count("slurm_llm_router_replica_healthy{") == 2
+    assert 'slurm_llm_router_queue_depth{model="smollm2"} 0.0' in text
+
+
+def get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as reply:
+        return str(reply.read().decode())
+
+
+def test_round_robin_alternates_replicas(
+    smollm2_llamacpp: Deployment, slurm_llm_home: Path
+) -> None:
+    config = RouterConfig(policy="round-robin")
+    with RouterThread(home=slurm_llm_home, deployment="shared-smollm2", config=config) as router:
+        before = answered(router)
+        for _ in range(6):
+            post(f"{router.url}/v1/completions", {**LONG, "max_tokens": 1})
+        assert spent(router, before) == [3, 3]
+
+
+def test_a_session_sticks_to_one_replica(router: RouterThread) -> None:
+    before = answered(router)
+    for _ in range(6):
+        post(f"{router.url}/v1/completions", {**LONG, "max_tokens": 1},
+             headers={"X-Session-ID": "conversation-7"})  # fmt: skip
+    assert spent(router, before) == [0, 6]
+
+
+def test_prefix_affinity_keeps_a_shared_prompt_on_one_replica(
+    smollm2_llamacpp: Deployment, slurm_llm_home: Path
+) -> None:
+    config = RouterConfig(prefix_affinity_chars=32)
+    system = "You are a terse assistant. Answer in one word. "
+    with RouterThread(home=slurm_llm_home, deployment="shared-smollm2", config=config) as router:
+        before = answered(router)
+        for question in ("Sky colour?", "Grass colour?", "Snow colour?", "Coal colour?"):
+            post(
+                f"{router.url}/v1/completions",
+                {**LONG, "prompt": system + question, "max_tokens": 1},
+            )
+        assert spent(router, before) == [0, 4]
+
+
+def test_api_keys_are_required_and_checked(
+    smollm2_llamacpp: Deployment, slurm_llm_home: Path
+) -> None:
+    config = RouterConfig(api_keys=frozenset({"s3cret"}))
+    with RouterThread(home=slurm_llm_home, deployment="shared-smollm2", config=config) as router:
+        status, body, _ = post(f"{router.url}/v1/completions", {**LONG, "max_tokens": 1})
+        assert status == 401 and "Authorization: Bearer" in body["error"]["message"]
+        wrong = openai.OpenAI(base_url=f"{router.url}/v1", api_key="guess", max_retries=0)
+        with wrong, pytest.raises(openai.AuthenticationError, match="not valid"):
+            wrong.models.list()
+        right = openai.OpenAI(base_url=f"{router.url}/v1", api_key="s3cret", max_retries=0)
+        with right:
+            assert [m.id for m in right.models.list()] == ["smollm2"]
+        tgi = Client(f"{router.url}/models/smollm2", headers={"X-API-Key": "s3cret"}, timeout=60)
+        assert tgi.generate("Hi", max_new_tokens=1).generated_text is not None
+        assert "ok" in get_text(f"{router.url}/health"), "health checks need no key"
