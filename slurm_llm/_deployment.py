@@ -35,6 +35,7 @@ from slurm_llm._executors import (
     resolve_kind,
     slurm_parameters,
 )
+from slurm_llm._files import write_atomic
 from slurm_llm._launcher import ReplicaLauncher
 from slurm_llm._paths import deployments_dir, registry_dir
 from slurm_llm._registry import EndpointRecord, Registry
@@ -419,11 +420,7 @@ class Deployment:
             },
             "events": self.events,
         }
-        path = _state_path(self.name, self._home)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, path)
+        write_atomic(_state_path(self.name, self._home), json.dumps(state, indent=2))
 
     def __enter__(self) -> Deployment:
         return self

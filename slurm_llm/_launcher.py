@@ -31,6 +31,7 @@ import submitit
 
 from slurm_llm._errors import EngineError
 from slurm_llm._executors import time_limit_min
+from slurm_llm._files import write_atomic
 from slurm_llm._ports import PortLease, lease_port
 from slurm_llm._registry import HEARTBEAT_INTERVAL_S, EndpointRecord, Registry
 from slurm_llm._spec import ModelSpec, resolve_model_path
@@ -274,9 +275,7 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
         if job.rank == 0:
             self._rendezvous_lease = lease_port(ctx.host)
             address = f"{ctx.host}:{self._rendezvous_lease.port}"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(address)
-            os.replace(tmp, path)
+            write_atomic(path, address)
         else:
             deadline = time.monotonic() + self.spec.ready_timeout_s
             while not path.exists():

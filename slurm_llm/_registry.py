@@ -9,15 +9,15 @@ job's wall-time deadline.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from slurm_llm._files import remove_durably, write_atomic
 
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_TIMEOUT_S = 30.0
@@ -63,29 +63,11 @@ class Registry:
 
     def publish(self, record: EndpointRecord) -> None:
         path = self.path_for(record.deployment, record.replica, record.job_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(record.model_dump_json())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
+        write_atomic(path, record.model_dump_json())
 
     def withdraw(self, deployment: str, replica: int, job_id: str) -> bool:
         """Removes the record ``job_id`` published for ``replica``; True if there was one."""
-        path = self.path_for(deployment, replica, job_id)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return False
-        _fsync_dir(path.parent)
-        return True
+        return remove_durably(self.path_for(deployment, replica, job_id))
 
     def all_records(self, deployment: str | None = None) -> list[EndpointRecord]:
         """Every readable record, stale ones included, ordered by deployment and replica."""
@@ -134,12 +116,3 @@ def _read(path: Path) -> EndpointRecord | None:
         return EndpointRecord.model_validate_json(path.read_bytes())
     except (FileNotFoundError, ValidationError):
         return None
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Makes a rename or unlink durable, so a crash cannot resurrect or lose a record."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
