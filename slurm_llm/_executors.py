@@ -18,7 +18,7 @@ from typing import Any, Literal
 import submitit
 
 from slurm_llm._errors import DeploymentError
-from slurm_llm._spec import ModelSpec
+from slurm_llm._spec import ModelSpec, SlurmOptions
 
 ExecutorKind = Literal["local", "slurm"]
 DEFAULT_TIME_LIMIT_MIN = 240
@@ -26,10 +26,10 @@ DEFAULT_TIME_LIMIT_MIN = 240
 MAX_SIGNAL_DELAY_S = 120
 
 
-def signal_delay_s(spec: ModelSpec) -> int:
+def signal_delay_s(time_min: int) -> int:
     """Up to 2 minutes, less for short jobs: SLURM may send the signal up to 60 s early, and it
     must come after the deployment's own handover (``handover_s`` before the end)."""
-    return int(min(MAX_SIGNAL_DELAY_S, max(15, time_limit_min(spec) * 60 // 8)))
+    return int(min(MAX_SIGNAL_DELAY_S, max(15, time_min * 60 // 8)))
 
 
 def slurm_available() -> bool:
@@ -66,20 +66,36 @@ def time_limit_min(spec: ModelSpec) -> int:
 
 
 def slurm_parameters(spec: ModelSpec, job_name: str) -> dict[str, Any]:
-    """submitit ``SlurmExecutor`` parameters: one line of sbatch each."""
-    options = spec.slurm
+    """submitit ``SlurmExecutor`` parameters for one replica: one line of sbatch each."""
+    return sbatch_parameters(
+        spec.slurm, job_name, time_min=time_limit_min(spec), cpus=spec.cpus,
+        mem_gb=spec.memory_gb, gpus=spec.gpus, nodes=spec.nodes,
+    )  # fmt: skip
+
+
+def sbatch_parameters(
+    options: SlurmOptions,
+    job_name: str,
+    *,
+    time_min: int,
+    cpus: int,
+    mem_gb: int,
+    gpus: int = 0,
+    nodes: int = 1,
+) -> dict[str, Any]:
+    """submitit ``SlurmExecutor`` parameters for any of our jobs (replicas, the router)."""
     params: dict[str, Any] = {
         "job_name": job_name,
-        "nodes": spec.nodes,
+        "nodes": nodes,
         "ntasks_per_node": 1,
-        "cpus_per_task": spec.cpus,
-        "mem": f"{spec.memory_gb}GB",
-        "time": time_limit_min(spec),
-        "signal_delay_s": signal_delay_s(spec),
+        "cpus_per_task": cpus,
+        "mem": f"{mem_gb}GB",
+        "time": time_min,
+        "signal_delay_s": signal_delay_s(time_min),
         "stderr_to_stdout": True,
     }
-    if spec.gpus:
-        params["gres"] = f"gpu:{spec.gpus}"
+    if gpus:
+        params["gres"] = f"gpu:{gpus}"
     for field in ("partition", "account", "qos", "constraint", "nodelist", "exclude"):
         if (value := getattr(options, field)) is not None:
             params[field] = value
@@ -96,11 +112,19 @@ def local_parameters(spec: ModelSpec, replica: int) -> dict[str, Any]:
             "use executor='slurm' or nodes=1"
         )
     gpus = spec.gpus
+    visible = tuple(range(replica * gpus, (replica + 1) * gpus))
+    return local_job_parameters(time_limit_min(spec), gpus, visible)
+
+
+def local_job_parameters(
+    time_min: int, gpus: int = 0, visible_gpus: tuple[int, ...] = ()
+) -> dict[str, Any]:
+    """submitit ``LocalExecutor`` parameters for any of our jobs (replicas, the router)."""
     return {
-        "timeout_min": time_limit_min(spec),
-        "signal_delay_s": signal_delay_s(spec),
+        "timeout_min": time_min,
+        "signal_delay_s": signal_delay_s(time_min),
         "gpus_per_node": gpus,
-        "visible_gpus": tuple(range(replica * gpus, (replica + 1) * gpus)),
+        "visible_gpus": visible_gpus,
         "stderr_to_stdout": True,
     }
 

@@ -1,0 +1,49 @@
+"""The router as a job of its own: it publishes its address, serves, and cleans up when
+stopped; on the local executor and on the real SLURM cluster."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slurm_llm import Deployment
+from slurm_llm.cluster import LocalCluster
+from slurm_llm.router import launch_router
+from slurm_llm.router._job import address_path
+from tests.integration.helpers import openai_client
+
+pytestmark = pytest.mark.llamacpp
+
+
+def serves_and_cleans_up(executor: str, name: str, home: Path) -> None:
+    with launch_router("shared-smollm2", name=name, executor=executor) as job:
+        url = job.wait_url(timeout=120)
+        assert address_path(name).exists()
+        reply = openai_client(url).completions.create(model="smollm2", prompt="1, 2,", max_tokens=2)
+        assert reply.choices[0].text
+    assert job.job.done()
+    assert not address_path(name).exists(), "a stopped router withdraws its address"
+
+
+def test_a_local_router_job(smollm2_llamacpp: Deployment, slurm_llm_home: Path) -> None:
+    serves_and_cleans_up("local", "local-router", slurm_llm_home)
+
+
+@pytest.mark.slurm
+def test_a_router_job_on_slurm(
+    local_slurm: LocalCluster, smollm2_llamacpp: Deployment, slurm_llm_home: Path
+) -> None:
+    serves_and_cleans_up("slurm", "slurm-router", slurm_llm_home)
+
+
+def test_a_bad_key_file_is_refused_before_anything_is_submitted(slurm_llm_home: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "slurm_llm", "router", "--submit", "--executor", "local",
+         "--name", "broken", "--api-keys-file", "/nonexistent/keys"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "cannot read the API key file /nonexistent/keys" in result.stderr
