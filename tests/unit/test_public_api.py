@@ -1,4 +1,5 @@
 import slurm_llm
+import slurm_llm.router
 
 
 def test_public_api_is_small_and_deliberate() -> None:
@@ -24,3 +25,23 @@ def test_public_api_is_small_and_deliberate() -> None:
 def test_everything_public_is_importable() -> None:
     for name in slurm_llm.__all__:
         assert getattr(slurm_llm, name) is not None
+
+
+def test_the_router_api_is_pinned_too() -> None:
+    assert slurm_llm.router.__all__ == [
+        "POLICIES",
+        "Backend",
+        "BackendPool",
+        "ModelLoad",
+        "ProbeConfig",
+        "RouterConfig",
+        "RouterJob",
+        "RouterThread",
+        "add_router_command",
+        "build_app",
+        "launch_router",
+        "load_api_keys",
+        "serve",
+    ]
+    for name in slurm_llm.router.__all__:
+        assert getattr(slurm_llm.router, name) is not None
