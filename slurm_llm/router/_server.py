@@ -4,6 +4,8 @@ the caller's process (``RouterThread``, for notebooks, workflows and tests)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import resource
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,7 +47,17 @@ def serve(
     ``static`` adds (model, url) pairs for servers started by other means."""
     config = config or RouterConfig()
     app = build_app(make_pool(home, deployment, static, config), config)
+    raise_open_files_limit()
     web.run_app(app, host=host, port=port, print=None, access_log=None, loop=new_event_loop())
+
+
+def raise_open_files_limit() -> None:
+    """Two sockets per request in flight (client and replica): the common soft limit of 1024
+    open files would refuse connections at a few hundred concurrent users."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
