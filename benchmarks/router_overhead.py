@@ -1,0 +1,585 @@
+"""What the router itself costs, next to nginx, against an upstream that costs nothing.
+
+vllm-router's overhead harness, on one machine: a mock OpenAI upstream that answers at once
+(``_mock_upstream.py``), and the same load sent three ways in one run:
+  direct   to the mock;
+  router   through ``slurm-llm router --backend mock=URL`` (its own process);
+  nginx    through slurm-llm's nginx front end (``slurm_llm.nginx``, one worker process).
+The differences to direct are what each proxy adds. Phases, each bounded in time:
+  1. streams: 100 concurrent streamed chat requests (closed loop, aiohttp on uvloop in its own
+     process); TTFT and end-to-end p50/p99, paths interleaved round by round;
+  2. throughput: non-streamed requests, closed loop, with wrk (C, so the load generator takes
+     the least CPU from the proxies); max requests/s through each path;
+  3. connections: 5,000 streamed requests opened at once through the router, twice; errors and
+     the router's RSS before, during (peak) and after each wave.
+
+    python benchmarks/router_overhead.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import RESULTS, describe, machine_info
+
+from slurm_llm import _debian
+from slurm_llm._ports import lease_port
+from slurm_llm.nginx import NginxConfig, NginxServer
+
+HERE = Path(__file__).parent
+PATHS = ("direct", "router", "nginx")
+COLUMNS = ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms")
+GOALS = {
+    "added_p50_ms": 1.0,
+    "added_p99_ms": 5.0,
+    "router_req_s": 2000.0,
+}
+WRK_BODY = {
+    "model": "mock",
+    "messages": [{"role": "user", "content": "Say hello."}],
+    "max_tokens": 16,
+}
+WRK_SCRIPT = f"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{json.dumps(WRK_BODY)}'
+"""
+
+
+def raise_open_files(wanted: int = 65536) -> int:
+    """Every process started from here inherits it: 5,000 connections need 10,000+ descriptors
+    in the router (client side and upstream side). Root may raise the hard limit too, unless a
+    container withholds that right; then the hard limit is what there is."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        except (ValueError, OSError):
+            pass
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+    return min(wanted, hard)
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+@contextmanager
+def background(argv: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process of this benchmark, stopped (and waited for) whatever happens."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_http(ready_url, process)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listen queue was full: a server
+    with a short accept backlog makes clients wait for SYN retransmits (1, 3, 7, 15 s...)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["ListenOverflows"])
+    return 0
+
+
+def loadgen(mode: str, url: str, limit_s: float, **options: object) -> dict[str, Any]:
+    argv = [sys.executable, str(HERE / "_loadgen.py"), mode, "--url", url]
+    for name, value in options.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=limit_s, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, float]:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    text = done.stdout
+    found = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"wrk failed:\n{text}\n{done.stderr}")
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", text))
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    if socket_errors:
+        errors += sum(int(n) for n in socket_errors.groups())
+    return {"req_s": float(found.group(1)), "errors": errors}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def ms(values: list[float], q: float) -> float:
+    return percentile(values, q) * 1000
+
+
+def phase_streams(
+    urls: dict[str, str],
+    rounds: int,
+    duration: float,
+    concurrency: int,
+    chunks: int,
+    console: Console,
+) -> dict[str, dict[str, Any]]:
+    samples: dict[str, dict[str, Any]] = {
+        path: {"ttft": [], "e2e": [], "errors": {}} for path in PATHS
+    }
+    for round_no in range(rounds):
+        order = PATHS[round_no % 3 :] + PATHS[: round_no % 3]  # each path goes first once
+        for path in order:
+            result = loadgen(
+                "streams",
+                urls[path],
+                duration + 60,
+                concurrency=concurrency,
+                duration=duration,
+                chunks=chunks,
+            )
+            samples[path]["ttft"] += result["ttft"]
+            samples[path]["e2e"] += result["e2e"]
+            for kind, count in result["errors"].items():
+                samples[path]["errors"][kind] = samples[path]["errors"].get(kind, 0) + count
+            console.print(
+                f"  streams round {round_no + 1}/{rounds} {path:6}: "
+                f"{len(result['ttft'])} requests, "
+                f"TTFT p50 {ms(result['ttft'], 50):.2f} ms, p99 {ms(result['ttft'], 99):.2f} ms"
+                + (f", errors {result['errors']}" if result["errors"] else "")
+            )
+    return samples
+
+
+def phase_throughput(
+    urls: dict[str, str], rounds: int, seconds: int, connections: int, work: Path, console: Console
+) -> dict[str, list[dict[str, float]]]:
+    script = work / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    runs: dict[str, list[dict[str, float]]] = {path: [] for path in PATHS}
+    for round_no in range(rounds):
+        for path in PATHS[round_no % 3 :] + PATHS[: round_no % 3]:
+            runs[path].append(wrk(urls[path], script, seconds, connections))
+            console.print(
+                f"  throughput round {round_no + 1}/{rounds} {path:6}: "
+                f"{runs[path][-1]['req_s']:.0f} req/s, {runs[path][-1]['errors']:.0f} errors"
+            )
+    return runs
+
+
+def phase_connections(
+    url: str, router_pid: int, waves: int, connections: int, chunks: int, console: Console
+) -> dict[str, Any]:
+    timeline: list[tuple[float, float]] = []
+    start = time.monotonic()
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            timeline.append((time.monotonic() - start, rss_mib(router_pid)))
+            stop.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    before = rss_mib(router_pid)
+    result: dict[str, Any] = {"rss_before_mib": before, "waves": []}
+    try:
+        for wave in range(waves):
+            began = time.monotonic() - start
+            overflows = listen_overflows()
+            outcome = loadgen(
+                "hold",
+                url,
+                120,
+                concurrency=connections,
+                chunks=chunks,
+                model="mock-slow",
+                timeout=45,
+            )
+            ended = time.monotonic() - start
+            time.sleep(1.5)  # let the router let go of what the wave held
+            during = max(rss for at, rss in timeline if began <= at <= ended)
+            after = rss_mib(router_pid)
+            errors = sum(outcome["errors"].values())
+            overflows = listen_overflows() - overflows
+            result["waves"].append(
+                {
+                    "completed": outcome["completed"],
+                    "errors": outcome["errors"],
+                    "wall_s": outcome["wall_s"],
+                    "e2e_p50_s": percentile(outcome["e2e"], 50) if outcome["e2e"] else None,
+                    "e2e_max_s": max(outcome["e2e"], default=None),
+                    "rss_during_peak_mib": during,
+                    "rss_after_mib": after,
+                    "listen_overflows": overflows,
+                }
+            )
+            console.print(
+                f"  connections wave {wave + 1}/{waves}: {outcome['completed']}/{connections} "
+                f"streams completed, {errors} errors in {outcome['wall_s']:.1f} s; router RSS "
+                f"{before:.0f} -> peak {during:.0f} -> {after:.0f} MiB; "
+                f"{overflows} SYNs dropped by full listen queues"
+            )
+    finally:
+        stop.set()
+        sampler.join()
+    result["timeline"] = timeline
+    return result
+
+
+def summarize(samples: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for path, data in samples.items():
+        table[path] = {
+            "requests": len(data["e2e"]),
+            "errors": sum(data["errors"].values()),
+            "error_kinds": data["errors"],
+            "ttft_p50_ms": ms(data["ttft"], 50),
+            "ttft_p99_ms": ms(data["ttft"], 99),
+            "e2e_p50_ms": ms(data["e2e"], 50),
+            "e2e_p99_ms": ms(data["e2e"], 99),
+        }
+    return table
+
+
+def verdict(ok: bool) -> str:
+    return "[green]met[/green]" if ok else "[red]missed[/red]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of phases 1 and 2")
+    parser.add_argument("--stream-seconds", type=float, default=4.0)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--chunks", type=int, default=8)
+    parser.add_argument("--chunk-delay", type=float, default=0.05)
+    parser.add_argument("--wrk-seconds", type=int, default=5)
+    parser.add_argument("--wrk-connections", type=int, default=64)
+    parser.add_argument("--connections", type=int, default=5000)
+    parser.add_argument("--waves", type=int, default=3)
+    args = parser.parse_args()
+    console = Console(width=120)
+    began = time.monotonic()
+    open_files = raise_open_files()
+    _debian.ensure_packages(("wrk",), ("wrk",), RuntimeError, "this benchmark")
+    info = machine_info(("slurm-llm", "aiohttp", "uvloop"))
+    nginx_version = subprocess.run(
+        ["/usr/sbin/nginx", "-v"], capture_output=True, text=True, check=False
+    ).stderr.strip()
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    info["packages"]["nginx"] = nginx_version.removeprefix("nginx version: ")
+    info["packages"]["wrk"] = (wrk_version.stdout or wrk_version.stderr).split()[1]
+    console.print(f"Machine: {describe(info)}; open files {open_files}")
+    console.print(
+        "Load generator, router, nginx and the mock upstream all share this machine's "
+        f"{os.cpu_count()} cores."
+    )
+    router_cli = Path(sys.executable).parent / "slurm-llm"
+    router_argv = [str(router_cli)] if router_cli.exists() else [sys.executable, "-m", "slurm_llm"]
+
+    with tempfile.TemporaryDirectory(prefix="router-overhead-") as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        ports = [stack.enter_context(lease_port("127.0.0.1")).port for _ in range(4)]
+        mock_port, slow_port, router_port, nginx_port = ports
+        mock = f"http://127.0.0.1:{mock_port}"
+        slow = f"http://127.0.0.1:{slow_port}"
+        mock_argv = [sys.executable, str(HERE / "_mock_upstream.py")]
+        stack.enter_context(
+            background(
+                [
+                    *mock_argv,
+                    "--port",
+                    str(mock_port),
+                    "--chunks",
+                    str(args.chunks),
+                    "--chunk-delay",
+                    str(args.chunk_delay),
+                ],
+                f"{mock}/health",
+                work / "mock.log",
+            )
+        )
+        stack.enter_context(
+            background(
+                [*mock_argv, "--port", str(slow_port), "--chunks", "4", "--chunk-delay", "1.0"],
+                f"{slow}/health",
+                work / "mock-slow.log",
+            )
+        )
+        router = stack.enter_context(
+            background(
+                [
+                    *router_argv,
+                    "router",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(router_port),
+                    "--backend",
+                    f"mock={mock}",
+                    "--backend",
+                    f"mock-slow={slow}",
+                    # Measure the proxy, not the admission queue: no per-replica cap to wait for.
+                    "--replica-limit",
+                    "100000",
+                    "--max-queue",
+                    "100000",
+                    "--probe-interval",
+                    "0",
+                ],
+                f"http://127.0.0.1:{router_port}/health",
+                work / "router.log",
+            )
+        )
+        (work / "nginx").mkdir()
+        nginx = stack.enter_context(
+            NginxServer(
+                NginxConfig(
+                    {"mock": [mock], "mock-slow": [slow]},
+                    work / "nginx",
+                    port=nginx_port,
+                    worker_processes=1,
+                    worker_connections=20000,
+                )
+            )
+        )
+        urls = {
+            "direct": f"{mock}/v1/chat/completions",
+            "router": f"http://127.0.0.1:{router_port}/v1/chat/completions",
+            "nginx": f"{nginx.url}/mock/v1/chat/completions",
+        }
+        console.print(
+            f"[bold]1. streams[/bold]: {args.concurrency} concurrent, {args.chunks} chunks "
+            f"{args.chunk_delay * 1000:.0f} ms apart, "
+            f"{args.stream_seconds:.0f} s per path and round"
+        )
+        samples = phase_streams(
+            urls, args.rounds, args.stream_seconds, args.concurrency, args.chunks, console
+        )
+        console.print(
+            f"[bold]2. throughput[/bold]: wrk, {args.wrk_connections} connections, non-streamed"
+        )
+        throughput = phase_throughput(
+            urls, args.rounds, args.wrk_seconds, args.wrk_connections, work, console
+        )
+        console.print(
+            f"[bold]3. connections[/bold]: {args.connections} streams at once through the router "
+            "(4 chunks 1 s apart)"
+        )
+        connections = phase_connections(
+            urls["router"], router.pid, args.waves, args.connections, 4, console
+        )
+        router_log = (work / "router.log").read_text(errors="replace")[-2000:]
+
+    elapsed = time.monotonic() - began
+    report(args, info, samples, throughput, connections, router_log, elapsed, console)
+
+
+def report(
+    args: argparse.Namespace,
+    info: dict[str, Any],
+    samples: dict[str, dict[str, Any]],
+    throughput: dict[str, list[dict[str, float]]],
+    connections: dict[str, Any],
+    router_log: str,
+    elapsed: float,
+    console: Console,
+) -> None:
+    streams = summarize(samples)
+    added = {
+        path: {key: streams[path][key] - streams["direct"][key] for key in COLUMNS}
+        for path in ("router", "nginx")
+    }
+    req_s = {path: statistics.median(r["req_s"] for r in runs) for path, runs in throughput.items()}
+
+    table = Table(title=f"Streams: {args.concurrency} concurrent, {args.chunks} chunks each")
+    for column in ("path", "requests", "errors", "TTFT p50", "TTFT p99", "E2E p50", "E2E p99"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for path, row in streams.items():
+        table.add_row(
+            path,
+            f"{row['requests']:.0f}",
+            f"{row['errors']:.0f}",
+            *(f"{row[k]:.2f} ms" for k in COLUMNS),
+        )
+    for path in ("router", "nginx"):
+        row = added[path]
+        table.add_row(
+            f"{path} - direct",
+            "",
+            "",
+            *(f"{row[k]:+.2f} ms" for k in COLUMNS),
+        )
+    console.print(table)
+
+    table = Table(title=f"Throughput: wrk, {args.wrk_connections} connections, non-streamed")
+    for column in ("path", "req/s (median)", "req/s per round", "errors"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for path, runs in throughput.items():
+        table.add_row(
+            path,
+            f"{req_s[path]:.0f}",
+            ", ".join(f"{r['req_s']:.0f}" for r in runs),
+            f"{sum(r['errors'] for r in runs):.0f}",
+        )
+    console.print(table)
+
+    table = Table(title=f"{args.connections} concurrent streams through the router")
+    columns = ("wave", "completed", "errors", "wall", "RSS before", "RSS peak", "RSS after")
+    for column in (*columns, "SYNs dropped"):
+        table.add_column(column, justify="right")
+    for number, wave in enumerate(connections["waves"], 1):
+        table.add_row(
+            str(number),
+            str(wave["completed"]),
+            str(sum(wave["errors"].values())),
+            f"{wave['wall_s']:.1f} s",
+            f"{connections['rss_before_mib']:.0f} MiB",
+            f"{wave['rss_during_peak_mib']:.0f} MiB",
+            f"{wave['rss_after_mib']:.0f} MiB",
+            str(wave["listen_overflows"]),
+        )
+    console.print(table)
+
+    waves = connections["waves"]
+    wave_errors = sum(sum(w["errors"].values()) for w in waves)
+    # A leak grows with every wave; bounded memory levels off once the allocator's pools have
+    # grown to the peak load, so the last wave is compared with the one before it.
+    bounded = len(waves) < 2 or waves[-1]["rss_after_mib"] <= waves[-2]["rss_after_mib"] * 1.1
+    goals = {
+        "router added TTFT p50 <= 1 ms": added["router"]["ttft_p50_ms"] <= GOALS["added_p50_ms"],
+        "router added TTFT p99 <= 5 ms": added["router"]["ttft_p99_ms"] <= GOALS["added_p99_ms"],
+        "router added E2E p50 <= 1 ms": added["router"]["e2e_p50_ms"] <= GOALS["added_p50_ms"],
+        "router added E2E p99 <= 5 ms": added["router"]["e2e_p99_ms"] <= GOALS["added_p99_ms"],
+        "router >= 2,000 req/s": req_s["router"] >= GOALS["router_req_s"],
+        f"no errors at {args.connections} connections": wave_errors == 0,
+        "router RSS bounded (after last wave <= 1.1 x after the one before)": bounded,
+    }
+    table = Table(title="Goals (2-core machine; load generator, proxies and upstream share it)")
+    table.add_column("goal")
+    table.add_column("result", justify="right")
+    for goal, ok in goals.items():
+        table.add_row(goal, verdict(ok))
+    console.print(table)
+    console.print(f"Whole benchmark: {elapsed:.0f} s")
+
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"router_overhead-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    title = "Router overhead against a mock upstream: direct vs slurm-llm router vs nginx"
+    out.write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "title": title,
+                "note": "load generator, router, nginx and mock upstream share the machine's cores",
+                "settings": vars(args),
+                "load_generators": {
+                    "streams": "aiohttp + uvloop, own process, closed loop",
+                    "throughput": "wrk -t1, closed loop",
+                    "connections": "aiohttp + uvloop, own process, one connection per stream",
+                },
+                "streams": streams,
+                "added_vs_direct": added,
+                "throughput_req_s": {"median": req_s, "runs": throughput},
+                "connections": {k: v for k, v in connections.items() if k != "timeline"},
+                "router_rss_timeline": connections["timeline"],
+                "goals": goals,
+                "router_log_tail": router_log,
+                "elapsed_s": elapsed,
+            },
+            indent=2,
+        )
+    )
+    plot(out.with_suffix(".png"), title, info, samples, req_s, connections)
+    console.print(f"Saved {out} and {out.with_suffix('.png')}")
+
+
+def plot(
+    path: Path,
+    title: str,
+    info: dict[str, Any],
+    samples: dict[str, dict[str, Any]],
+    req_s: dict[str, float],
+    connections: dict[str, Any],
+) -> None:
+    figure, (ttft, rate, memory) = plt.subplots(1, 3, figsize=(13, 4))
+    ttft.boxplot(
+        [[t * 1000 for t in samples[p]["ttft"]] for p in PATHS],
+        orientation="horizontal",
+        tick_labels=list(PATHS),
+        showfliers=False,
+        whis=(1, 99),
+    )
+    ttft.set_xlabel("TTFT, ms (whiskers p1-p99)")
+    ttft.set_title("100 concurrent streams")
+    rate.bar(list(PATHS), [req_s[p] for p in PATHS], color=["grey", "tab:blue", "tab:green"])
+    rate.axhline(GOALS["router_req_s"], color="red", linestyle="--", label="goal (router)")
+    rate.set_ylabel("requests/s (wrk, non-streamed)")
+    rate.legend()
+    timeline = connections["timeline"]
+    memory.plot([t for t, _ in timeline], [r for _, r in timeline])
+    memory.set_xlabel("seconds")
+    memory.set_ylabel("router RSS, MiB")
+    memory.set_title("waves of concurrent streams")
+    memory.set_ylim(bottom=0)
+    figure.suptitle(f"{title}\n{describe(info)}", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()
