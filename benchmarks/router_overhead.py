@@ -322,7 +322,10 @@ def main() -> None:
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
     info["packages"]["nginx"] = nginx_version.removeprefix("nginx version: ")
     info["packages"]["wrk"] = (wrk_version.stdout or wrk_version.stderr).split()[1]
+    # Anything else running skews every number here; the load average says whether it did.
+    info["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[:3]
     console.print(f"Machine: {describe(info)}; open files {open_files}")
+    console.print(f"Load average before starting: {' '.join(info['loadavg_at_start'])}")
     console.print(
         "Load generator, router, nginx and the mock upstream all share this machine's "
         f"{os.cpu_count()} cores."
@@ -425,6 +428,7 @@ def main() -> None:
         router_log = (work / "router.log").read_text(errors="replace")[-2000:]
 
     elapsed = time.monotonic() - began
+    info["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     report(args, info, samples, throughput, connections, router_log, elapsed, console)
 
 
