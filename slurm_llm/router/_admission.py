@@ -60,6 +60,14 @@ class Waiter:
     future: asyncio.Future[Backend] = field(default_factory=asyncio.Future)
 
 
+def usable(backends: list[Backend], now: float) -> list[Backend]:
+    """The routable replicas; when every one is passively ejected, all of them that deep probes
+    have not taken out: ejection steers traffic away from a replica while others can take it,
+    and must not turn one transient error on the last replica into a minute of 503s."""
+    routable = [b for b in backends if b.routable(now)]
+    return routable or [b for b in backends if not b.probed_down]
+
+
 class Admission:
     def __init__(
         self,
@@ -89,14 +97,13 @@ class Admission:
         candidates = [b for b in self.pool.of(model) if b.url not in exclude]
         if not candidates:
             raise NoOtherReplica(model)
-        routable = [b for b in candidates if b.routable(now)]
+        routable = usable(candidates, now)
         if not routable:
-            ejected = [b.ejected_until - now for b in candidates if not b.probed_down]
             raise Rejected(
                 503,
                 f"all {len(candidates)} replica(s) of {model!r} are failing health checks",
                 "unhealthy",
-                retry_after=max(1, round(min(ejected))) if ejected else 5,
+                retry_after=5,
             )
         queue = self.queues.setdefault(model, deque())
         if not queue:
@@ -143,21 +150,21 @@ class Admission:
         queue = self.queues.get(model)
         if not queue:
             return
-        now = time.monotonic()
+        free_now = [b for b in usable(self.pool.of(model), time.monotonic()) if b.free()]
         for waiter in list(queue):
+            if not free_now:
+                return
             if waiter.future.done():
                 queue.remove(waiter)
                 continue
-            free = [
-                b for b in self.pool.of(model)
-                if b.free() and b.routable(now) and b.url not in waiter.exclude
-            ]  # fmt: skip
+            free = [b for b in free_now if b.url not in waiter.exclude]
             if not free:
-                if not any(b.free() and b.routable(now) for b in self.pool.of(model)):
-                    return
                 continue
             queue.remove(waiter)
-            waiter.future.set_result(self._take(model, free, waiter.key))
+            backend = self._take(model, free, waiter.key)
+            waiter.future.set_result(backend)
+            if not backend.free():
+                free_now.remove(backend)
 
     def dispatch_all(self) -> None:
         for model in list(self.queues):

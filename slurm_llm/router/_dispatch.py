@@ -1,9 +1,10 @@
 """Sending one request to a replica: admission, retries on another replica, timeouts.
 
 A non-streamed request that meets a refused connection or a 5xx is retried on a different
-replica, with back-off, until the attempts or the deadline run out, so a dying replica costs
-latency, not errors. A streamed request is retried only before its first byte; after that, the
-relay passes bytes through as they come and reports whether the stream ended cleanly.
+replica (the same one only when every replica has failed it once), with back-off, until the
+attempts or the deadline run out, so a dying replica costs latency, not errors. A streamed
+request is retried only before its first byte; after that, the relay passes bytes through as
+they come and reports whether the stream ended cleanly.
 
 The body a client sent is forwarded as the same bytes (no re-encoding), which keeps the
 router's own cost per request small.
@@ -96,8 +97,9 @@ class Dispatcher:
                 )
             try:
                 backend = await self._acquire(call, tried, bounded)
-            except NoOtherReplica:
-                break
+            except NoOtherReplica:  # each replica failed once: after the back-off, any may retry
+                tried.clear()
+                backend = await self._acquire(call, tried, bounded)
             tried.add(backend.url)
             try:
                 outcome = await self._forward(call, backend, relay, deadline)

@@ -21,6 +21,10 @@ from slurm_llm.router._backends import BackendPool
 from slurm_llm.router._config import RouterConfig
 from slurm_llm.router._state import STATE
 
+# Connections the kernel holds before accept(); aiohttp's default of 128 dropped SYNs at a few
+# thousand clients connecting at once.
+BACKLOG = 4096
+
 
 def make_pool(
     home: Path | None,
@@ -48,7 +52,8 @@ def serve(
     config = config or RouterConfig()
     app = build_app(make_pool(home, deployment, static, config), config)
     raise_open_files_limit()
-    web.run_app(app, host=host, port=port, print=None, access_log=None, loop=new_event_loop())
+    web.run_app(app, host=host, port=port, print=None, access_log=None, backlog=BACKLOG,
+                loop=new_event_loop())  # fmt: skip
 
 
 def raise_open_files_limit() -> None:
@@ -98,7 +103,7 @@ class RouterThread:
 
     async def _start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=BACKLOG)
         await site.start()
         server = site._server  # the port the OS picked when port=0
         assert isinstance(server, asyncio.base_events.Server)

@@ -137,14 +137,37 @@ def test_every_replica_tried_means_no_other_replica() -> None:
     run(scenario)
 
 
-def test_when_every_replica_is_ejected_the_answer_is_503_not_a_wait() -> None:
+def test_when_probes_took_every_replica_out_the_answer_is_503_not_a_wait() -> None:
     async def scenario() -> None:
         gate = admission(replicas=2)
         for backend in gate.pool.backends.values():
-            backend.failed()
+            backend.probed_down = True
         with pytest.raises(Rejected, match="all 2 replica") as caught:
             await gate.acquire("m")
         assert caught.value.status == 503 and caught.value.reason == "unhealthy"
+
+    run(scenario)
+
+
+def test_when_every_replica_is_only_passively_ejected_they_still_serve() -> None:
+    async def scenario() -> None:
+        gate = admission(replicas=1)
+        (backend,) = gate.pool.backends.values()
+        backend.failed()  # one transient error on the last replica
+        assert (await gate.acquire("m")) is backend
+
+    run(scenario)
+
+
+def test_waiters_are_served_by_an_ejected_last_replica_when_it_frees_up() -> None:
+    async def scenario() -> None:
+        gate = admission(replicas=1)
+        held = await gate.acquire("m")
+        waiter = asyncio.create_task(gate.acquire("m"))
+        await asyncio.sleep(0.01)
+        held.failed()  # its request failed; nothing else will come to wake the queue
+        gate.release(held)
+        assert (await asyncio.wait_for(waiter, 1)) is held
 
     run(scenario)
 
