@@ -39,7 +39,7 @@ slowest, so the table also gives each round's p99 (the same arrivals each round)
 least-loaded was lowest in every round and not only pooled, and the load average before and
 after (another job on the machine shows there).
 
-    python benchmarks/router_mixed_workload.py               # ~5 minutes
+    python benchmarks/router_mixed_workload.py               # ~9 minutes; shorter phases are noise
     python benchmarks/router_mixed_workload.py --seconds 20 --rounds 1   # a quick look
 """
 
@@ -516,7 +516,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=45.0, help="arrivals per phase")
+    parser.add_argument("--seconds", type=float, default=90.0, help="arrivals per phase")
     parser.add_argument("--rounds", type=int, default=2, help="rounds, in alternating order")
     parser.add_argument("--slots", type=int, default=2, help="engine slots = router limit")
     parser.add_argument("--utilisation", type=float, default=0.75, help="target, by calibration")
