@@ -22,6 +22,7 @@ from slurm_llm._errors import SlurmLLMError, SpecError
 from slurm_llm._smollm2 import gguf_path, prepare_hf_dir
 from slurm_llm._spec import ModelSpec, preset_files
 from slurm_llm.cluster import add_cluster_commands
+from slurm_llm.nginx import add_nginx_command
 from slurm_llm.router import add_router_command
 
 console = Console()
@@ -224,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("presets", cmd_presets, "List the shipped model presets.")
     add_cluster_commands(commands)
     add_router_command(commands)
+    add_nginx_command(commands)
 
     prepare = command(
         "prepare-model",

@@ -5,8 +5,10 @@ template shipped in ``nginx/``); ``NginxServer`` runs Debian's nginx with it as 
 child process and reloads it gracefully when the replicas change.
 """
 
+from slurm_llm.nginx._cli import add_nginx_command
 from slurm_llm.nginx._config import NginxConfig, render_config, template_dir
 from slurm_llm.nginx._errors import NginxConfigError, NginxError
+from slurm_llm.nginx._follow import follow_registry, registry_upstreams
 from slurm_llm.nginx._server import NginxServer, ensure_nginx
 
 __all__ = [
@@ -14,7 +16,10 @@ __all__ = [
     "NginxConfigError",
     "NginxError",
     "NginxServer",
+    "add_nginx_command",
     "ensure_nginx",
+    "follow_registry",
+    "registry_upstreams",
     "render_config",
     "template_dir",
 ]

@@ -56,6 +56,23 @@ class NginxServer:
         self.error_log = self.prefix / "logs" / "error.log"
         self._binary = binary
         self._process: subprocess.Popen[bytes] | None = None
+        self._master_pid: int | None = None  # an nginx another process started (attach)
+
+    @classmethod
+    def attach(cls, config: NginxConfig, binary: str | None = None) -> NginxServer:
+        """The nginx that ``slurm-llm nginx run`` (another process) keeps under ``config.prefix``,
+        found by its pid file, so that ``reload`` works from any shell."""
+        server = cls(config, binary)
+        pid_file = config.prefix / "nginx.pid"
+        try:
+            server._master_pid = int(pid_file.read_text().strip())
+            os.kill(server._master_pid, 0)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            raise NginxError(
+                f"no nginx runs under {config.prefix} ({pid_file} is missing or stale); "
+                "start one with: slurm-llm nginx run"
+            ) from None
+        return server
 
     @property
     def url(self) -> str:
@@ -103,14 +120,19 @@ class NginxServer:
             said = (done.stderr or done.stdout).strip()
             raise NginxError(f"nginx rejected the configuration {conf}:\n{said}")
 
-    def start(self, timeout: float = 10) -> None:
-        """Checks the configuration, starts nginx and returns once it serves this config."""
-        if self._process is not None and self._process.poll() is None:
-            raise NginxError(f"nginx already runs here (pid {self._process.pid})")
+    def write_config(self) -> Path:
+        """Writes ``nginx.conf`` under the prefix and checks it, without starting nginx."""
         self._prepare_prefix()
         self.config = self._with_user(self.config)
         self._write(self.config, self.conf_path)
         self.check()
+        return self.conf_path
+
+    def start(self, timeout: float = 10) -> None:
+        """Checks the configuration, starts nginx and returns once it serves this config."""
+        if self._process is not None and self._process.poll() is None:
+            raise NginxError(f"nginx already runs here (pid {self._process.pid})")
+        self.write_config()
         stderr = (self.prefix / "logs" / "stderr.log").open("ab")
         try:
             # Its own session: stop() can end the master and its workers together even if the
@@ -139,7 +161,7 @@ class NginxServer:
         """
         if config.prefix != self.prefix:
             raise NginxError(f"reload keeps the prefix {self.prefix}; got {config.prefix}")
-        process = self._running()
+        self._alive()
         config = self._with_user(config)
         candidate = self.conf_path.with_name("nginx.conf.new")
         self._write(config, candidate)
@@ -149,7 +171,7 @@ class NginxServer:
             candidate.unlink()
             raise
         candidate.replace(self.conf_path)
-        process.send_signal(signal.SIGHUP)
+        os.kill(self._alive(), signal.SIGHUP)
         self._wait_serving(config, timeout)
         self.config = config
 
@@ -172,10 +194,15 @@ class NginxServer:
             return "(no error log)"
         return "\n".join(self.error_log.read_text(errors="replace").splitlines()[-lines:])
 
-    def _running(self) -> subprocess.Popen[bytes]:
-        if self._process is None or self._process.poll() is not None:
-            raise NginxError(f"nginx is not running; its error log:\n{self.error_log_tail()}")
-        return self._process
+    def _alive(self) -> int:
+        """The master's pid; NginxError (with its log) if it is gone."""
+        if self._process is not None and self._process.poll() is None:
+            return self._process.pid
+        if self._master_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._master_pid, 0)
+                return self._master_pid
+        raise NginxError(f"nginx is not running; its error log:\n{self.error_log_tail()}")
 
     def _wait_serving(self, config: NginxConfig, timeout: float) -> None:
         """Until ``/health`` answers with this configuration's revision: that it is our nginx
@@ -183,7 +210,7 @@ class NginxServer:
         deadline = time.monotonic() + timeout
         seen = "no answer"
         while time.monotonic() < deadline:
-            process = self._running()
+            self._alive()
             try:
                 with urllib.request.urlopen(f"{config.url}/health", timeout=1) as answer:
                     body = json.loads(answer.read())
@@ -192,8 +219,6 @@ class NginxServer:
                 seen = f"revision {body.get('revision')}"
             except (OSError, ValueError) as error:
                 seen = str(error)
-            if process.poll() is not None:
-                break
             time.sleep(0.02)
         raise NginxError(
             f"nginx did not serve revision {config.revision} at {config.url} within {timeout} s "
