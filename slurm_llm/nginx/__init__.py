@@ -9,6 +9,7 @@ from slurm_llm.nginx._cli import add_nginx_command
 from slurm_llm.nginx._config import NginxConfig, render_config, template_dir
 from slurm_llm.nginx._errors import NginxConfigError, NginxError
 from slurm_llm.nginx._follow import follow_registry, registry_upstreams
+from slurm_llm.nginx._job import launch_nginx
 from slurm_llm.nginx._server import NginxServer, ensure_nginx
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "add_nginx_command",
     "ensure_nginx",
     "follow_registry",
+    "launch_nginx",
     "registry_upstreams",
     "render_config",
     "template_dir",

@@ -13,10 +13,12 @@ from typing import Any
 
 from rich.console import Console
 
+from slurm_llm._front_end_job import add_submit_arguments, announce, submitted_options
 from slurm_llm._paths import home_dir
 from slurm_llm.nginx._config import NginxConfig
 from slurm_llm.nginx._errors import NginxError
 from slurm_llm.nginx._follow import follow_registry, registry_upstreams
+from slurm_llm.nginx._job import launch_nginx
 from slurm_llm.nginx._server import NginxServer
 from slurm_llm.router._auth import load_api_keys
 
@@ -54,6 +56,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.submit:
+        return submit(args)
     prefix = prefix_of(args)
     settings = {name: getattr(args, name) for name in OPTIONS}
     with NginxServer(config_from(settings, prefix)) as server:
@@ -65,6 +69,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.print(f"Reloaded: {describe(config)}", highlight=False)
 
         follow_registry(server, deployment=args.deployment, on_reload=reloaded)
+    return 0
+
+
+def submit(args: argparse.Namespace) -> int:
+    keys = load_api_keys(Path(args.api_keys_file) if args.api_keys_file else None)
+    job = launch_nginx(args.deployment, balancing=args.balancing, api_keys=sorted(keys),
+                       **submitted_options(args))  # fmt: skip
+    console.print(announce(job, "{url}/<model>/v1"), highlight=False)
     return 0
 
 
@@ -111,3 +123,5 @@ def add_nginx_command(commands: Any) -> None:
                          help="session: consistent hash of X-Session-Id")  # fmt: skip
         sub.add_argument("--api-keys-file", default=None,
                          help="one key per line; $SLURM_LLM_API_KEYS counts too")  # fmt: skip
+        if action == "run":
+            add_submit_arguments(sub, "nginx")

@@ -2,13 +2,14 @@
 load-aware balancing, admission control, health probes, metrics and API keys; run in-process
 (``RouterThread``), in the foreground (``serve``) or as a job of its own (``launch_router``)."""
 
+from slurm_llm._front_end_job import FrontEndJob
 from slurm_llm.router._admission import ModelLoad
 from slurm_llm.router._app import build_app
 from slurm_llm.router._auth import load_api_keys
 from slurm_llm.router._backends import Backend, BackendPool
 from slurm_llm.router._cli import add_router_command
 from slurm_llm.router._config import RouterConfig
-from slurm_llm.router._job import RouterJob, launch_router
+from slurm_llm.router._job import launch_router
 from slurm_llm.router._policies import POLICIES
 from slurm_llm.router._probes import ProbeConfig
 from slurm_llm.router._server import RouterThread, serve
@@ -17,10 +18,10 @@ __all__ = [
     "POLICIES",
     "Backend",
     "BackendPool",
+    "FrontEndJob",
     "ModelLoad",
     "ProbeConfig",
     "RouterConfig",
-    "RouterJob",
     "RouterThread",
     "add_router_command",
     "build_app",

@@ -9,10 +9,10 @@ from typing import Any
 from rich.console import Console
 
 from slurm_llm._errors import SlurmLLMError
-from slurm_llm._spec import SlurmOptions
+from slurm_llm._front_end_job import add_submit_arguments, announce, submitted_options
 from slurm_llm.router._auth import load_api_keys
 from slurm_llm.router._config import RouterConfig
-from slurm_llm.router._job import address_path, launch_router
+from slurm_llm.router._job import launch_router
 from slurm_llm.router._policies import POLICIES
 from slurm_llm.router._probes import ProbeConfig
 from slurm_llm.router._server import serve
@@ -66,15 +66,8 @@ def cmd_router(args: argparse.Namespace) -> int:
 def submit(args: argparse.Namespace, config: RouterConfig) -> int:
     if args.backend:
         raise SlurmLLMError("--submit routes registry replicas only; drop --backend")
-    slurm = SlurmOptions(partition=args.partition, account=args.account, time_limit=args.time_limit)
-    job = launch_router(args.deployment, name=args.name, executor=args.executor, config=config,
-                        slurm=slurm)  # fmt: skip
-    url = job.wait_url()
-    console.print(
-        f"Router {args.name} (job {job.job_id}) serves on {url}/v1; its address is also in "
-        f"{address_path(args.name)}. Stop it with: scancel {job.job_id} (or kill it, if local)",
-        highlight=False,
-    )
+    job = launch_router(args.deployment, config=config, **submitted_options(args))
+    console.print(announce(job, "{url}/v1"), highlight=False)
     return 0
 
 
@@ -110,12 +103,4 @@ def add_router_command(commands: Any) -> None:
     router.add_argument(
         "--probe-interval", type=float, default=10.0, help="seconds between deep probes; 0: off"
     )
-    job = router.add_argument_group("as a job of its own (--submit)")
-    job.add_argument("--submit", action="store_true", help="run the router as a job; print its URL")
-    job.add_argument(
-        "--name", default="router", help="its address goes to <home>/routers/NAME.json"
-    )
-    job.add_argument("--executor", choices=("auto", "slurm", "local"), default="auto")
-    job.add_argument("--partition", default=None)
-    job.add_argument("--account", default=None)
-    job.add_argument("--time-limit", default=None, help="SLURM time syntax, e.g. 24:00:00")
+    add_submit_arguments(router, "router")

@@ -1,5 +1,5 @@
-"""The router as a job of its own: it publishes its address, serves, and cleans up when
-stopped; on the local executor and on the real SLURM cluster."""
+"""The router and nginx as jobs of their own: each publishes its address, serves, and cleans
+up when stopped; on the local executor and on the real SLURM cluster."""
 
 from __future__ import annotations
 
@@ -10,19 +10,24 @@ from pathlib import Path
 import pytest
 
 from slurm_llm import Deployment
+from slurm_llm._front_end_job import address_path
 from slurm_llm.cluster import LocalCluster
+from slurm_llm.nginx import launch_nginx
 from slurm_llm.router import launch_router
-from slurm_llm.router._job import address_path
 from tests.integration.helpers import openai_client
 
 pytestmark = pytest.mark.llamacpp
 
 
-def serves_and_cleans_up(executor: str, name: str, home: Path) -> None:
-    with launch_router("shared-smollm2", name=name, executor=executor) as job:
+def serves_and_cleans_up(executor: str, name: str, home: Path, kind: str = "router") -> None:
+    launch = launch_router if kind == "router" else launch_nginx
+    with launch("shared-smollm2", name=name, executor=executor) as job:
         url = job.wait_url(timeout=120)
         assert address_path(name).exists()
-        reply = openai_client(url).completions.create(model="smollm2", prompt="1, 2,", max_tokens=2)
+        base = url if kind == "router" else f"{url}/smollm2"
+        reply = openai_client(base).completions.create(
+            model="smollm2", prompt="1, 2,", max_tokens=2
+        )
         assert reply.choices[0].text
     assert job.job.done()
     assert not address_path(name).exists(), "a stopped router withdraws its address"
@@ -37,6 +42,19 @@ def test_a_router_job_on_slurm(
     local_slurm: LocalCluster, smollm2_llamacpp: Deployment, slurm_llm_home: Path
 ) -> None:
     serves_and_cleans_up("slurm", "slurm-router", slurm_llm_home)
+
+
+@pytest.mark.nginx
+def test_a_local_nginx_job(smollm2_llamacpp: Deployment, slurm_llm_home: Path) -> None:
+    serves_and_cleans_up("local", "local-nginx", slurm_llm_home, kind="nginx")
+
+
+@pytest.mark.slurm
+@pytest.mark.nginx
+def test_an_nginx_job_on_slurm(
+    local_slurm: LocalCluster, smollm2_llamacpp: Deployment, slurm_llm_home: Path
+) -> None:
+    serves_and_cleans_up("slurm", "slurm-nginx", slurm_llm_home, kind="nginx")
 
 
 def test_a_bad_key_file_is_refused_before_anything_is_submitted(slurm_llm_home: Path) -> None:
