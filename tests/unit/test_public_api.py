@@ -1,4 +1,5 @@
 import slurm_llm
+import slurm_llm.nginx
 import slurm_llm.router
 
 
@@ -45,3 +46,19 @@ def test_the_router_api_is_pinned_too() -> None:
     ]
     for name in slurm_llm.router.__all__:
         assert getattr(slurm_llm.router, name) is not None
+
+
+def test_the_nginx_api_is_pinned_too() -> None:
+    assert slurm_llm.nginx.__all__ == [
+        "NginxConfig",
+        "NginxConfigError",
+        "NginxError",
+        "NginxServer",
+        "add_nginx_command",
+        "ensure_nginx",
+        "follow_registry",
+        "launch_nginx",
+        "registry_upstreams",
+        "render_config",
+        "template_dir",
+    ]
