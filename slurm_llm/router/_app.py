@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
@@ -16,7 +17,7 @@ from dataclasses import asdict
 import aiohttp
 from aiohttp import web
 
-from slurm_llm.router import _batch, _openai_api, _tgi_api
+from slurm_llm.router import _batch, _openai_api, _tgi_api, _tribunal_api
 from slurm_llm.router._admission import Rejected
 from slurm_llm.router._auth import OPEN_PATHS, check_key, presented_key
 from slurm_llm.router._backends import BackendPool
@@ -105,8 +106,13 @@ async def load(request: web.Request) -> web.Response:
     state = request.app[STATE]
     loads = [state.admission.load(model) for model in state.pool.models()]
     return web.json_response(
-        {"models": [{**asdict(load), "utilisation": load.utilisation} for load in loads]}
+        {"models": [{**asdict(load), "utilisation": finite(load.utilisation)} for load in loads]}
     )
+
+
+def finite(value: float) -> float | None:
+    """JSON has no infinity: a model with no capacity left reports null."""
+    return None if math.isinf(value) else value
 
 
 def build_app(pool: BackendPool, config: RouterConfig | None = None) -> web.Application:
@@ -116,6 +122,7 @@ def build_app(pool: BackendPool, config: RouterConfig | None = None) -> web.Appl
     _openai_api.add_routes(app)
     _tgi_api.add_routes(app)
     app.router.add_post("/v1/batch", _batch.batch)
+    app.router.add_post("/v1/tribunal", _tribunal_api.tribunal)
     app.router.add_get("/v1/load", load)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

@@ -41,6 +41,7 @@ def config_from(args: argparse.Namespace) -> RouterConfig:
         prefix_affinity_chars=args.prefix_affinity,
         api_keys=keys,
         probes=ProbeConfig(interval_s=args.probe_interval),
+        verdict_log=Path(args.verdict_log) if args.verdict_log else None,
     )
 
 
@@ -102,5 +103,8 @@ def add_router_command(commands: Any) -> None:
     )  # fmt: skip
     router.add_argument(
         "--probe-interval", type=float, default=10.0, help="seconds between deep probes; 0: off"
+    )
+    router.add_argument(
+        "--verdict-log", default=None, help="tribunal runs (default <home>/tribunal/verdicts.jsonl)"
     )
     add_submit_arguments(router, "router")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from slurm_llm.router._policies import PolicyName
 from slurm_llm.router._probes import ProbeConfig
@@ -25,3 +26,4 @@ class RouterConfig:
     prefix_affinity_chars: int = 0  # >0: the prompt's first N characters pick the replica
     api_keys: frozenset[str] = frozenset()  # empty: no key needed
     probes: ProbeConfig = field(default_factory=ProbeConfig)
+    verdict_log: Path | None = None  # tribunal runs; None: <home>/tribunal/verdicts.jsonl

@@ -98,6 +98,11 @@ class RouterMetrics:
             f"{prefix}_rejections", "Requests turned away: queue_full, queue_timeout, unhealthy.",
             ["model", "reason"], registry=self.registry,
         )  # fmt: skip
+        self.tribunal_runs = Counter(
+            f"{prefix}_tribunal_runs", "Tribunal runs by generator, mode (full, reduced, "
+            "base-only: degraded under load) and outcome.",
+            ["model", "mode", "outcome"], registry=self.registry,
+        )  # fmt: skip
         self.registry.register(ReplicaCollector(admission))
 
     def exposition(self) -> bytes:

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from slurm_llm.router import _tribunal_api
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call, Relay, Reply
 from slurm_llm.router._errors import RouterError
@@ -30,6 +31,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     raw, body = await read_json(request)
     model = served_model(request, body.get("model"))
     check_fields(request.path, body)
+    if "tribunal" in body and request.path == "/v1/chat/completions":
+        return await _tribunal_api.chat_with_tribunal(request, body)
     state = request.app[STATE]
     call = Call(model, request.path, raw, affinity_key(request, body))
     if body.get("stream"):

@@ -40,7 +40,10 @@ class RouterClient:
     async def utilisation(self, model: str) -> float:
         async with self.session.get(f"{self.url}/v1/load", headers=self.headers) as reply:
             loads = (await reply.json())["models"]
-        return next((float(m["utilisation"]) for m in loads if m["model"] == model), 0.0)
+        for load in loads:
+            if load["model"] == model:  # null: no capacity at all
+                return float("inf") if load["utilisation"] is None else float(load["utilisation"])
+        return 0.0
 
 
 def run_tribunal(

@@ -36,9 +36,12 @@ class VerdictLog:
     def append(self, run: dict[str, Any]) -> None:
         line = (json.dumps(run, separators=(",", ":")) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # end the line a crash cut short, so this run stands alone
             os.write(fd, line)
             os.fsync(fd)
         finally:

@@ -24,8 +24,8 @@ Messages = list[dict[str, str]]
 Mode = Literal["full", "reduced", "base-only"]
 
 CRITIC_SYSTEM = (
-    "You are a strict reviewer. Judge whether the ANSWER obeys the LAW. Reply with JSON only: "
-    '{"verdict": "pass" or "fail", "reasons": "one sentence"}'
+    "You are a strict reviewer. Judge whether the ANSWER obeys the LAW. Start your reply with "
+    "the word PASS or the word FAIL, then give your reasons in one sentence."
 )
 REVISER_SYSTEM = (
     "Rewrite the ANSWER to the QUESTION so that it obeys every law listed, keeping what is "
@@ -76,7 +76,7 @@ class Round:
 class TribunalResult:
     prompt: str
     answer: str
-    accepted: bool | None  # None: not judged (base-only under load)
+    accepted: bool | None  # None: not judged (base-only under load, or every critic abstained)
     rounds: list[Round]
     mode: Mode
     reason: str  # why this mode
@@ -136,8 +136,13 @@ class Tribunal:
                 *(self.judge(law, prompt, draft) for law in self.book.laws)
             )
             rounds.append(Round(draft, list(verdicts)))
-            accepted = not rounds[-1].failed
-            if accepted or index == max_rounds - 1:
+            if not rounds[-1].failed:
+                # Accepted when a law passed and none failed; critics that all abstained
+                # judged nothing, and revising would not make them judge.
+                accepted = True if any(v.passed for v in verdicts) else None
+                break
+            accepted = False
+            if index == max_rounds - 1:
                 break
             draft = await self.revise(prompt, draft, rounds[-1].failed)
         result = TribunalResult(

@@ -1,0 +1,104 @@
+"""``/v1/tribunal`` and ``"tribunal": {...}`` on chat completions: the tribunal run inside the
+router, on its own dispatcher (so critics are balanced, queued and retried like any request),
+with the admission queue's load deciding how much it does.
+
+Request: ``{"model": "smollm2", "prompt": "...", "laws": "academic", "only": ["formal-language"],
+"critic_model": "bigger", "max_rounds": 3, "max_tokens": 256}``; ``laws`` is a shipped book's
+name. The answer is the run: final answer, each round's draft and verdicts, accepted or not,
+and the mode (full, reduced, base-only) with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from slurm_llm._errors import SpecError
+from slurm_llm.router._dispatch import Call
+from slurm_llm.router._errors import RouterError
+from slurm_llm.router._requests import read_json, require_served, served_model
+from slurm_llm.router._state import STATE, RouterState
+from slurm_llm.tribunal import LawBook, Tribunal, TribunalConfig, TribunalResult, VerdictLog
+from slurm_llm.tribunal._tribunal import Messages
+
+
+def tribunal_for(state: RouterState, generator: str, options: dict[str, Any]) -> Tribunal:
+    if not isinstance(options, dict):
+        raise RouterError(400, '\'tribunal\' must be an object, e.g. {"laws": "academic"}')
+    try:
+        book = LawBook.named(str(options.get("laws", "academic"))).only(options.get("only"))
+        config = TribunalConfig(
+            generator=generator,
+            critic=options.get("critic_model"),
+            max_rounds=int(options.get("max_rounds", 3)),
+            answer_tokens=int(options.get("max_tokens", 256)),
+        )
+    except (SpecError, ValueError, TypeError) as exc:
+        raise RouterError(400, f"bad tribunal options: {exc}") from None
+    if config.critic is not None:
+        require_served(state.pool, config.critic)
+
+    async def complete(model: str, messages: Messages, max_tokens: int) -> str:
+        body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+        reply = await state.dispatcher.send(
+            Call(model, "/v1/chat/completions", json.dumps(body).encode())
+        )
+        if reply.status != 200:
+            raise RouterError(502, f"{model!r} answered {reply.status} during the tribunal")
+        content = json.loads(reply.body)["choices"][0]["message"]["content"]
+        return str(content or "")
+
+    async def utilisation(model: str) -> float:
+        return state.admission.load(model).utilisation
+
+    log = VerdictLog(state.config.verdict_log)
+    return Tribunal(complete, book, config, log, utilisation)
+
+
+def count(state: RouterState, result: TribunalResult) -> None:
+    outcome = {True: "accepted", False: "rejected", None: "not judged"}[result.accepted]
+    state.metrics.tribunal_runs.labels(result.models["generator"], result.mode, outcome).inc()
+
+
+async def tribunal(request: web.Request) -> web.Response:
+    _, body = await read_json(request)
+    model = served_model(request, body.get("model"))
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise RouterError(400, "the field 'prompt' (a non-empty string) is required")
+    state = request.app[STATE]
+    result = await tribunal_for(state, model, body).run(prompt)
+    count(state, result)
+    return web.json_response(result.to_dict())
+
+
+async def chat_with_tribunal(request: web.Request, body: dict[str, Any]) -> web.Response:
+    """A chat completion whose answer went through the tribunal; the run rides along."""
+    if body.get("stream"):
+        raise RouterError(400, "a tribunal cannot be streamed: its answer exists only at the end")
+    messages = body.get("messages")
+    users = (
+        [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        if isinstance(messages, list)
+        else []
+    )
+    if not users:
+        raise RouterError(400, "a tribunal needs a user message to answer")
+    state = request.app[STATE]
+    model = str(body["model"])
+    result = await tribunal_for(state, model, body["tribunal"]).run(
+        str(users[-1].get("content", ""))
+    )
+    count(state, result)
+    return web.json_response({
+        "id": f"chatcmpl-tribunal-{int(result.started * 1000)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer},
+                     "finish_reason": "stop"}],
+        "tribunal": result.to_dict(),
+    })  # fmt: skip
