@@ -1,0 +1,137 @@
+"""The tribunal on real llama.cpp replicas: a full run through the router, from Python and on
+chat completions; the bypass under induced load; the verdict log surviving a kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from slurm_llm import Deployment
+from slurm_llm.router import RouterConfig, RouterThread
+from slurm_llm.tribunal import LawBook, VerdictLog, run_tribunal
+from tests.integration.helpers import openai_client, post
+
+pytestmark = pytest.mark.llamacpp
+
+QUESTION = {"model": "smollm2", "prompt": "Why is the sky blue?", "max_tokens": 48}
+
+
+def test_a_full_tribunal_through_the_router(router: RouterThread, slurm_llm_home: Path) -> None:
+    status, run, _ = post(f"{router.url}/v1/tribunal", {**QUESTION, "max_rounds": 2})
+    assert status == 200, run
+    assert run["answer"] and run["mode"] == "full" and run["laws"] == "academic@1"
+    assert 1 <= len(run["rounds"]) <= 2
+    for round_ in run["rounds"]:
+        assert [v["law"] for v in round_["verdicts"]] == [
+            "formal-language", "logical-rigour", "cite-the-context"
+        ]  # fmt: skip
+        assert {v["outcome"] for v in round_["verdicts"]} <= {"pass", "fail", "abstain"}
+    assert run["outcome"] in ("accepted", "rejected", "not judged")
+    logged = VerdictLog(slurm_llm_home / "tribunal" / "verdicts.jsonl").read().runs
+    assert any(entry["started"] == run["started"] for entry in logged)
+
+
+def test_the_python_api_and_a_narrowed_book(router: RouterThread, tmp_path: Path) -> None:
+    book = LawBook.named("academic").only(["formal-language"])
+    result = run_tribunal(router.url, "Say hello.", "smollm2", book, max_rounds=1,
+                          log=tmp_path / "v.jsonl")  # fmt: skip
+    assert len(result.rounds) == 1 and len(result.rounds[0].verdicts) == 1
+    assert VerdictLog(tmp_path / "v.jsonl").read().runs[0]["answer"] == result.answer
+
+
+def test_a_chat_completion_can_ask_for_the_tribunal(router: RouterThread) -> None:
+    reply = openai_client(router.url).chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Name a colour."}], max_tokens=16,
+        extra_body={"tribunal": {"laws": "academic", "only": ["formal-language"], "max_rounds": 1}},
+    )  # fmt: skip
+    assert reply.choices[0].message.content
+    assert (reply.model_extra or {})["tribunal"]["laws"] == "academic@1"
+
+
+@pytest.fixture(scope="module")
+def tight_router(smollm2_llamacpp: Deployment, slurm_llm_home: Path) -> Iterator[RouterThread]:
+    config = RouterConfig(replica_limit=1)
+    with RouterThread(home=slurm_llm_home, deployment="shared-smollm2", config=config) as router:
+        yield router
+
+
+def test_the_tribunal_degrades_under_load_and_not_without(tight_router: RouterThread) -> None:
+    calm = post(f"{tight_router.url}/v1/tribunal", {**QUESTION, "max_rounds": 1}).body
+    assert calm["mode"] == "full"
+
+    async def under_load() -> dict[str, object]:
+        story = {"model": "smollm2", "prompt": "Tell a long story:", "max_tokens": 256}
+        async with aiohttp.ClientSession() as session:
+            load = [asyncio.create_task(session.post(f"{tight_router.url}/v1/completions",
+                                                     json=story)) for _ in range(6)]  # fmt: skip
+            while tight_router.load("smollm2").utilisation < 2:  # 2 running + 4 waiting
+                await asyncio.sleep(0.05)
+            async with session.post(f"{tight_router.url}/v1/tribunal", json=QUESTION) as reply:
+                run: dict[str, object] = await reply.json()
+            for reply_ in await asyncio.gather(*load):
+                reply_.release()
+        return run
+
+    busy = asyncio.run(under_load())
+    assert busy["mode"] == "base-only" and busy["rounds"] == [] and busy["answer"]
+    assert "utilisation" in str(busy["reason"])
+    metrics = urllib_get(f"{tight_router.url}/metrics")
+    assert 'tribunal_runs_total{mode="base-only",model="smollm2",outcome="not judged"}' in metrics
+
+
+def urllib_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as reply:
+        return str(reply.read().decode())
+
+
+def test_the_verdict_log_survives_a_kill_9_of_the_router(
+    smollm2_llamacpp: Deployment, tmp_path: Path
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "verdicts.jsonl"
+    router = subprocess.Popen(
+        [sys.executable, "-m", "slurm_llm", "router", "--port", str(port), "--deployment",
+         "shared-smollm2", "--verdict-log", str(log)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib_get(f"{url}/ready")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the router never became ready"
+                time.sleep(0.2)
+        finished = post(f"{url}/v1/tribunal", {**QUESTION, "max_rounds": 1}).body
+
+        def doomed() -> None:
+            with contextlib.suppress(OSError):  # the router dies under this request
+                post(f"{url}/v1/tribunal", QUESTION)
+
+        in_flight = threading.Thread(target=doomed)
+        in_flight.start()
+        time.sleep(0.5)
+    finally:
+        os.kill(router.pid, signal.SIGKILL)
+        router.wait(10)
+    in_flight.join(30)
+    read = VerdictLog(log).read()
+    assert any(run["started"] == finished["started"] for run in read.runs)
+    assert all("answer" in run for run in read.runs)
