@@ -24,6 +24,7 @@ from slurm_llm._spec import ModelSpec, preset_files
 from slurm_llm.cluster import add_cluster_commands
 from slurm_llm.nginx import add_nginx_command
 from slurm_llm.router import add_router_command
+from slurm_llm.tribunal import add_verdicts_command
 
 console = Console()
 errors = Console(stderr=True)
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_commands(commands)
     add_router_command(commands)
     add_nginx_command(commands)
+    add_verdicts_command(commands)
 
     prepare = command(
         "prepare-model",

@@ -1,6 +1,7 @@
 """Generate → critique (one critic per law, concurrently) → revise, with a durable verdict log
 and graceful degradation under load."""
 
+from slurm_llm.tribunal._cli import add_verdicts_command
 from slurm_llm.tribunal._client import RouterClient, TribunalError, run_tribunal
 from slurm_llm.tribunal._laws import Law, LawBook, law_books
 from slurm_llm.tribunal._log import VerdictLog
@@ -18,6 +19,7 @@ __all__ = [
     "TribunalResult",
     "Verdict",
     "VerdictLog",
+    "add_verdicts_command",
     "law_books",
     "read_verdict",
     "run_tribunal",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -135,3 +136,10 @@ def test_the_verdict_log_survives_a_kill_9_of_the_router(
     read = VerdictLog(log).read()
     assert any(run["started"] == finished["started"] for run in read.runs)
     assert all("answer" in run for run in read.runs)
+    shown = subprocess.run(
+        [sys.executable, "-m", "slurm_llm", "verdicts", "--log", str(log), "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert finished["started"] in [
+        json.loads(line)["started"] for line in shown.stdout.splitlines()
+    ]

@@ -1,6 +1,7 @@
 import slurm_llm
 import slurm_llm.nginx
 import slurm_llm.router
+import slurm_llm.tribunal
 
 
 def test_public_api_is_small_and_deliberate() -> None:
@@ -61,4 +62,23 @@ def test_the_nginx_api_is_pinned_too() -> None:
         "registry_upstreams",
         "render_config",
         "template_dir",
+    ]
+
+
+def test_the_tribunal_api_is_pinned_too() -> None:
+    assert slurm_llm.tribunal.__all__ == [
+        "Law",
+        "LawBook",
+        "Round",
+        "RouterClient",
+        "Tribunal",
+        "TribunalConfig",
+        "TribunalError",
+        "TribunalResult",
+        "Verdict",
+        "VerdictLog",
+        "add_verdicts_command",
+        "law_books",
+        "read_verdict",
+        "run_tribunal",
     ]
