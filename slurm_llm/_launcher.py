@@ -261,6 +261,7 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
             deadline=job_deadline(started, spec),
             log_path=job.log_path,
             slots=spec.max_concurrent_requests,
+            context=get_engine(spec.engine).request_context(spec),
         )
         registry.publish(self._record)
         seconds = self._record.ready - started

@@ -46,6 +46,7 @@ class EndpointRecord(BaseModel):
     # Sequences the engine batches at once; the router sends no more than this and queues the
     # rest itself, so a waiting request goes to whichever replica frees up first.
     slots: int | None = None
+    context: int | None = None  # tokens one request may use, prompt and answer together
 
 
 class Registry:

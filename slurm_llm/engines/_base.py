@@ -47,6 +47,10 @@ class Engine(ABC):
     def arguments(self, spec: ModelSpec, ctx: LaunchContext) -> list[str]:
         """The server's arguments, after its executable."""
 
+    def request_context(self, spec: ModelSpec) -> int:
+        """Tokens one request may use (prompt and answer), which long-input workflows split by."""
+        return spec.context_length
+
     def environment(self, spec: ModelSpec, ctx: LaunchContext) -> dict[str, str]:
         """Variables added to the job's environment; the spec's own ``env`` wins."""
         env = {"CUDA_VISIBLE_DEVICES": ",".join(ctx.gpus)} if ctx.gpus else {}

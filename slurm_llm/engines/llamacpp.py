@@ -25,6 +25,10 @@ class LlamaCppEngine(Engine):
             return sys.executable
         return str(Path(spec.engine_env).expanduser() / "bin" / "python")
 
+    def request_context(self, spec: ModelSpec) -> int:
+        """llama.cpp divides ``--ctx-size`` among its ``--parallel`` slots."""
+        return spec.context_length // spec.max_concurrent_requests
+
     def arguments(self, spec: ModelSpec, ctx: LaunchContext) -> list[str]:
         args = [
             "-m", SERVER_MODULE,

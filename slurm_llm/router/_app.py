@@ -17,7 +17,7 @@ from dataclasses import asdict
 import aiohttp
 from aiohttp import web
 
-from slurm_llm.router import _batch, _openai_api, _tgi_api, _tribunal_api
+from slurm_llm.router import _batch, _map_reduce_api, _openai_api, _tgi_api, _tribunal_api
 from slurm_llm.router._admission import Rejected
 from slurm_llm.router._auth import OPEN_PATHS, check_key, presented_key
 from slurm_llm.router._backends import BackendPool
@@ -123,6 +123,7 @@ def build_app(pool: BackendPool, config: RouterConfig | None = None) -> web.Appl
     _tgi_api.add_routes(app)
     app.router.add_post("/v1/batch", _batch.batch)
     app.router.add_post("/v1/tribunal", _tribunal_api.tribunal)
+    app.router.add_post("/v1/map_reduce", _map_reduce_api.map_reduce)
     app.router.add_get("/v1/load", load)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

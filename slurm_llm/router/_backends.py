@@ -29,6 +29,7 @@ class Backend:
     model: str
     engine: str = "vllm"
     limit: int = DEFAULT_SLOTS  # requests sent at once; more wait in the router's queue
+    context: int | None = None  # tokens one request may use, when the record says
     in_flight: int = 0
     answered: int = 0  # requests this replica answered, for balancing checks and metrics
     failures: int = 0  # consecutive passive failures
@@ -106,7 +107,9 @@ class BackendPool:
             known = self.backends.get(url)
             if known is None or known.model != record.model:
                 limit = self.replica_limit or record.slots or DEFAULT_SLOTS
-                self.backends[url] = Backend(url, record.model, record.engine, limit)
+                self.backends[url] = Backend(
+                    url, record.model, record.engine, limit, record.context
+                )
                 changed = True
         if changed:
             self.on_change()

@@ -123,12 +123,13 @@ class Tribunal:
             return "reduced", 1, f"{model} utilisation {load:.2f} >= {self.config.reduce_at}"
         return "full", rounds, f"{model} utilisation {load:.2f}"
 
-    async def run(self, prompt: str) -> TribunalResult:
+    async def run(self, prompt: str, draft: str | None = None) -> TribunalResult:
+        """Judges and revises ``draft``, or the generator's answer to ``prompt`` when None."""
         started = time.monotonic()
         mode, max_rounds, reason = await self.plan()
-        draft = await self.complete(
-            self.config.generator, [{"role": "user", "content": prompt}], self.config.answer_tokens
-        )
+        if draft is None:
+            question = [{"role": "user", "content": prompt}]
+            draft = await self.complete(self.config.generator, question, self.config.answer_tokens)
         rounds: list[Round] = []
         accepted: bool | None = None
         for index in range(max_rounds):

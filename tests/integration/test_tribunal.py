@@ -143,3 +143,29 @@ def test_the_verdict_log_survives_a_kill_9_of_the_router(
     assert finished["started"] in [
         json.loads(line)["started"] for line in shown.stdout.splitlines()
     ]
+
+
+def test_map_reduce_over_a_text_several_times_the_context(router: RouterThread) -> None:
+    facts = " ".join(
+        f"Fact {i}: city {i} has {i * 7 % 13} bridges and a river named R{i}." for i in range(200)
+    )
+    status, result, _ = post(
+        f"{router.url}/v1/map_reduce",
+        {"model": "smollm2", "instruction": "Summarise the facts in two sentences.",
+         "text": facts, "max_tokens": 64, "tribunal": {"only": ["formal-language"],
+         "max_rounds": 1}},
+    )  # fmt: skip
+    assert status == 200, result
+    context = result["context"]  # what one request may use on these replicas
+    assert result["chunks"] >= 4, "the text is several times the context"
+    assert len(result["partials"]) == result["chunks"] and all(result["partials"])
+    assert result["largest_prompt_tokens"] + 64 <= context, "no call overflowed the context"
+    assert result["answer"] and result["tribunal"]["laws"] == "academic@1"
+
+
+def test_map_reduce_that_cannot_fit_says_why(router: RouterThread) -> None:
+    status, body, _ = post(
+        f"{router.url}/v1/map_reduce",
+        {"model": "smollm2", "instruction": "x", "text": "y " * 5000, "max_tokens": 600},
+    )
+    assert status == 400 and "lower max_tokens" in body["error"]["message"]

@@ -1,0 +1,104 @@
+"""``/v1/map_reduce``: an instruction over a text longer than the model's context, answered by
+chunked map-reduce on the router's own replicas, optionally judged by the tribunal after.
+
+Request: ``{"model": "smollm2", "instruction": "Summarise.", "text": "...", "max_tokens": 128,
+"overlap": 64, "tribunal": {"laws": "academic"}}``. The context comes from the replicas'
+records (what one request may use); ``"context"`` overrides it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from slurm_llm.router._backends import Backend
+from slurm_llm.router._dispatch import Call
+from slurm_llm.router._errors import RouterError
+from slurm_llm.router._requests import read_json, served_model
+from slurm_llm.router._state import STATE, RouterState
+from slurm_llm.router._tribunal_api import count, tribunal_for
+from slurm_llm.tribunal._map_reduce import MapReduce, MapReduceError
+from slurm_llm.tribunal._tribunal import Messages
+
+
+class ReplicaTokenizer:
+    """The model's own tokenizer, through a replica's ``/tokenize`` and ``/detokenize``."""
+
+    def __init__(self, session: aiohttp.ClientSession, backend: Backend) -> None:
+        if backend.engine == "tgi":
+            raise RouterError(400, "map-reduce needs /detokenize, which TGI replicas lack")
+        self.session = session
+        self.backend = backend
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.post(f"{self.backend.url}{path}", json=body) as reply:
+            if reply.status != 200:
+                raise RouterError(502, f"{self.backend.url}{path} answered {reply.status}")
+            answer: dict[str, Any] = await reply.json()
+            return answer
+
+    async def tokenize(self, text: str) -> list[int]:
+        if self.backend.engine == "llamacpp":
+            answer = await self._post("/tokenize", {"content": text})
+        else:
+            answer = await self._post("/tokenize", {"model": self.backend.model, "prompt": text})
+        return [int(token) for token in answer["tokens"]]
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        if self.backend.engine == "llamacpp":
+            return str((await self._post("/detokenize", {"tokens": tokens}))["content"])
+        body = {"model": self.backend.model, "tokens": tokens}
+        return str((await self._post("/detokenize", body))["prompt"])
+
+
+def context_of(state: RouterState, model: str, body: dict[str, Any]) -> int:
+    if isinstance(body.get("context"), int):
+        return int(body["context"])
+    known = [b.context for b in state.pool.of(model) if b.context]
+    if not known:
+        raise RouterError(
+            400, f"the replicas of {model!r} do not say their context; pass 'context'"
+        )
+    return min(known)
+
+
+async def map_reduce(request: web.Request) -> web.Response:
+    _, body = await read_json(request)
+    model = served_model(request, body.get("model"))
+    instruction, text = body.get("instruction"), body.get("text")
+    if not isinstance(instruction, str) or not isinstance(text, str) or not text:
+        raise RouterError(400, "the fields 'instruction' and 'text' (strings) are required")
+    state = request.app[STATE]
+    backends = state.pool.of(model)
+    tokenizer = ReplicaTokenizer(state.dispatcher.session, backends[0])
+
+    async def complete(messages: Messages, max_tokens: int) -> tuple[str, int]:
+        payload = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+        reply = await state.dispatcher.send(
+            Call(model, "/v1/chat/completions", json.dumps(payload).encode())
+        )
+        if reply.status != 200:
+            raise RouterError(502, f"{model!r} answered {reply.status}: {reply.body[:300]!r}")
+        answer = json.loads(reply.body)
+        content = answer["choices"][0]["message"]["content"] or ""
+        return str(content), int((answer.get("usage") or {}).get("prompt_tokens", 0))
+
+    try:
+        job = MapReduce(complete, tokenizer, context_of(state, model, body),
+                        int(body.get("max_tokens", 256)), int(body.get("overlap", 64)))  # fmt: skip
+        result = await job.run(instruction, text)
+    except (MapReduceError, ValueError, TypeError) as exc:
+        raise RouterError(400, str(exc)) from None
+    answer: dict[str, Any] = {**asdict(result), "context": job.context}
+    if "tribunal" in body:
+        run = await tribunal_for(state, model, body["tribunal"]).run(
+            instruction, draft=result.answer
+        )
+        count(state, run)
+        answer["answer"] = run.answer
+        answer["tribunal"] = run.to_dict()
+    return web.json_response(answer)
