@@ -20,6 +20,7 @@ class ScriptedModels:
         self.revisions = 0
         self.in_flight = 0
         self.most_in_flight = 0
+        self.calls: list[tuple[str, str]] = []  # (model, role)
 
     async def __call__(self, model: str, messages: Messages, max_tokens: int) -> str:
         self.in_flight += 1
@@ -27,6 +28,8 @@ class ScriptedModels:
         await asyncio.sleep(0.01)
         self.in_flight -= 1
         system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+        role = "critic" if "reviewer" in system else "reviser" if "Rewrite" in system else "writer"
+        self.calls.append((model, role))
         if "reviewer" in system:
             return "FAIL: informal." if self.revisions < self.fail_until else "PASS."
         if "Rewrite" in system:
@@ -80,3 +83,12 @@ def test_load_reduces_rounds_then_skips_critique(tmp_path: Path) -> None:
     assert "utilisation 3.00 >= 2.0" in swamped.reason
     logged = VerdictLog(tmp_path / "v.jsonl").read().runs
     assert [run["mode"] for run in logged] == ["full", "reduced", "base-only"]
+
+
+def test_a_larger_model_can_judge_and_revise_what_a_small_one_wrote() -> None:
+    models = ScriptedModels(fail_until=1)
+    config = TribunalConfig(generator="small", critic="large", max_rounds=2)
+    asyncio.run(Tribunal(models, BOOK, config).run("q"))
+    assert {role: model for model, role in models.calls} == {
+        "writer": "small", "critic": "large", "reviser": "large"
+    }  # fmt: skip
