@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.message import Message
 from typing import Any, NamedTuple
 
@@ -63,6 +67,41 @@ def post(
             return HttpReply(response.status, json.loads(response.read()), response.headers)
     except urllib.error.HTTPError as exc:
         return HttpReply(exc.code, json.loads(exc.read()), exc.headers)
+
+
+def get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as reply:
+        return str(reply.read().decode())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def router_process(*options: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``slurm-llm router OPTIONS`` in a process of its own, and its URL once ``/ready``
+    answers; stopped at the end unless the test killed it."""
+    port = free_port()
+    argv = [sys.executable, "-m", "slurm_llm", "router", "--port", str(port), *options]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                get_text(f"{url}/ready")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the router never became ready"
+                time.sleep(0.2)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(10)
 
 
 def deploy_smollm2(name: str, replicas: int = 1, **overrides: object) -> Deployment:

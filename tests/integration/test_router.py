@@ -6,13 +6,7 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +15,14 @@ import pytest
 
 from slurm_llm import Deployment
 from slurm_llm.router import RouterThread
-from tests.integration.helpers import deploy_smollm2, openai_client, post, streamed_pieces
+from tests.integration.helpers import (
+    deploy_smollm2,
+    get_text,
+    openai_client,
+    post,
+    router_process,
+    streamed_pieces,
+)
 
 pytestmark = pytest.mark.llamacpp
 
@@ -130,22 +131,6 @@ def test_killing_a_replica_under_load_fails_no_request(slurm_llm_home: Path) -> 
 
 
 def test_the_cli_serves_the_router(smollm2_llamacpp: Deployment) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    argv = [sys.executable, "-m", "slurm_llm", "router", "--port", str(port),
-            "--deployment", "shared-smollm2"]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as ready:
-                    assert json.loads(ready.read())["models"] == ["smollm2"]
-                    break
-            except OSError:
-                time.sleep(0.2)
-        assert ask(f"http://127.0.0.1:{port}")
-    finally:
-        process.terminate()
-        process.wait(10)
+    with router_process("--deployment", "shared-smollm2") as (_, url):
+        assert json.loads(get_text(f"{url}/ready"))["models"] == ["smollm2"]
+        assert ask(url)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from text_generation import Client
 
 from slurm_llm import Deployment
 from slurm_llm.router import RouterConfig, RouterThread
-from tests.integration.helpers import post
+from tests.integration.helpers import get_text, post
 
 pytestmark = pytest.mark.llamacpp
 
@@ -97,11 +96,6 @@ def test_metrics_count_requests_queueing_rejections_and_replicas(
     assert 'slurm_llm_router_tokens_total{kind="completion",model="smollm2"}' in text
     assert text.count("slurm_llm_router_replica_healthy{") == 2
     assert 'slurm_llm_router_queue_depth{model="smollm2"} 0.0' in text
-
-
-def get_text(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=30) as reply:
-        return str(reply.read().decode())
 
 
 def test_round_robin_alternates_replicas(

@@ -19,7 +19,7 @@ from text_generation.errors import NotFoundError, ValidationError, parse_error
 
 from slurm_llm import EndpointRecord, Registry
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
-from tests.integration.helpers import post
+from tests.integration.helpers import free_port, post
 
 pytestmark = pytest.mark.llamacpp
 
@@ -76,9 +76,7 @@ class StandInTgi:
         app.router.add_post("/generate_stream", self.stream)
         self.loop = asyncio.new_event_loop()
         self.runner = web.AppRunner(app)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     async def generate(self, request: web.Request) -> web.Response:

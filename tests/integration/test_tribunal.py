@@ -8,12 +8,10 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import pytest
 from slurm_llm import Deployment
 from slurm_llm.router import RouterConfig, RouterThread
 from slurm_llm.tribunal import LawBook, VerdictLog, run_tribunal
-from tests.integration.helpers import openai_client, post
+from tests.integration.helpers import get_text, openai_client, post, router_process
 
 pytestmark = pytest.mark.llamacpp
 
@@ -89,49 +87,30 @@ def test_the_tribunal_degrades_under_load_and_not_without(tight_router: RouterTh
     busy = asyncio.run(under_load())
     assert busy["mode"] == "base-only" and busy["rounds"] == [] and busy["answer"]
     assert "utilisation" in str(busy["reason"])
-    metrics = urllib_get(f"{tight_router.url}/metrics")
+    metrics = get_text(f"{tight_router.url}/metrics")
     assert 'tribunal_runs_total{mode="base-only",model="smollm2",outcome="not judged"}' in metrics
-
-
-def urllib_get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=30) as reply:
-        return str(reply.read().decode())
 
 
 def test_the_verdict_log_survives_a_kill_9_of_the_router(
     smollm2_llamacpp: Deployment, tmp_path: Path
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     log = tmp_path / "verdicts.jsonl"
-    router = subprocess.Popen(
-        [sys.executable, "-m", "slurm_llm", "router", "--port", str(port), "--deployment",
-         "shared-smollm2", "--verdict-log", str(log)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib_get(f"{url}/ready")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the router never became ready"
-                time.sleep(0.2)
-        finished = post(f"{url}/v1/tribunal", {**QUESTION, "max_rounds": 1}).body
+    with router_process("--deployment", "shared-smollm2", "--verdict-log", str(log)) as (
+        router,
+        url,
+    ):
+        try:
+            finished = post(f"{url}/v1/tribunal", {**QUESTION, "max_rounds": 1}).body
 
-        def doomed() -> None:
-            with contextlib.suppress(OSError):  # the router dies under this request
-                post(f"{url}/v1/tribunal", QUESTION)
+            def doomed() -> None:
+                with contextlib.suppress(OSError):  # the router dies under this request
+                    post(f"{url}/v1/tribunal", QUESTION)
 
-        in_flight = threading.Thread(target=doomed)
-        in_flight.start()
-        time.sleep(0.5)
-    finally:
-        os.kill(router.pid, signal.SIGKILL)
-        router.wait(10)
+            in_flight = threading.Thread(target=doomed)
+            in_flight.start()
+            time.sleep(0.5)
+        finally:
+            os.kill(router.pid, signal.SIGKILL)
     in_flight.join(30)
     read = VerdictLog(log).read()
     assert any(run["started"] == finished["started"] for run in read.runs)
