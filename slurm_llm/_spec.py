@@ -11,13 +11,13 @@ from __future__ import annotations
 import importlib.util
 import re
 import socket
-import tomllib
 from pathlib import Path
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slurm_llm._errors import SpecError
+from slurm_llm._paths import shipped_dir, tomls_by_name
 from slurm_llm._resources import (
     ModelShape,
     Precision,
@@ -27,6 +27,7 @@ from slurm_llm._resources import (
     tensor_parallel_candidates,
     weights_gb,
 )
+from slurm_llm._toml_files import explain, read_toml
 
 EngineName = Literal["vllm", "tgi", "llamacpp"]
 Device = Literal["cuda", "cpu"]
@@ -145,7 +146,7 @@ class ModelSpec(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise SpecError(_explain(exc)) from None
+            raise SpecError(explain(exc, "model spec", "ModelSpec")) from None
 
     @field_validator("name")
     @classmethod
@@ -284,12 +285,7 @@ class ModelSpec(BaseModel):
     @classmethod
     def from_file(cls, path: str | Path) -> ModelSpec:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise SpecError(f"spec file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SpecError(f"spec file {path} is not valid TOML: {exc}") from None
+        data = read_toml(path, "spec file")
         try:
             return cls(**data)
         except SpecError as exc:
@@ -331,21 +327,8 @@ def resolve_model_path(model: str) -> str:
 
 
 def presets_dir() -> Path:
-    """The shipped presets: inside the wheel, or the repository's ``launchers/`` in a checkout."""
-    packaged = Path(__file__).parent / "launchers"
-    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "launchers"
+    return shipped_dir("launchers", "launchers")
 
 
 def preset_files() -> dict[str, Path]:
-    return {path.stem: path for path in sorted(presets_dir().glob("*.toml"))}
-
-
-def _explain(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "spec"
-        message = str(item["msg"]).removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "is not a ModelSpec field; check its spelling"
-        lines.append(f"{field}: {message}")
-    return "invalid model spec: " + "; ".join(lines)
+    return tomls_by_name(presets_dir())

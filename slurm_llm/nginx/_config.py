@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import jinja2
 
+from slurm_llm._paths import shipped_dir
 from slurm_llm.nginx._errors import NginxConfigError
 
 Balancing = Literal["least_conn", "session"]
@@ -38,8 +39,7 @@ _USER = re.compile(r"^[a-z_][a-z0-9_-]*\$?( [a-z_][a-z0-9_-]*)?$")
 
 def template_dir() -> Path:
     """The shipped template: inside the wheel, or the repository's ``nginx/`` in a checkout."""
-    packaged = Path(__file__).parent / "templates"
-    return packaged if packaged.is_dir() else Path(__file__).parent.parent.parent / "nginx"
+    return shipped_dir("nginx/templates", "nginx")
 
 
 def check_model_name(name: str) -> str:

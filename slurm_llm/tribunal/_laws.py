@@ -8,12 +8,13 @@ from one judged by new ones.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from slurm_llm._errors import SpecError
+from slurm_llm._paths import shipped_dir, tomls_by_name
+from slurm_llm._toml_files import explain, read_toml
 
 
 class Law(BaseModel):
@@ -42,21 +43,12 @@ class LawBook(BaseModel):
     @classmethod
     def from_file(cls, path: str | Path) -> LawBook:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise SpecError(
-                f"no law book at {path}; shipped ones: {', '.join(law_books())}"
-            ) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SpecError(f"{path} is not valid TOML: {exc}") from None
+        missing = f"no law book at {path}; shipped ones: {', '.join(law_books())}"
+        data = read_toml(path, "law book", missing)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'book'}: {e['msg']}" for e in exc.errors()
-            )
-            raise SpecError(f"invalid law book {path}: {problems}") from None
+            raise SpecError(f"{path}: {explain(exc, 'law book', 'LawBook')}") from None
 
     @classmethod
     def named(cls, name_or_path: str) -> LawBook:
@@ -76,11 +68,6 @@ class LawBook(BaseModel):
         return self.model_copy(update={"laws": tuple(law for law in self.laws if law.id in ids)})
 
 
-def laws_dir() -> Path:
-    """The shipped books: inside the wheel, or the repository's ``laws/`` in a checkout."""
-    packaged = Path(__file__).parent.parent / "laws"
-    return packaged if packaged.is_dir() else Path(__file__).parent.parent.parent / "laws"
-
-
 def law_books() -> dict[str, Path]:
-    return {path.stem: path for path in sorted(laws_dir().glob("*.toml"))}
+    """The shipped books by name: the repository's ``laws/``, inside the wheel as well."""
+    return tomls_by_name(shipped_dir("laws", "laws"))
