@@ -10,16 +10,31 @@ metrics without bound.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from slurm_llm.router._admission import Admission
+from slurm_llm.router._backends import Backend
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 UNKNOWN_MODEL = "unknown"
+
+
+Family = type[GaugeMetricFamily | CounterMetricFamily]
+# Per replica, read at scrape time: (kind, name, help, value at monotonic time "now").
+REPLICA_METRICS: tuple[tuple[Family, str, str, Callable[[Backend, float], float]], ...] = (
+    (GaugeMetricFamily, "replica_in_flight", "Requests a replica is working on.",
+     lambda b, now: b.in_flight),
+    (GaugeMetricFamily, "replica_limit", "Requests a replica is sent at once.",
+     lambda b, now: b.limit),
+    (GaugeMetricFamily, "replica_healthy", "1 if the replica is routable.",
+     lambda b, now: 1.0 if b.routable(now) else 0.0),
+    (CounterMetricFamily, "replica_answered", "Requests a replica answered.",
+     lambda b, now: b.answered),
+)  # fmt: skip
 
 
 class ReplicaCollector(Collector):
@@ -27,41 +42,19 @@ class ReplicaCollector(Collector):
         self.admission = admission
 
     def collect(self) -> Iterator[Metric]:
-        prefix = "slurm_llm_router"
-        in_flight = GaugeMetricFamily(
-            f"{prefix}_replica_in_flight",
-            "Requests a replica is working on.",
-            labels=["model", "replica"],
-        )
-        limit = GaugeMetricFamily(
-            f"{prefix}_replica_limit",
-            "Requests a replica is sent at once.",
-            labels=["model", "replica"],
-        )
-        healthy = GaugeMetricFamily(
-            f"{prefix}_replica_healthy",
-            "1 if the replica is routable.",
-            labels=["model", "replica"],
-        )
-        answered = CounterMetricFamily(
-            f"{prefix}_replica_answered",
-            "Requests a replica answered.",
-            labels=["model", "replica"],
-        )
-        queued = GaugeMetricFamily(
-            f"{prefix}_queue_depth", "Requests waiting for a free replica.", labels=["model"]
-        )
         now = time.monotonic()
         pool = self.admission.pool
-        for backend in pool.backends.values():
-            labels = [backend.model, backend.url]
-            in_flight.add_metric(labels, backend.in_flight)
-            limit.add_metric(labels, backend.limit)
-            healthy.add_metric(labels, 1.0 if backend.routable(now) else 0.0)
-            answered.add_metric(labels, backend.answered)
+        for kind, name, text, value in REPLICA_METRICS:
+            family = kind(f"slurm_llm_router_{name}", text, labels=["model", "replica"])
+            for backend in pool.backends.values():
+                family.add_metric([backend.model, backend.url], value(backend, now))
+            yield family
+        queued = GaugeMetricFamily(
+            "slurm_llm_router_queue_depth", "Requests waiting for a free replica.", labels=["model"]
+        )
         for model in pool.models():
             queued.add_metric([model], len(self.admission.queues.get(model, ())))
-        yield from (in_flight, limit, healthy, answered, queued)
+        yield queued
 
 
 class RouterMetrics:

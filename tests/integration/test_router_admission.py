@@ -37,20 +37,26 @@ def tight_router(smollm2_llamacpp: Deployment, slurm_llm_home: Path) -> Iterator
         yield router
 
 
-def test_overload_gets_429_with_retry_after_and_the_rest_are_served(
-    tight_router: RouterThread,
-) -> None:
-    async def burst() -> list[tuple[int, str | None]]:
+def burst(url: str, requests: int = 8) -> list[tuple[int, str | None]]:
+    """Status and Retry-After of ``requests`` long completions sent at once."""
+
+    async def send() -> list[tuple[int, str | None]]:
         async with aiohttp.ClientSession() as session:
 
             async def one() -> tuple[int, str | None]:
-                async with session.post(f"{tight_router.url}/v1/completions", json=LONG) as reply:
+                async with session.post(f"{url}/v1/completions", json=LONG) as reply:
                     await reply.read()
                     return reply.status, reply.headers.get("Retry-After")
 
-            return await asyncio.gather(*(one() for _ in range(8)))
+            return await asyncio.gather(*(one() for _ in range(requests)))
 
-    outcomes = asyncio.run(burst())
+    return asyncio.run(send())
+
+
+def test_overload_gets_429_with_retry_after_and_the_rest_are_served(
+    tight_router: RouterThread,
+) -> None:
+    outcomes = burst(tight_router.url)
     statuses = sorted(status for status, _ in outcomes)
     assert statuses == [200] * 4 + [429] * 4, "2 running + 2 queued, the rest turned away"
     assert all(retry and int(retry) >= 1 for status, retry in outcomes if status == 429)
@@ -85,7 +91,7 @@ def test_the_load_shows_in_flight_capacity_and_queue(tight_router: RouterThread)
 def test_metrics_count_requests_queueing_rejections_and_replicas(
     tight_router: RouterThread,
 ) -> None:
-    post(f"{tight_router.url}/v1/completions", {**LONG, "max_tokens": 2})
+    assert 429 in [status for status, _ in burst(tight_router.url)]  # a rejection to count
     post(f"{tight_router.url}/v1/completions", {"model": "gpt-9", "prompt": "x"})
     text = get_text(f"{tight_router.url}/metrics")
     counted = r'requests_total\{endpoint="/v1/completions",model="smollm2",status="200"\} [1-9]'
