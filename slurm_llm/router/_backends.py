@@ -79,6 +79,8 @@ class BackendPool:
         self._static = {url: model for model, url in pairs}
         for url, model in self._static.items():
             self.backends[url] = Backend(url, model, limit=replica_limit or DEFAULT_SLOTS)
+        self._by_model: dict[str, list[Backend]] = {}
+        self._index()
 
     def refresh(self) -> None:
         self._apply(self._read())
@@ -112,10 +114,18 @@ class BackendPool:
                 )
                 changed = True
         if changed:
+            self._index()
             self.on_change()
 
+    def _index(self) -> None:
+        """Backends by model, rebuilt when they change rather than on every request."""
+        by_model: dict[str, list[Backend]] = {}
+        for backend in self.backends.values():
+            by_model.setdefault(backend.model, []).append(backend)
+        self._by_model = dict(sorted(by_model.items()))
+
     def models(self) -> list[str]:
-        return sorted({backend.model for backend in self.backends.values()})
+        return list(self._by_model)
 
     def of(self, model: str) -> list[Backend]:
-        return [b for b in self.backends.values() if b.model == model]
+        return self._by_model.get(model, [])
