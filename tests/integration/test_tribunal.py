@@ -72,11 +72,14 @@ def test_the_tribunal_degrades_under_load_and_not_without(tight_router: RouterTh
     assert calm["mode"] == "full"
 
     async def under_load() -> dict[str, object]:
-        story = {"model": "smollm2", "prompt": "Tell a long story:", "max_tokens": 256}
+        story = {"model": "smollm2", "prompt": "Tell a long story:", "max_tokens": 256,
+                 "ignore_eos": True}  # fmt: skip
         async with aiohttp.ClientSession() as session:
             load = [asyncio.create_task(session.post(f"{tight_router.url}/v1/completions",
                                                      json=story)) for _ in range(6)]  # fmt: skip
+            deadline = time.monotonic() + 10
             while tight_router.load("smollm2").utilisation < 2:  # 2 running + 4 waiting
+                assert time.monotonic() < deadline, "the induced load never built up"
                 await asyncio.sleep(0.05)
             async with session.post(f"{tight_router.url}/v1/tribunal", json=QUESTION) as reply:
                 run: dict[str, object] = await reply.json()
