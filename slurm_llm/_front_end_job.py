@@ -189,9 +189,10 @@ def submitted_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def announce(job: FrontEndJob, clients_use: str) -> str:
-    """What the CLI prints once a submitted front end serves."""
+    """What the CLI prints once a submitted front end serves (it waits for that)."""
     return (
-        f"{job.name} (job {job.job_id}) serves: clients use {clients_use.format(url=job.url)}. "
+        f"{job.name} (job {job.job_id}) serves: clients use "
+        f"{clients_use.format(url=job.wait_url())}. "
         f"Its address is also in {address_path(job.name, job.home)}. "
         f"Stop it with: scancel {job.job_id} (or kill it, if local)"
     )

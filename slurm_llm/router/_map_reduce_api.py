@@ -9,12 +9,14 @@ records (what one request may use); ``"context"`` overrides it.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from slurm_llm.router._admission import usable
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call
 from slurm_llm.router._errors import RouterError
@@ -73,8 +75,8 @@ async def map_reduce(request: web.Request) -> web.Response:
     if not isinstance(instruction, str) or not isinstance(text, str) or not text:
         raise RouterError(400, "the fields 'instruction' and 'text' (strings) are required")
     state = request.app[STATE]
-    backends = state.pool.of(model)
-    tokenizer = ReplicaTokenizer(state.dispatcher.session, backends[0])
+    replicas = usable(state.pool.of(model), time.monotonic()) or state.pool.of(model)
+    tokenizer = ReplicaTokenizer(state.dispatcher.session, replicas[0])
 
     async def complete(messages: Messages, max_tokens: int) -> tuple[str, int]:
         payload = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
