@@ -74,6 +74,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import RESULTS, describe, machine_info
+from _servers import background
 
 from slurm_llm import Deployment, ModelSpec, deploy
 from slurm_llm._ports import lease_port
@@ -260,20 +261,6 @@ def calibrate(replicas: list[str], model: str, args: argparse.Namespace) -> dict
     return figures
 
 
-def wait_until(check: Any, what: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} was not ready within {timeout} s")
-
-
 @contextmanager
 def router(policy: str, slots: int, home: Path, log: Path) -> Iterator[str]:
     """``slurm-llm router`` in its own process, serving the deployment's replicas; its URL."""
@@ -285,8 +272,6 @@ def router(policy: str, slots: int, home: Path, log: Path) -> Iterator[str]:
              "--replica-limit", str(slots), "--probe-interval", "0"]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "SLURM_LLM_HOME": str(home)}
-    with log.open("ab") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def both_routable() -> bool:
         with urllib.request.urlopen(f"{url}/v1/load", timeout=1) as answer:
@@ -294,15 +279,9 @@ def router(policy: str, slots: int, home: Path, log: Path) -> Iterator[str]:
         return bool(models) and models[0]["routable"] == 2
 
     try:
-        wait_until(both_routable, f"router ({policy})", process, 30)
-        yield url
+        with background(argv, both_routable, log, timeout=30, env=env):
+            yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         lease.release()
 
 

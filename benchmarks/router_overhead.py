@@ -29,9 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +42,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import RESULTS, describe, machine_info
+from _servers import answers, background
 
 from slurm_llm import _debian
 from slurm_llm._ports import lease_port
@@ -82,36 +81,6 @@ def raise_open_files(wanted: int = 65536) -> int:
             pass
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
     return min(wanted, hard)
-
-
-def wait_http(url: str, process: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
-
-
-@contextmanager
-def background(argv: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A server process of this benchmark, stopped (and waited for) whatever happens."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_http(ready_url, process)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def rss_mib(pid: int) -> float:
@@ -351,14 +320,14 @@ def main() -> None:
                     "--chunk-delay",
                     str(args.chunk_delay),
                 ],
-                f"{mock}/health",
+                answers(f"{mock}/health"),
                 work / "mock.log",
             )
         )
         stack.enter_context(
             background(
                 [*mock_argv, "--port", str(slow_port), "--chunks", "4", "--chunk-delay", "1.0"],
-                f"{slow}/health",
+                answers(f"{slow}/health"),
                 work / "mock-slow.log",
             )
         )
@@ -383,7 +352,7 @@ def main() -> None:
                     "--probe-interval",
                     "0",
                 ],
-                f"http://127.0.0.1:{router_port}/health",
+                answers(f"http://127.0.0.1:{router_port}/health"),
                 work / "router.log",
             )
         )
