@@ -79,8 +79,8 @@ class RouterMetrics:
         )  # fmt: skip
         self.tokens = Counter(
             f"{prefix}_tokens",
-            "Tokens by kind: prompt and completion from the usage of answers; a streamed answer "
-            "counts one completion token per event.",
+            "Tokens by kind: prompt and completion from the usage of answers; a stream counts "
+            "one completion token per event relayed.",
             ["model", "kind"], registry=self.registry,
         )  # fmt: skip
         self.retries = Counter(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from typing import Any
@@ -17,6 +16,7 @@ from slurm_llm.router._errors import RouterError
 from slurm_llm.router._metrics import RouterMetrics
 from slurm_llm.router._requests import affinity_key, read_json, served_model
 from slurm_llm.router._state import STATE
+from slurm_llm.router._streams import relay_events
 
 REQUIRED = {"/v1/chat/completions": "messages", "/v1/completions": "prompt"}
 
@@ -58,42 +58,30 @@ def count_usage(metrics: RouterMetrics, model: str, payload: bytes) -> None:
             metrics.tokens.labels(model, kind).inc(tokens)
 
 
+def broken_openai(error: str) -> bytes:
+    message = f"the replica broke off the stream ({error}); the text so far is incomplete"
+    event = {"error": {"message": message, "type": "upstream_error", "code": 502}}
+    return f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode()
+
+
 def sse_relay(request: web.Request, metrics: RouterMetrics, model: str) -> Relay:
-    """Passes SSE bytes through as they arrive; a break ends the stream with an error event."""
+    """Passes the OpenAI stream through, timing its first byte and counting its events."""
 
     async def relay(
         upstream: aiohttp.ClientResponse, backend: Backend
     ) -> tuple[web.StreamResponse, bool]:
         started = time.monotonic()
-        response = web.StreamResponse(
-            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-        events = 0
         first = True
-        try:
-            async for chunk in upstream.content.iter_any():
-                if first:
-                    metrics.first_byte.labels(model).observe(time.monotonic() - started)
-                    first = False
-                events += chunk.count(b"data:")
-                try:
-                    await response.write(chunk)
-                except ConnectionResetError:
-                    return response, True  # the client left; the replica did nothing wrong
-        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            message = (
-                f"the replica broke off the stream ({type(exc).__name__}); "
-                "the text so far is incomplete"
-            )
-            event = {"error": {"message": message, "type": "upstream_error", "code": 502}}
-            with contextlib.suppress(ConnectionResetError):
-                await response.write(f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode())
-                await response.write_eof()
-            return response, False
-        metrics.tokens.labels(model, "completion").inc(max(events - 1, 0))  # less [DONE]
-        await response.write_eof()
-        return response, True
+
+        def seen(chunk: bytes) -> None:
+            nonlocal first
+            if first:
+                metrics.first_byte.labels(model).observe(time.monotonic() - started)
+                first = False
+            events = chunk.count(b"data:") - chunk.count(b"[DONE]")
+            metrics.tokens.labels(model, "completion").inc(max(events, 0))
+
+        return await relay_events(request, upstream, broken_openai, seen=seen)
 
     return relay
 

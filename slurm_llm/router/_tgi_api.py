@@ -7,7 +7,6 @@ base URL, ``http://router/models/<model>`` (the client posts to its base URL, or
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
@@ -19,6 +18,7 @@ from slurm_llm.router._dispatch import Call, Relay, Reply
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._requests import affinity_key, read_json, served_model
 from slurm_llm.router._state import STATE
+from slurm_llm.router._streams import relay_events
 from slurm_llm.router._tgi_translation import (
     StreamTranslator,
     TgiRequestError,
@@ -96,30 +96,20 @@ def tgi_answer(reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
     return from_completion(payload, body)
 
 
+def broken_tgi(error: str) -> bytes:
+    return sse(error_body(f"the replica broke off the stream ({error})", "incomplete_generation"))
+
+
 def tgi_relay(request: web.Request, body: dict[str, Any]) -> Relay:
+    """TGI events: passed through from TGI replicas, translated from the others."""
+
     async def relay(
         upstream: aiohttp.ClientResponse, backend: Backend
     ) -> tuple[web.StreamResponse, bool]:
-        translator = None if backend.engine == "tgi" else StreamTranslator(body)
-        response = web.StreamResponse(
-            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-        try:
-            async for chunk in upstream.content.iter_any():
-                out = chunk if translator is None else translator.feed(chunk)
-                try:
-                    await response.write(out)
-                except ConnectionResetError:
-                    return response, True  # the client left
-        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            message = f"the replica broke off the stream ({type(exc).__name__})"
-            with contextlib.suppress(ConnectionResetError):
-                await response.write(sse(error_body(message, "incomplete_generation")))
-                await response.write_eof()
-            return response, False
-        await response.write_eof()
-        return response, True
+        if backend.engine == "tgi":
+            return await relay_events(request, upstream, broken_tgi)
+        translator = StreamTranslator(body)
+        return await relay_events(request, upstream, broken_tgi, translate=translator.feed)
 
     return relay
 
