@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from slurm_llm._registry import EndpointRecord, Registry
 
@@ -37,7 +37,7 @@ class Backend:
     probe_failures: int = 0  # consecutive failed deep probes
     probe_successes: int = 0
     probed_down: bool = False
-    last_success: float = field(default=0.0)
+    last_success: float = 0.0  # monotonic time of its last good answer (probes skip it)
 
     def routable(self, now: float) -> bool:
         return not self.probed_down and now >= self.ejected_until
