@@ -21,6 +21,7 @@ from slurm_llm._deployment import Deployment, attach, deploy, list_deployments
 from slurm_llm._errors import SlurmLLMError, SpecError
 from slurm_llm._smollm2 import gguf_path, prepare_hf_dir
 from slurm_llm._spec import ModelSpec, preset_files
+from slurm_llm.bench import add_bench_command
 from slurm_llm.cluster import add_cluster_commands
 from slurm_llm.nginx import add_nginx_command
 from slurm_llm.router import add_router_command
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_router_command(commands)
     add_nginx_command(commands)
     add_verdicts_command(commands)
+    add_bench_command(commands)
 
     prepare = command(
         "prepare-model",
