@@ -29,6 +29,7 @@ from typing import Any
 
 import submitit
 
+from slurm_llm._cpu_affinity import keep_to_own_cores
 from slurm_llm._errors import EngineError
 from slurm_llm._executors import time_limit_min
 from slurm_llm._files import write_atomic
@@ -202,6 +203,8 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
         model_path = resolve_model_path(spec.model)
         gpus = self._gpus()
         cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or spec.cpus)
+        if spec.device == "cpu" and (core_lease := keep_to_own_cores(cpus)):
+            print(f"[slurm-llm] replica {replica} on CPU cores {core_lease.cores}", flush=True)
         host = serving_host()
         crashes = 0
         while True:

@@ -17,6 +17,10 @@ def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _load(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
 def _load_name(run: BenchRun) -> str:
     return "users" if run.settings.mode == "concurrency" else "req/s"
 
@@ -47,7 +51,7 @@ def level_table(run: BenchRun) -> Table:
         )
     table.caption = (
         f"* saturation: {run.saturation.reason} ({run.saturation.rule}). "
-        f"Capacity at targets: {run.slo_capacity.load if run.slo_capacity.load else 'none'} "
+        f"Capacity at targets: {_load(run.slo_capacity.load)} "
         f"({run.slo_capacity.reason}). ITL and means: in the JSON and CSV."
     )
     return table
@@ -83,8 +87,8 @@ def compare_table(runs: Sequence[BenchRun]) -> Table:
             )
         table.add_row(f"{load:g}", *cells)
     table.add_section()
-    table.add_row("saturation", *(f"{run.saturation.load or '-'}" for run in runs))
-    table.add_row("at targets", *(f"{run.slo_capacity.load or '-'}" for run in runs))
+    table.add_row("saturation", *(_load(run.saturation.load) for run in runs))
+    table.add_row("at targets", *(_load(run.slo_capacity.load) for run in runs))
     base = _peak(runs[0])
     table.add_row(
         "peak tok/s",

@@ -3,10 +3,10 @@
 **Throughput knee** (the star in every plot). Output-token throughput rises with load until the
 engines' batches are full; beyond that, more users only wait longer. The saturation point is
 the *smallest load whose throughput reaches ``peak_fraction`` (90 %) of the sweep's peak*. If
-the last step of the sweep still raised throughput by ``still_growing`` (10 %) or more, the peak
-is not a plateau but the sweep's end, and no point is marked: extend the sweep. A plateau is
-judged on throughput alone, so a noisy dip after the peak does not move the star, and a point is
-never placed on a level whose requests mostly failed (those levels are left out).
+the sweep's last load beats every lower load's throughput by ``still_growing`` (10 %) or more,
+the peak is not a plateau but the sweep's end, and no point is marked: extend the sweep. A
+plateau is judged on throughput alone, so a noisy dip after the peak does not move the star, and
+a point is never placed on a level whose requests mostly failed (those levels are left out).
 
 **Capacity at latency targets.** The largest load at which p90 TTFT and p90 TPOT both meet the
 targets and no request failed or was refused, there and at every lower load (a lucky level
@@ -24,7 +24,7 @@ PEAK_FRACTION = 0.9
 STILL_GROWING = 0.10
 KNEE_RULE = (
     "smallest load reaching {fraction:.0%} of peak output-token throughput; none if the last "
-    "step still grew throughput by {growth:.0%} or more"
+    "load beats all lower ones by {growth:.0%} or more"
 )
 
 
@@ -46,15 +46,16 @@ def saturation_point(
     usable = _usable(levels)
     if len(usable) < 2:
         return Saturation(load=None, rule=rule, reason="fewer than two levels completed")
-    last, before = usable[-1], usable[-2]
-    if last.output_token_throughput >= (1 + still_growing) * before.output_token_throughput:
-        growth = last.output_token_throughput / max(before.output_token_throughput, 1e-12) - 1
+    last = usable[-1]
+    best_before = max(usable[:-1], key=lambda lv: lv.output_token_throughput)
+    if last.output_token_throughput >= (1 + still_growing) * best_before.output_token_throughput:
+        growth = last.output_token_throughput / max(best_before.output_token_throughput, 1e-12)
         return Saturation(
             load=None,
             rule=rule,
             reason=(
-                f"not saturated: throughput still grew {growth:.0%} from load {before.load:g} "
-                f"to {last.load:g}; sweep higher"
+                f"not saturated: throughput at load {last.load:g}, the sweep's last, is "
+                f"{growth - 1:.0%} above any lower load's; sweep higher"
             ),
         )
     peak = max(usable, key=lambda lv: lv.output_token_throughput)

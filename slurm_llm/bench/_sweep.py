@@ -91,12 +91,14 @@ async def _sweep(
 
     def bodies(level: int, count: int) -> list[dict[str, Any]]:
         rng = random.Random(f"{settings.seed}:{level}")
-        return [
-            request_body(
-                target.model, kind.messages(rng, words, i), output_tokens, settings.ignore_eos
+        out = []
+        for i in range(count):
+            first, *rest = kind.messages(rng, words, i)
+            tagged = {**first, "content": f"[{settings.nonce}] {first['content']}"}
+            out.append(
+                request_body(target.model, [tagged, *rest], output_tokens, settings.ignore_eos)
             )
-            for i in range(count)
-        ]
+        return out
 
     async with aiohttp.ClientSession(headers=target.headers) as session:
         warm = await send(session, target.chat_url(0), bodies(-1, 1)[0], settings.timeout_s, 0)

