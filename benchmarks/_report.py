@@ -6,12 +6,8 @@ Numbers without the machine they came from mean little, so every result file car
 from __future__ import annotations
 
 import json
-import os
-import platform
-import socket
 import statistics
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,42 +18,11 @@ import matplotlib.pyplot as plt
 from rich.console import Console
 from rich.table import Table
 
+from slurm_llm.bench._machine import describe, machine_info
+
+__all__ = ["RESULTS", "describe", "machine_info", "report_seconds"]
+
 RESULTS = Path(__file__).parent / "results"
-
-
-def machine_info(packages: tuple[str, ...] = ()) -> dict[str, Any]:
-    cpu = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    versions = {}
-    for name in packages:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return {
-        "host": socket.gethostname(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(memory_gib, 1),
-        "gpu": "none",
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "packages": versions,
-    }
-
-
-def describe(info: dict[str, Any]) -> str:
-    return (
-        f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, GPU: {info['gpu']}, "
-        f"Python {info['python']}"
-    )
 
 
 def report_seconds(

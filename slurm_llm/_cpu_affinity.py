@@ -14,11 +14,12 @@ replicas than cores), it leases none and shares them all, as before.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from slurm_llm._files import try_lock
 
 LOCK_DIR = Path(tempfile.gettempdir()) / "slurm-llm-cores"
 
@@ -45,11 +46,8 @@ def lease_cores(allowed: Sequence[int], cpus: int, lock_dir: Path = LOCK_DIR) ->
     cores: list[int] = []
     fds: list[int] = []
     for core in sorted(allowed):
-        fd = os.open(lock_dir / f"{core}.lock", os.O_RDONLY | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_lock(lock_dir / f"{core}.lock")
+        if fd is None:
             continue
         cores.append(core)
         fds.append(fd)

@@ -8,6 +8,7 @@ synced too, so a crash cannot undo the rename or resurrect a removed file.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -45,3 +46,16 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def try_lock(path: Path) -> int | None:
+    """An open descriptor holding an exclusive ``flock`` on ``path`` (created if missing), or
+    None when another process holds it. The kernel drops the lock when the holder dies, which is
+    why node-local leases (ports, cores) use it: a crashed launcher never leaks one."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

@@ -10,7 +10,6 @@ so a crashed replica never leaks a port.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import random
 import socket
@@ -18,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from slurm_llm._errors import EngineError
+from slurm_llm._files import try_lock
 
 PORT_RANGE = (20000, 40000)
 LOCK_DIR = Path(tempfile.gettempdir()) / "slurm-llm-ports"
@@ -49,11 +49,8 @@ def lease_port(
     candidates = list(range(*port_range))
     random.shuffle(candidates)
     for port in candidates[:500]:
-        fd = os.open(lock_dir / f"{port}.lock", os.O_RDONLY | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_lock(lock_dir / f"{port}.lock")
+        if fd is None:
             continue
         if _bindable(host, port):
             return PortLease(port, fd)
