@@ -116,6 +116,7 @@ class TargetInfo(BaseModel):
     urls: list[str]
     model: str
     engine: str = "unknown"
+    engine_version: str | None = None  # as the server reports it, where it does
     replicas: int | None = None
     deployment: str | None = None
 

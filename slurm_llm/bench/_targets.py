@@ -9,7 +9,6 @@ is a URL. The model is asked of the server when not named, so a typo fails befor
 from __future__ import annotations
 
 import json
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -29,6 +28,21 @@ def served_models(url: str, headers: dict[str, str]) -> list[str]:
     except (OSError, ValueError) as error:
         raise SpecError(f"{url} does not answer GET /v1/models ({error}); is it running?") from None
     return [str(entry["id"]) for entry in listing.get("data", [])]
+
+
+def engine_version(url: str, headers: dict[str, str]) -> str | None:
+    """What the server says it is: vLLM's ``/version``, llama.cpp's ``/props`` build; None for a
+    front end or an engine that says neither."""
+    for path, key in (("/version", "version"), ("/props", "build_info")):
+        request = urllib.request.Request(f"{url.rstrip('/')}{path}", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                value = json.load(response).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if value:
+            return str(value)
+    return None
 
 
 def _pick_model(url: str, model: str | None, headers: dict[str, str]) -> str:
@@ -56,6 +70,7 @@ def deployment_target(
         urls=urls,
         model=records[0].model,
         engine=records[0].engine,
+        engine_version=engine_version(urls[0], headers or {}),
         replicas=len(urls),
         deployment=name,
     )
@@ -89,6 +104,11 @@ def url_target(
     headers = headers or {}
     chosen = _pick_model(url, model, headers)
     info = TargetInfo(
-        front_end=front_end, urls=[url], model=chosen, engine=engine, replicas=replicas
+        front_end=front_end,
+        urls=[url],
+        model=chosen,
+        engine=engine,
+        engine_version=engine_version(url, headers),
+        replicas=replicas,
     )
     return Target([url], chosen, headers), info
