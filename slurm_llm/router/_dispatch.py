@@ -53,7 +53,12 @@ class Reply:
     backend: Backend
 
 
-Relay = Callable[[aiohttp.ClientResponse, Backend], Awaitable[tuple[web.StreamResponse, bool]]]
+# (upstream, replica, finished): the relay calls ``finished()`` once the replica has sent its
+# last event, before the client sees it (see _streams.relay_events).
+Relay = Callable[
+    [aiohttp.ClientResponse, Backend, Callable[[], None]],
+    Awaitable[tuple[web.StreamResponse, bool]],
+]
 
 
 class Dispatcher:
@@ -101,10 +106,11 @@ class Dispatcher:
                 tried.clear()
                 backend = await self._acquire(call, tried, bounded)
             tried.add(backend.url)
+            release = self._release_once(backend)
             try:
-                outcome = await self._forward(call, backend, relay, deadline)
+                outcome = await self._forward(call, backend, relay, deadline, release)
             finally:
-                self.admission.release(backend)
+                release()
             if not isinstance(outcome, str):
                 return outcome
             problem = outcome
@@ -115,6 +121,18 @@ class Dispatcher:
             retry_after=1,
         )
 
+    def _release_once(self, backend: Backend) -> Callable[[], None]:
+        """Gives ``backend`` back the first time it is called; later calls do nothing."""
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.admission.release(backend)
+
+        return release
+
     async def _acquire(self, call: Call, tried: set[str], bounded: bool) -> Backend:
         started = time.monotonic()
         backend = await self.admission.acquire(call.model, call.key, tried, bounded)
@@ -122,7 +140,12 @@ class Dispatcher:
         return backend
 
     async def _forward(
-        self, call: Call, backend: Backend, relay: Relay | None, deadline: float
+        self,
+        call: Call,
+        backend: Backend,
+        relay: Relay | None,
+        deadline: float,
+        finished: Callable[[], None],
     ) -> web.StreamResponse | Reply | str:
         """The answer, or why this replica failed (then the caller tries another)."""
         path, body = call.for_backend(backend)
@@ -142,7 +165,7 @@ class Dispatcher:
                     payload = await upstream.read()
                     backend.succeeded()
                     return Reply(upstream.status, payload, upstream.content_type, backend)
-                response, clean = await relay(upstream, backend)
+                response, clean = await relay(upstream, backend, finished)
                 if clean:
                     backend.succeeded()
                 else:

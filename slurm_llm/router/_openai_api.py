@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -68,7 +69,7 @@ def sse_relay(request: web.Request, metrics: RouterMetrics, model: str) -> Relay
     """Passes the OpenAI stream through, timing its first byte and counting its events."""
 
     async def relay(
-        upstream: aiohttp.ClientResponse, backend: Backend
+        upstream: aiohttp.ClientResponse, backend: Backend, finished: Callable[[], None]
     ) -> tuple[web.StreamResponse, bool]:
         started = time.monotonic()
         first = True
@@ -81,7 +82,7 @@ def sse_relay(request: web.Request, metrics: RouterMetrics, model: str) -> Relay
             events = chunk.count(b"data:") - chunk.count(b"[DONE]")
             metrics.tokens.labels(model, "completion").inc(max(events, 0))
 
-        return await relay_events(request, upstream, broken_openai, seen=seen)
+        return await relay_events(request, upstream, broken_openai, seen=seen, finished=finished)
 
     return relay
 

@@ -4,6 +4,11 @@ Bytes go out as they arrive (no buffering). A client that leaves ends the relay 
 replica did nothing wrong. A replica that breaks off or falls silent past the idle timeout ends
 the stream with an error event in the caller's dialect, never a silent hang, and is reported as
 not clean so the dispatcher ejects it.
+
+The replica is given back (``finished``) when its OpenAI ``data: [DONE]`` arrives, before the
+client sees it. A client that sends its next request the moment it reads ``[DONE]`` (every
+closed-loop client does) would otherwise find the replica still counted busy, and be sent to
+the other, already busy, one.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
+DONE = b"data: [DONE]"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
@@ -27,6 +33,7 @@ async def relay_events(
     broken: Callable[[str], bytes],
     translate: Callable[[bytes], bytes] = unchanged,
     seen: Callable[[bytes], None] = lambda chunk: None,
+    finished: Callable[[], None] = lambda: None,
 ) -> tuple[web.StreamResponse, bool]:
     """The client's response and whether the stream ended cleanly. ``broken(error name)`` is
     the final event after a break; ``seen`` watches each upstream chunk (for metrics)."""
@@ -35,6 +42,8 @@ async def relay_events(
     try:
         async for chunk in upstream.content.iter_any():
             seen(chunk)
+            if DONE in chunk:
+                finished()
             try:
                 await response.write(translate(chunk))
             except ConnectionResetError:

@@ -8,6 +8,7 @@ base URL, ``http://router/models/<model>`` (the client posts to its base URL, or
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -104,12 +105,14 @@ def tgi_relay(request: web.Request, body: dict[str, Any]) -> Relay:
     """TGI events: passed through from TGI replicas, translated from the others."""
 
     async def relay(
-        upstream: aiohttp.ClientResponse, backend: Backend
+        upstream: aiohttp.ClientResponse, backend: Backend, finished: Callable[[], None]
     ) -> tuple[web.StreamResponse, bool]:
-        if backend.engine == "tgi":
-            return await relay_events(request, upstream, broken_tgi)
+        if backend.engine == "tgi":  # TGI's stream has no end marker: the replica is given
+            return await relay_events(request, upstream, broken_tgi)  # back when it closes
         translator = StreamTranslator(body)
-        return await relay_events(request, upstream, broken_tgi, translate=translator.feed)
+        return await relay_events(
+            request, upstream, broken_tgi, translate=translator.feed, finished=finished
+        )
 
     return relay
 

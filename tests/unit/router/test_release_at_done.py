@@ -1,0 +1,77 @@
+"""A replica is given back when its stream's ``[DONE]`` arrives, not when its connection closes.
+
+A closed-loop client sends its next request the moment it reads ``[DONE]``; if the router still
+counted the replica busy then, least-loaded would send that request to another, busy replica.
+The upstream is a stand-in OpenAI server (an aiohttp app named as such) that holds its
+connection open for a second after ``[DONE]``, as a slow engine or network would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+
+from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
+from tests.integration.helpers import free_port
+
+
+class LingeringUpstream:
+    def __init__(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.stream)
+        self.runner = web.AppRunner(app)
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n')
+        await response.write(b"data: [DONE]\n\n")
+        await asyncio.sleep(1.0)  # the connection lingers after the last event
+        return response
+
+    def __enter__(self) -> str:
+        self.thread.start()
+
+        async def start() -> None:
+            await self.runner.setup()
+            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+        asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def router() -> Iterator[RouterThread]:
+    with LingeringUpstream() as upstream:
+        config = RouterConfig(probes=ProbeConfig(interval_s=0))
+        with RouterThread(static=[("m", upstream)], config=config) as running:
+            yield running
+
+
+def test_the_replica_is_free_as_soon_as_the_client_reads_done(router: RouterThread) -> None:
+    request = urllib.request.Request(
+        f"{router.url}/v1/chat/completions",
+        data=b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": true}',
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        for line in response:
+            if line.startswith(b"data: [DONE]"):
+                assert router.load("m").in_flight == 0
+                break
+        else:
+            pytest.fail("no [DONE] in the stream")
