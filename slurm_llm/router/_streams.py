@@ -53,5 +53,9 @@ async def relay_events(
             await response.write(broken(type(exc).__name__))
             await response.write_eof()
         return response, False
-    await response.write_eof()
+    # A client that has its [DONE] may hang up before the stream's end; that is no fault of the
+    # replica (aiohttp's ClientConnectionResetError is a ConnectionResetError too, and must not
+    # reach the dispatcher, which would eject the replica and send the request again).
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
     return response, True

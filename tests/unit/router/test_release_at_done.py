@@ -1,7 +1,10 @@
-"""A replica is given back when its stream's ``[DONE]`` arrives, not when its connection closes.
+"""The end of a stream: the replica is given back when its ``[DONE]`` arrives, and a client
+that hangs up after reading it is no fault of the replica.
 
 A closed-loop client sends its next request the moment it reads ``[DONE]``; if the router still
 counted the replica busy then, least-loaded would send that request to another, busy replica.
+Such a client also closes its connection then, before the stream's end: the router once took
+that for a broken replica, ejected it, and sent the request again to the other one.
 The upstream is a stand-in OpenAI server (an aiohttp app named as such) that holds its
 connection open for a second after ``[DONE]``, as a slow engine or network would.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -22,6 +26,7 @@ from tests.integration.helpers import free_port
 
 class LingeringUpstream:
     def __init__(self) -> None:
+        self.requests = 0
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.stream)
         self.runner = web.AppRunner(app)
@@ -30,6 +35,7 @@ class LingeringUpstream:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await response.write(b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n')
@@ -37,7 +43,11 @@ class LingeringUpstream:
         await asyncio.sleep(1.0)  # the connection lingers after the last event
         return response
 
-    def __enter__(self) -> str:
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LingeringUpstream:
         self.thread.start()
 
         async def start() -> None:
@@ -45,7 +55,7 @@ class LingeringUpstream:
             await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 
         asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
-        return f"http://127.0.0.1:{self.port}"
+        return self
 
     def __exit__(self, *exc: object) -> None:
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
@@ -55,14 +65,20 @@ class LingeringUpstream:
 
 
 @pytest.fixture
-def router() -> Iterator[RouterThread]:
-    with LingeringUpstream() as upstream:
-        config = RouterConfig(probes=ProbeConfig(interval_s=0))
-        with RouterThread(static=[("m", upstream)], config=config) as running:
-            yield running
+def upstream() -> Iterator[LingeringUpstream]:
+    with LingeringUpstream() as server:
+        yield server
 
 
-def test_the_replica_is_free_as_soon_as_the_client_reads_done(router: RouterThread) -> None:
+@pytest.fixture
+def router(upstream: LingeringUpstream) -> Iterator[RouterThread]:
+    config = RouterConfig(probes=ProbeConfig(interval_s=0))
+    with RouterThread(static=[("m", upstream.url)], config=config) as running:
+        yield running
+
+
+def read_until_done(router: RouterThread) -> None:
+    """Reads one stream until its [DONE], checks the replica is free, and hangs up."""
     request = urllib.request.Request(
         f"{router.url}/v1/chat/completions",
         data=b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": true}',
@@ -75,3 +91,17 @@ def test_the_replica_is_free_as_soon_as_the_client_reads_done(router: RouterThre
                 break
         else:
             pytest.fail("no [DONE] in the stream")
+
+
+def test_the_replica_is_free_as_soon_as_the_client_reads_done(router: RouterThread) -> None:
+    read_until_done(router)
+
+
+def test_a_client_hanging_up_after_done_neither_ejects_the_replica_nor_repeats_the_request(
+    router: RouterThread, upstream: LingeringUpstream
+) -> None:
+    read_until_done(router)
+    time.sleep(1.5)  # the upstream ends its stream; the router finds the client gone
+    [backend] = router.pool.of("m")
+    assert backend.failures == 0 and backend.routable(time.monotonic())
+    assert upstream.requests == 1
