@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from text_generation.errors import NotFoundError, ValidationError, parse_error
 
 from slurm_llm import EndpointRecord, Registry
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
-from tests.integration.helpers import free_port, post
+from tests.integration.helpers import ThreadedApp, post
 
 pytestmark = pytest.mark.llamacpp
 
@@ -74,10 +73,7 @@ class StandInTgi:
         app = web.Application()
         app.router.add_post("/generate", self.generate)
         app.router.add_post("/generate_stream", self.stream)
-        self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(app)
-        self.port = free_port()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server = ThreadedApp(app)
 
     async def generate(self, request: web.Request) -> web.Response:
         self.seen.append(request.path)
@@ -97,20 +93,11 @@ class StandInTgi:
         return response
 
     def __enter__(self) -> StandInTgi:
-        self.thread.start()
-
-        async def start() -> None:
-            await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-        asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+        self.server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        self.server.stop()
 
 
 @pytest.fixture
@@ -119,7 +106,7 @@ def tgi_replica(tmp_path: Path) -> Iterator[tuple[StandInTgi, Path]]:
         now = time.time()
         record = EndpointRecord(
             deployment="tgi", replica=0, model="tgi-model", engine="tgi",
-            url=f"http://127.0.0.1:{server.port}", node=socket.gethostname(), job_id="1",
+            url=server.server.url, node=socket.gethostname(), job_id="1",
             launcher_pid=os.getpid(), engine_pid=os.getpid(), gpus=[], started=now, ready=now,
             heartbeat=now,
         )  # fmt: skip

@@ -12,7 +12,6 @@ connection open for a second after ``[DONE]``, as a slow engine or network would
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
-from tests.integration.helpers import free_port
+from tests.integration.helpers import ThreadedApp
 
 
 class LingeringUpstream:
@@ -29,10 +28,8 @@ class LingeringUpstream:
         self.requests = 0
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.stream)
-        self.runner = web.AppRunner(app)
-        self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server = ThreadedApp(app)
+        self.url = self.server.url
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
@@ -43,25 +40,12 @@ class LingeringUpstream:
         await asyncio.sleep(1.0)  # the connection lingers after the last event
         return response
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def __enter__(self) -> LingeringUpstream:
-        self.thread.start()
-
-        async def start() -> None:
-            await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-        asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+        self.server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        self.server.stop()
 
 
 @pytest.fixture
