@@ -63,7 +63,10 @@ async def _prompt_tokens(
     async with session.post(target.chat_url(0), json=body) as response:
         answer: dict[str, Any] = await response.json(content_type=None)
         if response.status != 200:
-            raise SlurmLLMError(f"sizing the prompts failed: HTTP {response.status}: {answer}")
+            raise SlurmLLMError(
+                f"sizing the prompts failed (is the model's context shorter than the prompt "
+                f"and answer asked for?): HTTP {response.status}: {answer}"
+            )
     tokens = (answer.get("usage") or {}).get("prompt_tokens")
     if not isinstance(tokens, int):
         raise SlurmLLMError(
@@ -85,11 +88,14 @@ async def filler_words(target: Target, kind: Workload, prompt_tokens: int, nonce
                 f"the {kind.name} prompt takes {base} tokens before any filler; ask for more "
                 f"than {prompt_tokens} prompt tokens"
             )
+        # Probes well under the target (Lorem Ipsum takes about 2 tokens a word), so they fit
+        # any context that the prompts themselves fit.
+        probe_words = max(8, min(PROBE_WORDS, (prompt_tokens - base) // 3))
         probes = [
-            await _prompt_tokens(session, target, kind, PROBE_WORDS, nonce, str(i))
+            await _prompt_tokens(session, target, kind, probe_words, nonce, str(i))
             for i in range(PROBES)
         ]
-    per_word = (statistics.fmean(probes) - base) / PROBE_WORDS
+    per_word = (statistics.fmean(probes) - base) / probe_words
     return max(1, round((prompt_tokens - base) / per_word))
 
 
