@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 from aiohttp import web
 
+from slurm_llm._app_thread import AppThread
 from slurm_llm._paths import registry_dir
 from slurm_llm._registry import Registry
 from slurm_llm.router._admission import ModelLoad
@@ -74,7 +73,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-class RouterThread:
+class RouterThread(AppThread):
     """The router on an event loop of its own thread; ``url`` once the context is entered."""
 
     def __init__(
@@ -88,39 +87,8 @@ class RouterThread:
     ) -> None:
         config = config or RouterConfig()
         self.pool = make_pool(home, deployment, static, config)
-        self.app = build_app(self.pool, config)
-        self.host = host
-        self.port = port
-        self.url = ""
-        self._loop = asyncio.new_event_loop()
-        self._runner = web.AppRunner(self.app, access_log=None)
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def __enter__(self) -> RouterThread:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
-        return self
-
-    async def _start(self) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=BACKLOG)
-        await site.start()
-        server = site._server  # the port the OS picked when port=0
-        assert isinstance(server, asyncio.base_events.Server)
-        self.port = server.sockets[0].getsockname()[1]
-        self.url = f"http://{self.host}:{self.port}"
+        super().__init__(build_app(self.pool, config), host, port, backlog=BACKLOG)
 
     def load(self, model: str) -> ModelLoad:
         """How busy ``model`` is right now (in-flight, capacity, queue)."""
         return self.app[STATE].admission.load(model)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +15,6 @@ from email.message import Message
 from typing import Any, NamedTuple
 
 import openai
-from aiohttp import web
 
 from slurm_llm import Deployment, EndpointRecord, ModelSpec, deploy
 
@@ -123,30 +120,3 @@ def wait_for_record(
             return records[0]
         time.sleep(0.1)
     return None
-
-
-class ThreadedApp:
-    """An aiohttp app serving on a free loopback port from a thread of its own, for stand-in
-    servers in tests that run synchronous clients."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.runner = web.AppRunner(app)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-        async def start() -> None:
-            await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-        asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()

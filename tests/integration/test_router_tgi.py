@@ -17,8 +17,9 @@ from text_generation import AsyncClient, Client
 from text_generation.errors import NotFoundError, ValidationError, parse_error
 
 from slurm_llm import EndpointRecord, Registry
+from slurm_llm._app_thread import AppThread
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
-from tests.integration.helpers import ThreadedApp, post
+from tests.integration.helpers import post
 
 pytestmark = pytest.mark.llamacpp
 
@@ -64,7 +65,7 @@ def test_bad_tgi_requests_raise_the_clients_own_exceptions(router: RouterThread)
     assert "'inputs' (a string) is required" in body["error"]
 
 
-class StandInTgi:
+class StandInTgi(AppThread):
     """A stand-in for TGI's server (its binary cannot run here): answers ``/generate`` and
     ``/generate_stream`` in TGI's own shapes, so the router must pass them through untouched."""
 
@@ -73,7 +74,7 @@ class StandInTgi:
         app = web.Application()
         app.router.add_post("/generate", self.generate)
         app.router.add_post("/generate_stream", self.stream)
-        self.server = ThreadedApp(app)
+        super().__init__(app)
 
     async def generate(self, request: web.Request) -> web.Response:
         self.seen.append(request.path)
@@ -92,13 +93,6 @@ class StandInTgi:
         await response.write(f"data:{json.dumps(event)}\n\n".encode())
         return response
 
-    def __enter__(self) -> StandInTgi:
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
-
 
 @pytest.fixture
 def tgi_replica(tmp_path: Path) -> Iterator[tuple[StandInTgi, Path]]:
@@ -106,7 +100,7 @@ def tgi_replica(tmp_path: Path) -> Iterator[tuple[StandInTgi, Path]]:
         now = time.time()
         record = EndpointRecord(
             deployment="tgi", replica=0, model="tgi-model", engine="tgi",
-            url=server.server.url, node=socket.gethostname(), job_id="1",
+            url=server.url, node=socket.gethostname(), job_id="1",
             launcher_pid=os.getpid(), engine_pid=os.getpid(), gpus=[], started=now, ready=now,
             heartbeat=now,
         )  # fmt: skip

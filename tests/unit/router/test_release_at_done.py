@@ -19,17 +19,16 @@ from collections.abc import Iterator
 import pytest
 from aiohttp import web
 
+from slurm_llm._app_thread import AppThread
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
-from tests.integration.helpers import ThreadedApp
 
 
-class LingeringUpstream:
+class LingeringUpstream(AppThread):
     def __init__(self) -> None:
         self.requests = 0
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.stream)
-        self.server = ThreadedApp(app)
-        self.url = self.server.url
+        super().__init__(app)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
@@ -39,13 +38,6 @@ class LingeringUpstream:
         await response.write(b"data: [DONE]\n\n")
         await asyncio.sleep(1.0)  # the connection lingers after the last event
         return response
-
-    def __enter__(self) -> LingeringUpstream:
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
 
 
 @pytest.fixture
