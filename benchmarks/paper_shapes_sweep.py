@@ -45,6 +45,7 @@ from slurm_llm.bench import (
     url_target,
     write_dummy_model,
 )
+from slurm_llm.bench._cli import levels
 from slurm_llm.bench._report import level_table
 
 REPO = Path(__file__).parent.parent
@@ -116,7 +117,7 @@ def beside_the_paper(runs: list[BenchRun]) -> tuple[Table, dict[str, Any]]:
         users, latency = PAPER[shape]
         at = {level.load: level for level in run.levels}.get(run.saturation.load or -1)
         ours = at.tpot.p50 if at and at.tpot.p50 is not None else None
-        peak = max(level.output_token_throughput for level in run.levels)
+        peak = run.peak_throughput
         rows[shape] = {
             "paper": {"users": users, "latency_s": latency},
             "ours": {"users": run.saturation.load, "tpot_p50_s": ours, "peak_tok_s": peak},
@@ -127,10 +128,6 @@ def beside_the_paper(runs: list[BenchRun]) -> tuple[Table, dict[str, Any]]:
             "-" if ours is None else f"{ours * 1000:.0f}", f"{peak:.0f}",
         )  # fmt: skip
     return table, rows
-
-
-def levels(text: str) -> list[float]:
-    return [float(part) for part in text.split(",")]
 
 
 def main() -> None:

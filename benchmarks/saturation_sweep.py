@@ -56,6 +56,7 @@ from slurm_llm.bench import (
     summarise_level,
     url_target,
 )
+from slurm_llm.bench._cli import levels
 from slurm_llm.bench._report import compare_table, level_table
 from slurm_llm.bench._results import FrontEnd
 
@@ -125,14 +126,14 @@ def sweep_engine(
             ("router", replicas[:1], args.levels),
             ("router", replicas, args.levels_2x),
         ]
-        for front_end, backends, levels in setups:
-            if f"{front_end}-{len(backends)}x" not in args.setups:
-                continue
+        for front_end, backends, loads in setups:
             label = f"{engine}-{front_end}-{len(backends)}x"
+            if f"{front_end}-{len(backends)}x" not in args.setups.split(","):
+                continue
             settings = SweepSettings(
                 workload="translation",
                 mode="concurrency",
-                levels=levels,
+                levels=loads,
                 rounds=args.rounds,
                 min_requests=args.min_requests,
                 prompt_tokens=args.prompt_tokens,
@@ -167,10 +168,6 @@ def front_end_url(
         yield url
 
 
-def peak(run: BenchRun) -> float:
-    return max(level.output_token_throughput for level in run.levels)
-
-
 def summary(runs: list[BenchRun]) -> dict[str, Any]:
     """The ratios the README quotes, per engine."""
     by_label = {run.label: run for run in runs}
@@ -180,7 +177,7 @@ def summary(runs: list[BenchRun]) -> dict[str, Any]:
         direct = by_label.get(f"{engine}-direct-1x")
         entry: dict[str, Any] = {
             run.label: {
-                "peak_tok_s": peak(run),
+                "peak_tok_s": run.peak_throughput,
                 "saturation": run.saturation.load,
                 "saturation_rule": run.saturation.reason,
                 "capacity_at_targets": run.slo_capacity.load,
@@ -189,10 +186,10 @@ def summary(runs: list[BenchRun]) -> dict[str, Any]:
             if run.target.engine == engine
         }
         if one and two:
-            entry["scaling_2x_over_1x"] = peak(two) / peak(one)
-            entry["goal_scaling_1_8x_met"] = peak(two) / peak(one) >= 1.8
+            entry["scaling_2x_over_1x"] = two.peak_throughput / one.peak_throughput
+            entry["goal_scaling_1_8x_met"] = two.peak_throughput / one.peak_throughput >= 1.8
         if one and direct:
-            entry["router_peak_over_direct"] = peak(one) / peak(direct)
+            entry["router_peak_over_direct"] = one.peak_throughput / direct.peak_throughput
             first_direct, first_router = direct.levels[0], one.levels[0]
             entry["router_added_ttft_p50_s_at_1_user"] = (first_router.ttft.p50 or 0) - (
                 first_direct.ttft.p50 or 0
@@ -208,16 +205,16 @@ def rejudged(path: Path, targets: LatencyTargets) -> BenchRun:
     """A saved run summarised again from its requests, with ``targets`` and the current
     saturation rule (the requests are left as measured); saved back in place."""
     run = load_run(path)
-    levels = [
+    summaries = [
         summarise_level(level.records, targets, concurrency=level.concurrency, rate=level.rate)
         for level in run.levels
     ]
     run = run.model_copy(
         update={
             "settings": run.settings.model_copy(update={"targets": targets}),
-            "levels": levels,
-            "saturation": saturation_point(levels),
-            "slo_capacity": capacity_at_targets(levels, targets),
+            "levels": summaries,
+            "saturation": saturation_point(summaries),
+            "slo_capacity": capacity_at_targets(summaries, targets),
         }
     )
     save_run(run, path.parent, path.stem)
@@ -226,10 +223,6 @@ def rejudged(path: Path, targets: LatencyTargets) -> BenchRun:
 
 def targets(args: argparse.Namespace) -> LatencyTargets:
     return LatencyTargets(ttft_s=args.ttft_target, tpot_s=args.tpot_target_ms / 1000)
-
-
-def levels(text: str) -> list[float]:
-    return [float(part) for part in text.split(",")]
 
 
 def main() -> None:

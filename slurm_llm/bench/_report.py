@@ -57,8 +57,13 @@ def level_table(run: BenchRun) -> Table:
     return table
 
 
-def _peak(run: BenchRun) -> float:
-    return max((lv.output_token_throughput for lv in run.levels), default=0.0)
+def _cell(level: LevelResult | None) -> str:
+    """tok/s | TPOT p50 ms | E2E p99 s of one level, and its failures if any."""
+    if level is None:
+        return "-"
+    text = f"{level.output_token_throughput:.1f} | {_ms(level.tpot.p50)} | {_s(level.e2e.p99)}"
+    failed = level.requests - level.completed
+    return f"{text} ({failed} failed)" if failed else text
 
 
 def compare_table(runs: Sequence[BenchRun]) -> Table:
@@ -71,29 +76,17 @@ def compare_table(runs: Sequence[BenchRun]) -> Table:
     loads = sorted({level.load for run in runs for level in run.levels})
     by_load: list[dict[float, LevelResult]] = [{lv.load: lv for lv in run.levels} for run in runs]
     for load in loads:
-        cells = []
-        for levels in by_load:
-            level = levels.get(load)
-            cells.append(
-                "-"
-                if level is None
-                else f"{level.output_token_throughput:.1f} | {_ms(level.tpot.p50)} | "
-                f"{_s(level.e2e.p99)}"
-                + (
-                    f" ({level.requests - level.completed} failed)"
-                    if level.completed < level.requests
-                    else ""
-                )
-            )
-        table.add_row(f"{load:g}", *cells)
+        table.add_row(f"{load:g}", *(_cell(levels.get(load)) for levels in by_load))
     table.add_section()
     table.add_row("saturation", *(_load(run.saturation.load) for run in runs))
     table.add_row("at targets", *(_load(run.slo_capacity.load) for run in runs))
-    base = _peak(runs[0])
+    base = runs[0].peak_throughput
     table.add_row(
         "peak tok/s",
         *(
-            f"{_peak(run):.1f} ({_peak(run) / base:.2f}x)" if base else f"{_peak(run):.1f}"
+            f"{run.peak_throughput:.1f} ({run.peak_throughput / base:.2f}x)"
+            if base
+            else f"{run.peak_throughput:.1f}"
             for run in runs
         ),
     )

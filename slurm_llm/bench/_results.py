@@ -156,6 +156,11 @@ class BenchRun(BaseModel):
     slo_capacity: Saturation
     notes: list[str] = Field(default_factory=list)
 
+    @property
+    def peak_throughput(self) -> float:
+        """The highest output-token throughput of any level (tokens per second)."""
+        return max((level.output_token_throughput for level in self.levels), default=0.0)
+
 
 CSV_COLUMNS = (
     "label", "front_end", "engine", "model", "replicas", "workload", "concurrency", "rate",

@@ -132,16 +132,13 @@ async def _sweep(
         def done(task_id: Any = task) -> None:
             progress.advance(task_id)
 
+        requests = bodies(index, count)
         if settings.mode == "concurrency":
-            records = await closed_loop(
-                target, bodies(index, count), int(load), settings.timeout_s, done
-            )
+            records = await closed_loop(target, requests, int(load), settings.timeout_s, done)
             level = summarise_level(records, settings.targets, concurrency=int(load))
         else:
             arrivals = poisson_arrivals(load, count, random.Random(f"{settings.seed}:{index}:t"))
-            records = await open_loop(
-                target, bodies(index, count), arrivals, settings.timeout_s, done
-            )
+            records = await open_loop(target, requests, arrivals, settings.timeout_s, done)
             level = summarise_level(records, settings.targets, rate=load)
         levels.append(level)
         failed = level.requests - level.completed
