@@ -53,12 +53,15 @@ class Reply:
     backend: Backend
 
 
-# (upstream, replica, finished): the relay calls ``finished()`` once the replica has sent its
-# last event, before the client sees it (see _streams.relay_events).
+# (upstream, replica, ended): the relay calls ``ended(clean)`` once the replica's stream is over,
+# at its last event or at a break, before the client sees that (see _streams.relay_events).
 Relay = Callable[
-    [aiohttp.ClientResponse, Backend, Callable[[], None]],
-    Awaitable[tuple[web.StreamResponse, bool]],
+    [aiohttp.ClientResponse, Backend, Callable[[bool], None]],
+    Awaitable[web.StreamResponse],
 ]
+# Gives a replica back with the verdict on its answer: True counts a success, False a failure
+# (passive ejection), None neither. Only the first call counts.
+GiveBack = Callable[[bool | None], None]
 
 
 class Dispatcher:
@@ -106,11 +109,11 @@ class Dispatcher:
                 tried.clear()
                 backend = await self._acquire(call, tried, bounded)
             tried.add(backend.url)
-            release = self._release_once(backend)
+            give_back = self._give_back_once(backend)
             try:
-                outcome = await self._forward(call, backend, relay, deadline, release)
+                outcome = await self._forward(call, backend, relay, deadline, give_back)
             finally:
-                release()
+                give_back(None)
             if not isinstance(outcome, str):
                 return outcome
             problem = outcome
@@ -121,17 +124,23 @@ class Dispatcher:
             retry_after=1,
         )
 
-    def _release_once(self, backend: Backend) -> Callable[[], None]:
-        """Gives ``backend`` back the first time it is called; later calls do nothing."""
+    def _give_back_once(self, backend: Backend) -> GiveBack:
+        """The verdict is recorded before the replica is released, and both before a streamed
+        client sees the stream's end: a client that checks the replica's state, or sends its
+        next request, the moment its stream ends finds the replica already settled."""
         held = True
 
-        def release() -> None:
+        def give_back(clean: bool | None) -> None:
             nonlocal held
             if held:
                 held = False
+                if clean is True:
+                    backend.succeeded()
+                elif clean is False:
+                    backend.failed()
                 self.admission.release(backend)
 
-        return release
+        return give_back
 
     async def _acquire(self, call: Call, tried: set[str], bounded: bool) -> Backend:
         started = time.monotonic()
@@ -145,7 +154,7 @@ class Dispatcher:
         backend: Backend,
         relay: Relay | None,
         deadline: float,
-        finished: Callable[[], None],
+        give_back: GiveBack,
     ) -> web.StreamResponse | Reply | str:
         """The answer, or why this replica failed (then the caller tries another)."""
         path, body = call.for_backend(backend)
@@ -159,19 +168,13 @@ class Dispatcher:
                 f"{backend.url}{path}", data=body, headers=JSON_HEADERS, timeout=timeout
             ) as upstream:
                 if upstream.status >= 500:
-                    backend.failed()
+                    give_back(False)
                     return f"{backend.url} answered {upstream.status}"
                 if relay is None or upstream.status != 200:
                     payload = await upstream.read()
-                    backend.succeeded()
+                    give_back(True)
                     return Reply(upstream.status, payload, upstream.content_type, backend)
-                response, clean = await relay(upstream, backend, finished)
-                if clean:
-                    backend.succeeded()
-                else:
-                    backend.failed()
-                return response
+                return await relay(upstream, backend, give_back)
         except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-            if time.monotonic() < deadline:  # past the deadline, slow is not broken
-                backend.failed()
+            give_back(False if time.monotonic() < deadline else None)  # past it, slow is not broken
             return f"{backend.url} did not answer ({type(exc).__name__})"

@@ -69,8 +69,8 @@ def sse_relay(request: web.Request, metrics: RouterMetrics, model: str) -> Relay
     """Passes the OpenAI stream through, timing its first byte and counting its events."""
 
     async def relay(
-        upstream: aiohttp.ClientResponse, backend: Backend, finished: Callable[[], None]
-    ) -> tuple[web.StreamResponse, bool]:
+        upstream: aiohttp.ClientResponse, backend: Backend, ended: Callable[[bool], None]
+    ) -> web.StreamResponse:
         started = time.monotonic()
         first = True
 
@@ -82,7 +82,7 @@ def sse_relay(request: web.Request, metrics: RouterMetrics, model: str) -> Relay
             events = chunk.count(b"data:") - chunk.count(b"[DONE]")
             metrics.tokens.labels(model, "completion").inc(max(events, 0))
 
-        return await relay_events(request, upstream, broken_openai, seen=seen, finished=finished)
+        return await relay_events(request, upstream, broken_openai, seen=seen, ended=ended)
 
     return relay
 

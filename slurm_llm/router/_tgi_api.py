@@ -19,7 +19,7 @@ from slurm_llm.router._dispatch import Call, Relay, Reply
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._requests import affinity_key, read_json, served_model
 from slurm_llm.router._state import STATE
-from slurm_llm.router._streams import relay_events
+from slurm_llm.router._streams import relay_events, unchanged
 from slurm_llm.router._tgi_translation import (
     StreamTranslator,
     TgiRequestError,
@@ -105,14 +105,11 @@ def tgi_relay(request: web.Request, body: dict[str, Any]) -> Relay:
     """TGI events: passed through from TGI replicas, translated from the others."""
 
     async def relay(
-        upstream: aiohttp.ClientResponse, backend: Backend, finished: Callable[[], None]
-    ) -> tuple[web.StreamResponse, bool]:
-        if backend.engine == "tgi":  # TGI's stream has no end marker: the replica is given
-            return await relay_events(request, upstream, broken_tgi)  # back when it closes
-        translator = StreamTranslator(body)
-        return await relay_events(
-            request, upstream, broken_tgi, translate=translator.feed, finished=finished
-        )
+        upstream: aiohttp.ClientResponse, backend: Backend, ended: Callable[[bool], None]
+    ) -> web.StreamResponse:
+        # TGI's own stream has no end marker: that replica is given back when it closes.
+        translate = unchanged if backend.engine == "tgi" else StreamTranslator(body).feed
+        return await relay_events(request, upstream, broken_tgi, translate=translate, ended=ended)
 
     return relay
 
