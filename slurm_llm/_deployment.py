@@ -48,6 +48,9 @@ ReplicaState = Literal["pending", "starting", "ready", "failed", "stopped"]
 INFRASTRUCTURE_ENDS = frozenset({"CANCELLED", "NODE_FAIL", "BOOT_FAIL", "PREEMPTED", "DEADLINE"})
 MAX_FAILURES_IN_A_ROW = 5
 MAX_EVENTS = 200
+# How stale SLURM's answer may be in a loop that waits: readiness itself comes from the registry
+# (a file read) at once, so a slower squeue only delays noticing a failure, by up to this.
+SLURM_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -125,9 +128,10 @@ class Deployment:
 
     # ---- status -----------------------------------------------------------------------------
 
-    def status(self) -> list[ReplicaStatus]:
+    def status(self, max_age_s: float = 0.0) -> list[ReplicaStatus]:
+        """Each replica's state; SLURM's part may be up to ``max_age_s`` old."""
         records = self.records()  # loads the state too
-        states = self._states()
+        states = self._states(max_age_s)
         return [
             self._slot_status(i, slot, records, states) for i, slot in sorted(self.slots.items())
         ]
@@ -173,7 +177,7 @@ class Deployment:
         with Progress(*columns, console=console, transient=True, disable=not progress) as bar:
             task = bar.add_task(self.name, total=len(self.slots), detail="submitted")
             while True:
-                statuses = self.status()
+                statuses = self.status(max_age_s=SLURM_POLL_S)
                 counts = {s: sum(1 for x in statuses if x.state == s) for s in _STATES}
                 detail = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s != "ready")
                 bar.update(task, total=len(statuses), completed=counts["ready"],
@@ -342,7 +346,7 @@ class Deployment:
             job.cancel()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            states = job_states([job for _, job in pairs], self._slurm)
+            states = job_states([job for _, job in pairs], self._slurm, SLURM_POLL_S)
             if not any(state.active for state in states.values()):
                 break
             time.sleep(0.1)
@@ -351,8 +355,9 @@ class Deployment:
 
     # ---- persistence ------------------------------------------------------------------------
 
-    def _states(self) -> dict[str, JobState]:
-        return job_states([job for slot in self.slots.values() for job in slot.jobs()], self._slurm)
+    def _states(self, max_age_s: float = 0.0) -> dict[str, JobState]:
+        jobs = [job for slot in self.slots.values() for job in slot.jobs()]
+        return job_states(jobs, self._slurm, max_age_s)
 
     def _submit(self, indices: Iterable[int]) -> dict[int, ReplicaJob]:
         jobs = _submit(self.spec, self.name, self.kind, indices, self._home)

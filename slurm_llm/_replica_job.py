@@ -83,10 +83,13 @@ class ReplicaJob:
             os.kill(int(self.job_id), signal.SIGTERM)
 
 
-def job_states(jobs: list[ReplicaJob], slurm: SlurmStates) -> dict[str, JobState]:
-    """Every job's state, with one squeue call for all SLURM jobs."""
+def job_states(
+    jobs: list[ReplicaJob], slurm: SlurmStates, max_age_s: float = 0.0
+) -> dict[str, JobState]:
+    """Every job's state, with one squeue call for all SLURM jobs (or none, within
+    ``max_age_s`` of the last; local jobs are always read afresh, which is cheap)."""
     states = {job.job_id: job.local_state() for job in jobs if job.kind == "local"}
-    states.update(slurm.query(job.job_id for job in jobs if job.kind == "slurm"))
+    states.update(slurm.query((job.job_id for job in jobs if job.kind == "slurm"), max_age_s))
     return states
 
 

@@ -5,12 +5,17 @@ site without accounting it reports UNKNOWN forever. Replicas need better: a canc
 noticed in about a second, a pending job's reason shown ("Resources", "PartitionConfig"), and
 sites without accounting must still work. So live jobs come from one batched ``squeue`` call,
 ended ones from ``sacct`` when it answers, and otherwise from whether submitit wrote a result.
+
+Each call is an RPC to slurmctld, which every user of the cluster shares, so a loop that waits
+(for readiness, for a stop) asks for answers up to ``max_age_s`` old and gets the last one
+again instead of a new call.
 """
 
 from __future__ import annotations
 
 import logging
 import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -62,11 +67,22 @@ class SlurmStates:
 
     def __init__(self) -> None:
         self.accounting: bool | None = None
+        self._last: tuple[list[str], float, dict[str, JobState]] | None = None
 
-    def query(self, job_ids: Iterable[str]) -> dict[str, JobState]:
+    def query(self, job_ids: Iterable[str], max_age_s: float = 0.0) -> dict[str, JobState]:
+        """The jobs' states; an answer for the same jobs younger than ``max_age_s`` is reused."""
         ids = sorted(set(job_ids))
         if not ids:
             return {}
+        if self._last is not None:
+            asked, when, answer = self._last
+            if asked == ids and time.monotonic() - when < max_age_s:
+                return answer
+        answer = self._ask(ids)
+        self._last = (ids, time.monotonic(), answer)
+        return answer
+
+    def _ask(self, ids: list[str]) -> dict[str, JobState]:
         states = parse_squeue(
             _run(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T|%r|%N"])
         )

@@ -67,3 +67,23 @@ def test_without_accounting_ended_jobs_are_reported_as_ended_with_a_warning(
 def test_no_jobs_means_no_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     assert SlurmStates().query([]) == {}
+
+
+def test_a_waiting_loop_reuses_a_recent_answer_instead_of_asking_slurmctld_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = tmp_path / "calls"
+    fake_command(tmp_path, "squeue", f'echo x >> {calls}; echo "5_0|RUNNING|None|n2"')
+    monkeypatch.setenv("PATH", str(tmp_path))
+    slurm = SlurmStates()
+
+    def asked() -> int:
+        return len(calls.read_text().splitlines())
+
+    assert slurm.query(["5_0"], max_age_s=60) == {"5_0": JobState("RUNNING", None, "n2")}
+    slurm.query(["5_0"], max_age_s=60)
+    assert asked() == 1
+    slurm.query(["5_0"])  # a caller that wants it fresh
+    assert asked() == 2
+    slurm.query(["5_0", "5_1"], max_age_s=60)  # other jobs: the last answer does not cover them
+    assert asked() == 3
