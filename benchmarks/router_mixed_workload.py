@@ -78,6 +78,7 @@ from _servers import background
 
 from slurm_llm import Deployment, ModelSpec, deploy
 from slurm_llm._ports import lease_port
+from slurm_llm.bench import percentile
 from slurm_llm.nginx import NginxConfig, NginxServer
 
 NAME = "router_mixed_workload"
@@ -296,10 +297,7 @@ def nginx(model: str, replicas: list[str], prefix: Path) -> Iterator[str]:
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {f"p{q}": None for q in QUANTILES}
-    found = np.percentile(np.array(values), QUANTILES)
-    return {f"p{q}": float(v) for q, v in zip(QUANTILES, found, strict=True)}
+    return {f"p{q}": percentile(values, q) for q in QUANTILES}
 
 
 def summarise(phases: list[Phase], seconds: float) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from _servers import answers, background
 
 from slurm_llm import _debian
 from slurm_llm._ports import lease_port
+from slurm_llm.bench import percentile
 from slurm_llm.nginx import NginxConfig, NginxServer
 
 HERE = Path(__file__).parent
@@ -127,13 +128,11 @@ def wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, flo
     return {"req_s": float(found.group(1)), "errors": errors}
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
-
-
 def ms(values: list[float], q: float) -> float:
-    return percentile(values, q) * 1000
+    found = percentile(values, q)
+    if found is None:
+        raise RuntimeError("no request of this phase succeeded: see its errors above")
+    return found * 1000
 
 
 def phase_streams(
@@ -227,7 +226,7 @@ def phase_connections(
                     "completed": outcome["completed"],
                     "errors": outcome["errors"],
                     "wall_s": outcome["wall_s"],
-                    "e2e_p50_s": percentile(outcome["e2e"], 50) if outcome["e2e"] else None,
+                    "e2e_p50_s": percentile(outcome["e2e"], 50),
                     "e2e_max_s": max(outcome["e2e"], default=None),
                     "rss_during_peak_mib": during,
                     "rss_after_mib": after,
