@@ -15,7 +15,9 @@ The load generator and the router share this machine's cores with the replicas: 
 they have a core to themselves, with two they do not, so the scaling ratio includes the router's
 and the client's CPU cost, as it would on a node that runs them beside the engines.
 
-    python benchmarks/saturation_sweep.py                       # both engines, ~45 minutes
+    python benchmarks/saturation_sweep.py --engines llamacpp    # ~15 minutes
+    python benchmarks/saturation_sweep.py --engines vllm --levels 1,2,4,8,16,32 \
+        --levels-2x 1,2,4,8,16,32,64                            # vLLM batches: ~35 minutes
     python benchmarks/saturation_sweep.py --engines llamacpp --levels 1,2,4   # a quick look
     python benchmarks/saturation_sweep.py --from-runs results/saturation_sweep-*-1x-*.json ...
         # no measuring: re-apply the saturation rule to saved runs, summarise and plot them
