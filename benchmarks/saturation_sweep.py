@@ -75,17 +75,15 @@ def spec_for(engine: str, args: argparse.Namespace) -> ModelSpec:
             max_concurrent_requests=SLOTS,
             context_length=SLOTS * per_request,  # llama.cpp splits it among the slots
         )
-    return ModelSpec.preset(
-        "smollm2-135m-vllm-cpu",
+    preset = ModelSpec.preset("smollm2-135m-vllm-cpu")
+    return preset.with_overrides(
         cpus_per_replica=1,
-        mem_gb=6,
         max_concurrent_requests=SLOTS,
         context_length=per_request,
         engine_env=str(args.vllm_env),
         model=str(args.vllm_model),
         env={
-            "VLLM_CPU_KVCACHE_SPACE": "2",
-            "HF_HUB_OFFLINE": "1",
+            **preset.env,  # its KV cache space and offline hub
             "VLLM_CACHE_ROOT": str(REPO / ".cache" / "vllm"),
             "TORCHINDUCTOR_CACHE_DIR": str(REPO / ".cache" / "torchinductor"),
         },

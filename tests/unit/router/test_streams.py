@@ -25,7 +25,9 @@ from slurm_llm._app_thread import AppThread
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
 
 
-class LingeringUpstream(AppThread):
+class StandInUpstream(AppThread):
+    """A stand-in OpenAI server (not an engine): chat streams linger, completions break off."""
+
     def __init__(self) -> None:
         self.requests = 0
         app = web.Application()
@@ -53,13 +55,13 @@ class LingeringUpstream(AppThread):
 
 
 @pytest.fixture
-def upstream() -> Iterator[LingeringUpstream]:
-    with LingeringUpstream() as server:
+def upstream() -> Iterator[StandInUpstream]:
+    with StandInUpstream() as server:
         yield server
 
 
 @pytest.fixture
-def router(upstream: LingeringUpstream) -> Iterator[RouterThread]:
+def router(upstream: StandInUpstream) -> Iterator[RouterThread]:
     config = RouterConfig(probes=ProbeConfig(interval_s=0))
     with RouterThread(static=[("m", upstream.url)], config=config) as running:
         yield running
@@ -86,7 +88,7 @@ def test_the_replica_is_free_as_soon_as_the_client_reads_done(router: RouterThre
 
 
 def test_a_client_hanging_up_after_done_neither_ejects_the_replica_nor_repeats_the_request(
-    router: RouterThread, upstream: LingeringUpstream
+    router: RouterThread, upstream: StandInUpstream
 ) -> None:
     read_until_done(router)
     time.sleep(1.5)  # the upstream ends its stream; the router finds the client gone
@@ -96,7 +98,7 @@ def test_a_client_hanging_up_after_done_neither_ejects_the_replica_nor_repeats_t
 
 
 def test_a_replica_that_breaks_off_is_ejected_before_the_client_reads_the_error(
-    router: RouterThread, upstream: LingeringUpstream
+    router: RouterThread, upstream: StandInUpstream
 ) -> None:
     request = urllib.request.Request(
         f"{router.url}/v1/completions",
