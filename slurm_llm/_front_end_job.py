@@ -3,15 +3,19 @@
 Login nodes often forbid long-running servers, and a front end there dies with the user's
 session. As a job, it runs on a compute node, binds a leased port, and writes its address to
 ``<home>/routers/<name>.json`` on the shared filesystem, where clients (and
-``FrontEndJob.url``) find it, just as replicas publish theirs. It is ``Checkpointable``: when
-SLURM preempts it or its wall-time ends, it is requeued and publishes its new address.
+``FrontEndJob.url``) find it, just as replicas publish theirs. The address is written only once
+the front end answers on it: nginx may first be installed on first use and started, and an
+address published before that refuses connections. It is ``Checkpointable``: when SLURM
+preempts it or its wall-time ends, it is requeued and publishes its new address.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -57,8 +61,57 @@ def read_address(name: str, home: Path | None = None) -> FrontEndAddress | None:
         return None
 
 
+def answers_health(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether ``GET /health`` on ``host:port`` answers 200 (the router's and our nginx
+    configuration's both do). http.client rather than urllib: a site's ``http_proxy`` must not
+    stand between a job and its own port."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", "/health")
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+class Publisher:
+    """Writes a front end's address once it answers ``/health``, from a thread of its own.
+
+    ``serve`` blocks (and must keep the main thread, for its signal handlers), and what it does
+    before it listens - installing nginx on first use, starting it - can take a minute; an
+    address written before it serves would send clients to a port nobody listens on. After
+    ``stop()`` returns, the address is never written.
+    """
+
+    def __init__(
+        self, address: FrontEndAddress, path: Path, host: str, port: int, interval: float = 0.05
+    ) -> None:
+        self.address = address
+        self.path = path
+        self.host = host
+        self.port = port
+        self.interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="publish-address", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            if answers_health(self.host, self.port) and not self._stopped.is_set():
+                write_atomic(self.path, self.address.model_dump_json())
+                return
+            self._stopped.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
 class FrontEndMain(submitit.helpers.Checkpointable):
-    """What the job runs: publish the address, then ``serve`` until cancelled."""
+    """What the job runs: ``serve`` until cancelled, publishing the address once it serves."""
 
     kind = "front end"
 
@@ -83,10 +136,12 @@ class FrontEndMain(submitit.helpers.Checkpointable):
                 pid=os.getpid(),
                 started=time.time(),
             )
-            write_atomic(address_path(self.name, home), address.model_dump_json())
+            publisher = Publisher(address, address_path(self.name, home), host, lease.port)
+            publisher.start()
             try:
                 self.serve(host, lease.port, home)
             finally:
+                publisher.stop()
                 published = read_address(self.name, home)
                 if published is not None and published.job_id == address.job_id:
                     remove_durably(address_path(self.name, home))
@@ -105,6 +160,9 @@ class FrontEndJob:
         return str(self.job.job_id)
 
     def wait_url(self, timeout: float = 120.0) -> str:
+        """The front end's URL, once it serves: the job writes its address only after the front
+        end has answered on it (nginx is first installed on first use, then started), so the
+        URL returned takes requests at once."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             address = read_address(self.name, self.home)
@@ -117,8 +175,9 @@ class FrontEndJob:
                 )
             time.sleep(0.1)
         raise DeploymentError(
-            f"front-end job {self.job_id} did not publish an address within {timeout:.0f} s; "
-            f"is it still pending? (squeue -j {self.job_id})"
+            f"front-end job {self.job_id} did not serve within {timeout:.0f} s: it may still be "
+            f"pending (squeue -j {self.job_id}), or installing or starting its server; "
+            f"its log: {self.job.paths.stdout}"
         )
 
     @property

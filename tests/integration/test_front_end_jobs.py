@@ -1,15 +1,17 @@
-"""The router and nginx as jobs of their own: each publishes its address, serves, and cleans
-up when stopped; on the local executor and on the real SLURM cluster."""
+"""The router and nginx as jobs of their own: each publishes its address once it serves, and
+cleans up when stopped; on the local executor and on the real SLURM cluster."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from slurm_llm import Deployment
+from slurm_llm import Deployment, _debian
 from slurm_llm._front_end_job import address_path
 from slurm_llm.cluster import LocalCluster
 from slurm_llm.nginx import launch_nginx
@@ -42,6 +44,40 @@ def test_a_router_job_on_slurm(
     local_slurm: LocalCluster, smollm2_llamacpp: Deployment, slurm_llm_home: Path
 ) -> None:
     serves_and_cleans_up("slurm", "slurm-router", slurm_llm_home)
+
+
+def remove_nginx() -> None:
+    """Debian's nginx packages, removed, so that a job meets a machine without nginx."""
+    listed = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package}\n", "nginx*"],
+        capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    installed = [line.split()[1] for line in listed.splitlines() if line.startswith("ii")]
+    if installed:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "remove", "-y", "-qq", *installed], env=env, check=True)
+    found = shutil.which("nginx", path=_debian.SEARCH_PATH)
+    assert found is None, f"{found} is not from a Debian package; cannot test a first install"
+
+
+# Before the other nginx tests, which would install nginx themselves.
+@pytest.mark.nginx
+def test_an_nginx_job_installs_nginx_and_its_first_address_serves(
+    smollm2_llamacpp: Deployment, slurm_llm_home: Path
+) -> None:
+    """On a machine without nginx, the job installs it, starts it, and only then publishes:
+    the first answer of ``wait_url`` takes a completion, without a retry."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("removing and installing nginx needs root and apt-get")
+    remove_nginx()
+    with launch_nginx("shared-smollm2", name="fresh-nginx", executor="local") as job:
+        url = job.wait_url(timeout=300)
+        assert shutil.which("nginx", path=_debian.SEARCH_PATH), "the job installed nginx"
+        reply = openai_client(f"{url}/smollm2").completions.create(
+            model="smollm2", prompt="1, 2,", max_tokens=2
+        )
+        assert reply.choices[0].text
+    assert not address_path("fresh-nginx").exists()
 
 
 @pytest.mark.nginx
