@@ -55,12 +55,16 @@ def cmd_router(args: argparse.Namespace) -> int:
         else ("every deployment" if args.deployment is None else f"deployment {args.deployment}")
     )
     keys = f", {len(config.api_keys)} API key(s)" if config.api_keys else ", no API key needed"
-    console.print(
-        f"Routing {source} on http://{args.host}:{args.port}/v1 "
-        f"({config.policy}{keys}; Ctrl-C stops)",
-        highlight=False,
-    )
-    serve(args.host, args.port, deployment=args.deployment, config=config, static=args.backend)
+
+    def serving() -> None:  # once it listens: the address printed can be reached
+        console.print(
+            f"Routing {source} on http://{args.host}:{args.port}/v1 "
+            f"({config.policy}{keys}; Ctrl-C stops)",
+            highlight=False,
+        )
+
+    serve(args.host, args.port, deployment=args.deployment, config=config, static=args.backend,
+          on_serving=serving)  # fmt: skip
     return 0
 
 

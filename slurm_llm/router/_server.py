@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -44,14 +44,18 @@ def serve(
     deployment: str | None = None,
     config: RouterConfig | None = None,
     static: Sequence[tuple[str, str]] = (),
+    on_serving: Callable[[], None] | None = None,
 ) -> None:
     """Blocks, serving every model in the registry (or one deployment's) until interrupted.
 
-    ``static`` adds (model, url) pairs for servers started by other means."""
+    ``static`` adds (model, url) pairs for servers started by other means. ``on_serving`` is
+    called once the router listens, so that whatever it announces can be reached."""
     config = config or RouterConfig()
     app = build_app(make_pool(home, deployment, static, config), config)
     raise_open_files_limit()
-    web.run_app(app, host=host, port=port, print=None, access_log=None, backlog=BACKLOG,
+    # aiohttp calls ``print`` with its own banner once its sites have started.
+    announce = None if on_serving is None else (lambda _banner: on_serving())
+    web.run_app(app, host=host, port=port, print=announce, access_log=None, backlog=BACKLOG,
                 loop=new_event_loop())  # fmt: skip
 
 
