@@ -1,11 +1,14 @@
 """``deploy()`` and the ``Deployment`` handle: the researcher's view of a model's replicas.
 
 A deployment is a name, a spec, and one slot per replica index; a slot holds the job serving it
-and, during a wall-time handover, the successor that will take over. This state lives in a JSON
-file beside the registry, so any process (the CLI, a second notebook) can attach to it, show its
-status, reconcile it and stop it; a lock keeps two processes from acting on it at once.
-Readiness is never guessed: a replica is ready exactly when its launcher has published a live
-registry record.
+and, during a wall-time handover, the successor that will take over. This state lives in
+``<home>/deployments/<name>/state.json``, so any process (the CLI, a second notebook, the
+deployment's controller) can attach to it, show its status, reconcile it and stop it.
+
+One rule keeps it consistent across threads and processes: the state is only ever changed
+under the deployment's lock, loaded fresh, changed and saved in one go (``_change``); readers
+take a snapshot of the file and never write anything back. Readiness is never guessed: a
+replica is ready exactly when its launcher has published a live registry record.
 """
 
 from __future__ import annotations
@@ -16,9 +19,8 @@ import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -26,28 +28,27 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from slurm_llm._errors import DeploymentError
-from slurm_llm._executors import (
-    ExecutorKind,
-    detached_output,
-    local_parameters,
-    make_executor,
-    resolve_kind,
-    slurm_parameters,
+from slurm_llm._controller import (
+    Controller,
+    ControllerRecord,
+    read_record,
+    start_controller,
+    stop_controllers,
 )
+from slurm_llm._errors import DeploymentError
+from slurm_llm._event_log import Event, EventLog
+from slurm_llm._executors import ExecutorKind, resolve_kind
 from slurm_llm._files import write_atomic
-from slurm_llm._launcher import ReplicaLauncher
 from slurm_llm._paths import deployments_dir, registry_dir
+from slurm_llm._reconcile import JobFacts, JobRef, Plan, Slot, plan
 from slurm_llm._registry import EndpointRecord, Registry
-from slurm_llm._replica_job import ReplicaJob, job_states
-from slurm_llm._slurm_state import JobState, SlurmStates
+from slurm_llm._replica_job import ReplicaJob
+from slurm_llm._scheduler import Scheduler, SubmititScheduler
+from slurm_llm._slurm_state import JobState
 from slurm_llm._spec import ModelSpec
 
 ReplicaState = Literal["pending", "starting", "ready", "failed", "stopped"]
-# Ends that say nothing about the replica itself: replace it, however young it was.
-INFRASTRUCTURE_ENDS = frozenset({"CANCELLED", "NODE_FAIL", "BOOT_FAIL", "PREEMPTED", "DEADLINE"})
-MAX_FAILURES_IN_A_ROW = 5
-MAX_EVENTS = 200
+ControllerChoice = Literal["thread", "job", "none"]
 # How stale SLURM's answer may be in a loop that waits: readiness itself comes from the registry
 # (a file read) at once, so a slower squeue only delays noticing a failure, by up to this.
 SLURM_POLL_S = 1.0
@@ -67,23 +68,63 @@ class ReplicaStatus:
     successor: str | None = None
 
 
-@dataclass
-class Slot:
-    """One replica index: the job serving it, a successor during handover, and its history."""
+@dataclass(frozen=True)
+class DeploymentState:
+    """What ``state.json`` holds, as one immutable snapshot."""
 
-    job: ReplicaJob
-    successor: ReplicaJob | None = None
-    failures: int = 0
-    gave_up: str | None = None
+    name: str
+    kind: ExecutorKind
+    spec: ModelSpec
+    slots: dict[int, Slot]
 
-    def jobs(self) -> list[ReplicaJob]:
-        return [self.job] + ([self.successor] if self.successor else [])
+    def jobs(self) -> list[JobRef]:
+        return [job for slot in self.slots.values() for job in slot.jobs()]
+
+    def to_json(self) -> str:
+        def job(ref: JobRef | None) -> dict[str, str] | None:
+            return None if ref is None else {"job_id": ref.job_id, "folder": ref.folder}
+
+        return json.dumps(
+            {
+                "name": self.name,
+                "kind": self.kind,
+                "spec": self.spec.model_dump(mode="json"),
+                "slots": {
+                    str(index): {
+                        "job": job(slot.job),
+                        "successor": job(slot.successor),
+                        "failures": slot.failures,
+                        "gave_up": slot.gave_up,
+                    }
+                    for index, slot in sorted(self.slots.items())
+                },
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> DeploymentState:
+        raw = json.loads(text)
+
+        def job(entry: dict[str, str] | None) -> JobRef | None:
+            return None if entry is None else JobRef(entry["job_id"], entry["folder"])
+
+        slots = {}
+        for index, entry in raw["slots"].items():
+            serving = job(entry["job"])
+            assert serving is not None
+            slots[int(index)] = Slot(
+                serving, job(entry.get("successor")), entry.get("failures", 0),
+                entry.get("gave_up"),
+            )  # fmt: skip
+        return cls(raw["name"], raw["kind"], ModelSpec(**raw["spec"]), slots)
 
 
 class Deployment:
     """Replicas of one model: submit, wait until ready, inspect, scale, keep alive, stop.
 
     Use it as a context manager so the replicas stop when the block ends (unless ``detach()``).
+    Every method may be called from any thread, and from several processes at once.
     """
 
     def __init__(
@@ -93,26 +134,48 @@ class Deployment:
         kind: ExecutorKind,
         home: Path | None = None,
         owned: bool = True,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.name = name
-        self.spec = spec
         self.kind = kind
-        self.slots: dict[int, Slot] = {}
-        self.events: list[str] = []
+        self._spec = spec
         self._home = home
-        self._owned = owned
-        self._known_jobs: dict[str, ReplicaJob] = {}
-        self._slurm = SlurmStates()
-        self._keeper: threading.Thread | None = None
-        self._keeping = threading.Event()
+        self.scheduler: Scheduler = scheduler or SubmititScheduler(kind, home)
         self.registry = Registry(registry_dir(home))
+        self.event_log = EventLog(self.folder() / "events.jsonl")
+        self._owned = owned
+        self._keeper: Controller | None = None
+        self._keeper_thread: threading.Thread | None = None
 
-    # ---- what clients need ------------------------------------------------------------------
+    # ---- reading: snapshots only --------------------------------------------------------------
 
-    def records(self) -> list[EndpointRecord]:
+    def folder(self) -> Path:
+        """Where this deployment's state, events, lock and job folders live."""
+        return deployments_dir(self._home) / self.name
+
+    def snapshot(self) -> DeploymentState:
+        """The state as saved last; empty once the deployment has stopped."""
+        try:
+            return DeploymentState.from_json(self._state_path.read_text())
+        except FileNotFoundError:
+            return DeploymentState(self.name, self.kind, self._spec, {})
+
+    def exists(self) -> bool:
+        return self._state_path.exists()
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.snapshot().spec
+
+    @property
+    def slots(self) -> dict[int, Slot]:
+        """Each replica index's slot, as saved last (a copy: changing it changes nothing)."""
+        return self.snapshot().slots
+
+    def records(self, state: DeploymentState | None = None) -> list[EndpointRecord]:
         """Live records of the jobs this deployment counts on (successors included)."""
-        self._load()
-        wanted = {(i, job.job_id) for i, slot in self.slots.items() for job in slot.jobs()}
+        state = state or self.snapshot()
+        wanted = {(i, job.job_id) for i, slot in state.slots.items() for job in slot.jobs()}
         return [r for r in self.registry.records(self.name) if (r.replica, r.job_id) in wanted]
 
     @property
@@ -123,17 +186,30 @@ class Deployment:
     @property
     def jobs(self) -> dict[int, ReplicaJob]:
         """The job currently serving each replica index."""
-        self._load()
-        return {index: slot.job for index, slot in self.slots.items()}
+        return {i: self._handle(slot.job) for i, slot in self.snapshot().slots.items()}
+
+    @property
+    def events(self) -> list[str]:
+        """The most recent events, oldest first, as ``HH:MM:SS what happened``."""
+        return [str(event) for event in self.event_log.last(200)]
+
+    def events_since(self, seq: int) -> list[Event]:
+        """Events numbered above ``seq``: follow a deployment by the last number seen."""
+        return self.event_log.read(after=seq)
+
+    def controller(self) -> ControllerRecord | None:
+        """The controller that keeps this deployment whole, as it last reported."""
+        return read_record(self.folder())
 
     # ---- status -----------------------------------------------------------------------------
 
     def status(self, max_age_s: float = 0.0) -> list[ReplicaStatus]:
         """Each replica's state; SLURM's part may be up to ``max_age_s`` old."""
-        records = self.records()  # loads the state too
-        states = self._states(max_age_s)
+        state = self.snapshot()
+        records = self.records(state)
+        states = self.scheduler.states(state.jobs(), max_age_s)
         return [
-            self._slot_status(i, slot, records, states) for i, slot in sorted(self.slots.items())
+            self._slot_status(i, slot, records, states) for i, slot in sorted(state.slots.items())
         ]
 
     def _slot_status(
@@ -143,7 +219,7 @@ class Deployment:
         base: dict[str, Any] = {
             "replica": index,
             "job_id": job.job_id,
-            "log_path": str(job.log_path),
+            "log_path": self.scheduler.log_path(job),
             "successor": slot.successor.job_id if slot.successor else None,
         }
         if slot.gave_up:
@@ -162,7 +238,8 @@ class Deployment:
             return ReplicaStatus(state="starting", node=state.nodes, **base)
         if state.state == "CANCELLED":
             return ReplicaStatus(state="stopped", reason="cancelled", **base)
-        return ReplicaStatus(state="failed", reason=job.failure_reason(state), **base)
+        reason = self.scheduler.failure_reason(job, state)
+        return ReplicaStatus(state="failed", reason=reason, **base)
 
     def wait_ready(self, timeout: float | None = None, progress: bool = True) -> Deployment:
         """Blocks until every replica is ready; raises with reasons and logs if one fails."""
@@ -195,144 +272,144 @@ class Deployment:
                     )
                 time.sleep(0.05)
 
-    # ---- changing it ------------------------------------------------------------------------
+    # ---- changing it: always under the lock, loaded fresh -------------------------------------
 
     def scale(self, replicas: int) -> Deployment:
         """Adds replicas at new indices or stops the highest ones; does not wait for readiness."""
         if replicas < 0:
             raise DeploymentError(f"cannot scale {self.name!r} to {replicas} replicas")
-        with self._locked():
-            current = sorted(self.slots)
-            doomed: list[tuple[int, Slot]] = []
-            if replicas > len(current):
-                start = current[-1] + 1 if current else 0
-                new = range(start, start + replicas - len(current))
-                for index, job in self._submit(new).items():
-                    self.slots[index] = Slot(job)
-            else:
-                doomed = [(index, self.slots.pop(index)) for index in current[replicas:]]
-            self.spec = self.spec.with_overrides(replicas=replicas)
-            self._save()
-        self._stop_slots(doomed)
+        with self._change() as state:
+            if state is None:
+                raise DeploymentError(f"deployment {self.name!r} has stopped; deploy it again")
+            removed = [(i, state.slots[i]) for i in sorted(state.slots)[replicas:]]
+            self._apply(replace(state, spec=state.spec.with_overrides(replicas=replicas)))
+        self._stop_jobs(removed)  # cancelled by the pass; wait until they are gone
         return self
 
     def reconcile(self) -> list[str]:
         """One pass of keeping the deployment whole; returns what it did, for logs and tests.
 
-        - a job that ended is replaced (scancel, node failure, an engine past its restart limit),
-          unless it failed before ever being ready: that is a spec or site problem that another
-          job would repeat, so the slot is marked failed with the reason instead;
-        - a job SLURM will never start (its pending reason says so) is cancelled, likewise;
-        - a replica near its wall-time gets a successor, and is cancelled once that is ready.
+        What to do comes from ``_reconcile.plan`` (replace ended jobs, give up on hopeless
+        ones, hand over before wall-time, follow the desired replica count); this method only
+        gathers the facts and carries the plan out. A pass that finds another process holding
+        the lock does nothing: that process is reconciling.
         """
-        with self._locked(blocking=False) as got:
-            if not got:
-                return []  # another process is reconciling this deployment
-            actions = self._reconcile_locked()
-            if actions:
-                self._save()
-        return actions
+        with self._change(blocking=False) as state:
+            return [] if state is None else self._apply(state)
 
-    def _reconcile_locked(self) -> list[str]:
-        records = self.registry.records(self.name)
-        live = {(r.replica, r.job_id): r for r in records}
-        states = self._states()
+    def record_events(self, texts: list[str]) -> None:
+        """Appends events (e.g. a failed pass) under the lock, so numbers stay in order."""
+        with self._locked():
+            self.event_log.append(texts)
+
+    def _apply(self, state: DeploymentState) -> list[str]:
+        """Plans from fresh facts and carries the plan out, in the order that keeps every job
+        accounted for: cancel first (a job left out of the state must not run on), then
+        submit, then save the state that names the new jobs at once, then log."""
         now = time.time()
-        actions: list[str] = []
-        for index, slot in sorted(self.slots.items()):
-            if slot.gave_up:
-                continue
-            if slot.successor is not None:
-                actions += self._advance_handover(index, slot, live, states)
-            state = states.get(slot.job.job_id, JobState("UNKNOWN"))
-            if state.hopeless:
-                slot.gave_up = f"SLURM will never start job {slot.job.job_id}: {state.reason}"
-                slot.job.cancel()
-                actions.append(f"replica {index}: {slot.gave_up}; cancelled")
-            elif not state.active and state.state != "UNKNOWN":
-                actions += self._replace(index, slot, state, live)
-            elif slot.successor is None:
-                record = live.get((index, slot.job.job_id))
-                if record and record.deadline and record.deadline - now < self.spec.handover_s:
-                    [slot.successor] = self._submit([index]).values()
-                    actions.append(
-                        f"replica {index}: job {slot.job.job_id} ends in "
-                        f"{record.deadline - now:.0f} s; successor job {slot.successor.job_id}"
+        todo = plan(state.spec.replicas, state.slots, self._facts(state), now,
+                    state.spec.handover_s)  # fmt: skip
+        for job in todo.cancel:
+            self.scheduler.cancel(job)
+        for index, job_id in todo.withdraw:
+            self.registry.withdraw(self.name, index, job_id)
+        slots, events = dict(todo.slots), list(todo.events)
+        try:
+            self._submit(state, todo, slots, events)
+        finally:
+            self._save(replace(state, slots=slots))
+            self.event_log.append(events)
+        return events
+
+    def _submit(
+        self, state: DeploymentState, todo: Plan, slots: dict[int, Slot], events: list[str]
+    ) -> None:
+        if not todo.submit:
+            return
+        try:
+            new = self.scheduler.submit(state.spec, self.name, [s.index for s in todo.submit])
+        except Exception as exc:
+            events.append(f"submission failed: {exc}")
+            raise
+        for submission in todo.submit:
+            job = new[submission.index]
+            if submission.role == "successor":
+                slots[submission.index] = replace(slots[submission.index], successor=job)
+                events.append(f"{submission.why} job {job.job_id}")
+            elif submission.index in slots:
+                slots[submission.index] = replace(slots[submission.index], job=job)
+                events.append(f"{submission.why}; now served by job {job.job_id}")
+            else:
+                slots[submission.index] = Slot(job)
+                events.append(f"{submission.why}; job {job.job_id}")
+
+    def _facts(self, state: DeploymentState) -> dict[str, JobFacts]:
+        records = {(r.replica, r.job_id): r for r in self.registry.records(self.name)}
+        states = self.scheduler.states(state.jobs())
+        facts = {}
+        for index, slot in state.slots.items():
+            for job in slot.jobs():
+                job_state = states.get(job.job_id, JobState("UNKNOWN"))
+                record = records.get((index, job.job_id))
+                deadline = record.deadline if record is not None else None
+                fact = JobFacts(job_state, record is not None, deadline)
+                if fact.ended:  # only an ended job's history matters, and it costs file reads
+                    fact = replace(
+                        fact,
+                        was_ready=self.scheduler.was_ready(job),
+                        reason=self.scheduler.failure_reason(job, job_state),
                     )
-        self.events = [*self.events, *(f"{time.strftime('%H:%M:%S')} {a}" for a in actions)]
-        self.events = self.events[-MAX_EVENTS:]
-        return actions
+                facts[job.job_id] = fact
+        return facts
 
-    def _advance_handover(
-        self,
-        index: int,
-        slot: Slot,
-        live: dict[tuple[int, str], EndpointRecord],
-        states: dict[str, JobState],
-    ) -> list[str]:
-        assert slot.successor is not None
-        successor = slot.successor
-        if (index, successor.job_id) in live:
-            old, slot.job, slot.successor = slot.job, successor, None
-            old.cancel()
-            return [f"replica {index}: successor {successor.job_id} ready; retired {old.job_id}"]
-        state = states.get(successor.job_id, JobState("UNKNOWN"))
-        if not state.active and state.state != "UNKNOWN":
-            slot.successor = None
-            return [f"replica {index}: successor {successor.job_id} ended ({state.state})"]
-        return []
-
-    def _replace(
-        self, index: int, slot: Slot, state: JobState, live: dict[tuple[int, str], EndpointRecord]
-    ) -> list[str]:
-        dead = slot.job
-        self.registry.withdraw(self.name, index, dead.job_id)  # it may have died without cleanup
-        reason = dead.failure_reason(state)
-        was_ready = dead.was_ready()
-        if not was_ready and state.state not in INFRASTRUCTURE_ENDS:
-            slot.gave_up = f"job {dead.job_id} failed before it was ready: {reason}"
-            return [f"replica {index}: {slot.gave_up}"]
-        slot.failures = 1 if was_ready else slot.failures + 1
-        if slot.failures > MAX_FAILURES_IN_A_ROW:
-            slot.gave_up = f"{slot.failures - 1} replacements in a row ended; last: {reason}"
-            return [f"replica {index}: giving up: {slot.gave_up}"]
-        if slot.successor is not None:  # the handover successor takes over now
-            slot.job, slot.successor = slot.successor, None
-        else:
-            [slot.job] = self._submit([index]).values()
-        first_line = reason.splitlines()[0] if reason else state.state
-        return [
-            f"replica {index}: job {dead.job_id} ended ({state.state}: {first_line}); "
-            f"now served by job {slot.job.job_id}"
-        ]
+    # ---- keeping it alive ---------------------------------------------------------------------
 
     def keep_alive(self, interval: float = 1.0) -> Deployment:
-        """Reconciles in a background thread until ``stop()`` (or the process ends)."""
-        if self._keeper is None or not self._keeper.is_alive():
-            self._keeping.clear()
-            self._keeper = threading.Thread(
-                target=self._keep, args=(interval,), name=f"keep-alive-{self.name}", daemon=True
+        """Reconciles from a thread of this process until ``stop()`` (or the process ends).
+
+        For notebooks. If a controller job or process already keeps the deployment whole, the
+        thread waits as its standby and takes over only if that controller dies.
+        """
+        if self._keeper_thread is None or not self._keeper_thread.is_alive():
+            self._keeper = Controller(self, "thread", interval)
+            self._keeper_thread = threading.Thread(
+                target=self._keeper.run, name=f"keep-alive-{self.name}", daemon=True
             )
-            self._keeper.start()
+            self._keeper_thread.start()
         return self
 
-    def _keep(self, interval: float) -> None:
-        while not self._keeping.wait(interval):
-            try:
-                self.reconcile()
-            except Exception as exc:  # keep the replicas alive through a transient error
-                self.events.append(f"{time.strftime('%H:%M:%S')} reconcile failed: {exc}")
+    def start_controller(self, interval: float = 1.0, timeout: float = 120.0) -> ControllerRecord:
+        """Starts a controller that survives this process: a SLURM job of its own, or a
+        detached process without SLURM; returns once it has reconciled (its record is out)."""
+        return start_controller(self, self._home, attach, interval, timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancels every replica, waits for the jobs to end, and forgets the deployment."""
-        self._keeping.set()
-        if self._keeper is not None:
-            self._keeper.join(timeout=10)
+        """Stops the controller, cancels every replica, waits for the jobs to end, and forgets
+        the deployment."""
+        with self._locked():  # no pass runs from here on: each finds the state gone
+            state = self.snapshot()
+            self._state_path.unlink(missing_ok=True)
+        self._stop_keeper()
+        stop_controllers(self.folder())
+        self._stop_jobs(state.slots.items(), timeout)
+
+    def start(self) -> Deployment:
+        """Saves the new deployment's state and submits its replicas in one locked step; if
+        SLURM refuses them, nothing is left behind. ``deploy()`` calls it."""
         with self._locked():
-            slots = list(self.slots.items())
-            self.slots = {}
-            _state_path(self.name, self._home).unlink(missing_ok=True)
-        self._stop_slots(slots, timeout)
+            initial = DeploymentState(self.name, self.kind, self._spec, {})
+            self._save(initial)
+            try:
+                self._apply(initial)
+            except BaseException:
+                self._state_path.unlink(missing_ok=True)
+                raise
+        return self
+
+    def _stop_keeper(self) -> None:
+        if self._keeper is not None and self._keeper_thread is not None:
+            self._keeper.stop.set()
+            self._keeper_thread.join(timeout=30)
 
     def detach(self) -> Deployment:
         """Leaves the replicas running after this handle's ``with`` block; ``attach()`` finds
@@ -340,13 +417,13 @@ class Deployment:
         self._owned = False
         return self
 
-    def _stop_slots(self, slots: Iterable[tuple[int, Slot]], timeout: float = 30.0) -> None:
+    def _stop_jobs(self, slots: Iterable[tuple[int, Slot]], timeout: float = 30.0) -> None:
         pairs = [(index, job) for index, slot in slots for job in slot.jobs()]
         for _, job in pairs:
-            job.cancel()
+            self.scheduler.cancel(job)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            states = job_states([job for _, job in pairs], self._slurm, SLURM_POLL_S)
+            states = self.scheduler.states([job for _, job in pairs], SLURM_POLL_S)
             if not any(state.active for state in states.values()):
                 break
             time.sleep(0.1)
@@ -355,19 +432,19 @@ class Deployment:
 
     # ---- persistence ------------------------------------------------------------------------
 
-    def _states(self, max_age_s: float = 0.0) -> dict[str, JobState]:
-        jobs = [job for slot in self.slots.values() for job in slot.jobs()]
-        return job_states(jobs, self._slurm, max_age_s)
+    @property
+    def _state_path(self) -> Path:
+        return self.folder() / "state.json"
 
-    def _submit(self, indices: Iterable[int]) -> dict[int, ReplicaJob]:
-        jobs = _submit(self.spec, self.name, self.kind, indices, self._home)
-        self._known_jobs.update({job.job_id: job for job in jobs.values()})
-        return jobs
+    def _handle(self, job: JobRef) -> ReplicaJob:
+        if isinstance(self.scheduler, SubmititScheduler):
+            return self.scheduler.handle(job)
+        return ReplicaJob.reattach(self.kind, Path(job.folder), job.job_id)
 
     @contextlib.contextmanager
     def _locked(self, blocking: bool = True) -> Iterator[bool]:
-        """Holds the deployment's lock with its state freshly loaded."""
-        path = _state_path(self.name, self._home).with_name("lock")
+        """Holds the deployment's lock (across threads and processes)."""
+        path = self.folder() / "lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -376,56 +453,19 @@ class Deployment:
             except BlockingIOError:
                 yield False
                 return
-            self._load()
             yield True
         finally:
             os.close(fd)
 
-    def _load(self) -> None:
-        try:
-            state = json.loads(_state_path(self.name, self._home).read_text())
-        except FileNotFoundError:
-            self.slots = {}
-            return
-        self.spec = ModelSpec(**state["spec"])
-        self.events = state.get("events", [])
-        self.slots = {int(index): self._slot(entry) for index, entry in state["slots"].items()}
+    @contextlib.contextmanager
+    def _change(self, blocking: bool = True) -> Iterator[DeploymentState | None]:
+        """The state, loaded fresh under the lock, for a change that saves before unlocking;
+        None if the lock is busy (``blocking=False``) or the deployment has stopped."""
+        with self._locked(blocking) as got:
+            yield self.snapshot() if got and self.exists() else None
 
-    def _slot(self, entry: dict[str, Any]) -> Slot:
-        successor = entry.get("successor")
-        return Slot(
-            job=self._job(entry["job"]),
-            successor=self._job(successor) if successor else None,
-            failures=entry.get("failures", 0),
-            gave_up=entry.get("gave_up"),
-        )
-
-    def _job(self, entry: dict[str, str]) -> ReplicaJob:
-        job_id = entry["job_id"]
-        if job_id not in self._known_jobs:  # keep local Popen handles of jobs we submitted
-            self._known_jobs[job_id] = ReplicaJob.reattach(self.kind, Path(entry["folder"]), job_id)
-        return self._known_jobs[job_id]
-
-    def _save(self) -> None:
-        def job(j: ReplicaJob) -> dict[str, str]:
-            return {"job_id": j.job_id, "folder": str(j.folder)}
-
-        state = {
-            "name": self.name,
-            "kind": self.kind,
-            "spec": self.spec.model_dump(mode="json"),
-            "slots": {
-                str(index): {
-                    "job": job(slot.job),
-                    "successor": job(slot.successor) if slot.successor else None,
-                    "failures": slot.failures,
-                    "gave_up": slot.gave_up,
-                }
-                for index, slot in self.slots.items()
-            },
-            "events": self.events,
-        }
-        write_atomic(_state_path(self.name, self._home), json.dumps(state, indent=2))
+    def _save(self, state: DeploymentState) -> None:
+        write_atomic(self._state_path, state.to_json())
 
     def __enter__(self) -> Deployment:
         return self
@@ -453,14 +493,17 @@ def deploy(
     wait: bool = True,
     timeout: float | None = None,
     progress: bool = True,
-    keep_alive: bool = True,
+    controller: ControllerChoice = "thread",
 ) -> Deployment:
     """Submits ``replicas`` replicas of ``spec`` (SLURM if available, else this machine).
 
     If a deployment of the same name is already running (from any process), it is attached to
-    and scaled to ``replicas`` instead of being doubled; its spec must match. With
-    ``keep_alive`` (the default) this process replaces dead replicas and hands over before
-    wall-time ends, for as long as it runs.
+    and scaled to ``replicas`` instead of being doubled; its spec must match.
+
+    ``controller`` says what replaces dead replicas and hands over before wall-time:
+    ``"thread"`` (a thread of this process, for as long as it runs: notebooks, scripts),
+    ``"job"`` (a controller of its own that survives this process: a small SLURM job, or a
+    detached process without SLURM; started once the replicas are ready), or ``"none"``.
     """
     home_path = Path(home) if home is not None else None
     name = name or spec.name
@@ -474,11 +517,9 @@ def deploy(
             )
         deployment = existing.scale(count) if len(existing.slots) != count else existing
     else:
-        deployment = Deployment(name, spec.with_overrides(replicas=count), resolve_kind(executor),
-                                home_path)  # fmt: skip
-        with deployment._locked():
-            deployment.slots = {i: Slot(job) for i, job in deployment._submit(range(count)).items()}
-            deployment._save()
+        kind = resolve_kind(executor)
+        deployment = Deployment(name, spec.with_overrides(replicas=count), kind, home_path)
+        deployment.start()
     if wait:
         try:
             deployment.wait_ready(timeout, progress)
@@ -486,8 +527,12 @@ def deploy(
             if deployment._owned:
                 deployment.stop()
             raise
-    if keep_alive:
+    if controller == "thread":
         deployment.keep_alive()
+    elif controller == "job":
+        record = deployment.controller()
+        if record is None or record.dead_reason() is not None:
+            deployment.start_controller()
     return deployment
 
 
@@ -496,19 +541,21 @@ def attach(
 ) -> Deployment | None:
     """The running deployment called ``name``, or None (``missing_ok``) / an error."""
     home_path = Path(home) if home is not None else None
-    path = _state_path(name, home_path)
+    path = deployments_dir(home_path) / name / "state.json"
     try:
-        state = json.loads(path.read_text())
+        state = DeploymentState.from_json(path.read_text())
     except FileNotFoundError:
         if missing_ok:
             return None
         known = ", ".join(list_deployments(home_path)) or "none"
         raise DeploymentError(f"no deployment named {name!r} (running: {known})") from None
-    deployment = Deployment(name, ModelSpec(**state["spec"]), state["kind"], home_path, owned=False)
-    deployment._load()
-    states = deployment._states()
-    if deployment.slots and not any(s.active for s in states.values()):
-        path.unlink(missing_ok=True)  # every job is gone: nothing left to attach to
+    deployment = Deployment(name, state.spec, state.kind, home_path, owned=False)
+    states = deployment.scheduler.states(state.jobs())
+    if state.slots and not any(s.active for s in states.values()):
+        with deployment._locked():  # every job is gone: nothing left to attach to
+            if deployment.snapshot().jobs() == state.jobs():
+                path.unlink(missing_ok=True)
+        stop_controllers(deployment.folder())
         if missing_ok:
             return None
         raise DeploymentError(f"deployment {name!r} has ended (all its jobs finished)")
@@ -521,38 +568,6 @@ def list_deployments(home: str | Path | None = None) -> list[str]:
 
 
 _STATES: tuple[ReplicaState, ...] = ("pending", "starting", "ready", "failed", "stopped")
-
-
-def _submit(
-    spec: ModelSpec, name: str, kind: ExecutorKind, indices: Iterable[int], home: Path | None
-) -> dict[int, ReplicaJob]:
-    indices = list(indices)
-    if not indices:
-        return {}
-    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    folder = deployments_dir(home) / name / "jobs" / stamp
-    launcher = ReplicaLauncher(spec.resolved(), name, registry_dir(home))
-    executor = make_executor(kind, folder)
-    if kind == "slurm":
-        executor.update_parameters(**slurm_parameters(spec, f"slurm-llm-{name}"))
-        try:
-            jobs = executor.map_array(launcher, indices)
-        except Exception as exc:  # sbatch's own words are the clearest explanation
-            raise DeploymentError(
-                f"SLURM refused the replicas of {name!r}: {str(exc).strip()}; check the spec's "
-                "slurm options (partition, account, qos, constraint) and its GPUs per replica"
-            ) from None
-        return {i: ReplicaJob(kind, folder, job) for i, job in zip(indices, jobs, strict=True)}
-    submitted = {}
-    with detached_output(folder / "controllers.log"):
-        for index in indices:  # one submission each: replicas must not share GPUs
-            executor.update_parameters(**local_parameters(spec, index))
-            submitted[index] = ReplicaJob(kind, folder, executor.submit(launcher, index))
-    return submitted
-
-
-def _state_path(name: str, home: Path | None) -> Path:
-    return deployments_dir(home) / name / "state.json"
 
 
 def _describe_failures(name: str, broken: list[ReplicaStatus]) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from slurm_llm._controller import run_controller
 from slurm_llm._demo import run_demo
 from slurm_llm._deployment import Deployment, attach, deploy, list_deployments
 from slurm_llm._errors import SlurmLLMError, SpecError
@@ -52,14 +53,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         executor=args.executor,
         name=args.name,
         timeout=args.timeout,
+        controller="thread" if args.foreground else "job",
     )
     print_status([deployment])
     if not args.foreground:
-        console.print(
-            f"Running in the background. Stop with: slurm-llm down {deployment.name}\n"
-            f"Replace failed replicas and hand over before wall-time with: "
-            f"slurm-llm keep-alive {deployment.name}"
-        )
+        print_controller(deployment)
+        console.print(f"Running in the background. Stop with: slurm-llm down {deployment.name}")
         deployment.detach()
         return 0
     console.print("Serving and replacing failed replicas until Ctrl-C.")
@@ -81,14 +80,31 @@ def cmd_keep_alive(args: argparse.Namespace) -> int:
     return 0
 
 
-def follow_events(deployment: Deployment) -> None:
-    """Prints the deployment's events as its keep-alive loop records them, forever."""
-    seen = len(deployment.events)
-    while True:
-        time.sleep(1)
-        for event in deployment.events[seen:]:
-            console.print(event, highlight=False)
-        seen = len(deployment.events)
+def cmd_controller(args: argparse.Namespace) -> int:
+    deployment = attach(args.name)
+    assert deployment is not None
+    if args.action == "run":  # what a detached controller process runs
+        outcome = run_controller(deployment, args.interval)
+        console.print(f"controller of {deployment.name}: {outcome}")
+        return 0
+    record = deployment.controller()
+    if record is not None and record.dead_reason() is None:
+        console.print(f"{deployment.name} already has a controller: {record.describe()}")
+        return 0
+    record = deployment.start_controller(args.interval)
+    console.print(f"{deployment.name}: controller started: {record.describe()}", highlight=False)
+    return 0
+
+
+def follow_events(deployment: Deployment, poll_s: float = 1.0) -> None:
+    """Prints the deployment's events as its controller records them, until interrupted or the
+    deployment stops; follows by sequence number, so trimming old events loses nothing."""
+    seen = max((event.seq for event in deployment.events_since(0)), default=0)
+    while deployment.exists():
+        time.sleep(poll_s)
+        for event in deployment.events_since(seen):
+            console.print(str(event), highlight=False)
+            seen = event.seq
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -99,9 +115,29 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print_status(deployments)
     for deployment in deployments:
+        print_controller(deployment)
         for event in deployment.events[-args.events :]:
             console.print(f"{deployment.name}: {event}", highlight=False)
     return 0
+
+
+def print_controller(deployment: Deployment) -> None:
+    """Which controller keeps the deployment whole; if none does, how to start one."""
+    record = deployment.controller()
+    restart = f"slurm-llm controller start {deployment.name}"
+    if record is None:
+        console.print(
+            f"{deployment.name}: [yellow]no controller[/]: dead replicas are not replaced; "
+            f"start one with: {restart}", highlight=False,
+        )  # fmt: skip
+    elif (dead := record.dead_reason()) is not None:
+        console.print(
+            f"{deployment.name}: [red]controller dead[/] ({record.kind}, {dead}): dead replicas "
+            f"are not replaced; restart it with: {restart} (or slurm-llm up again)",
+            highlight=False,
+        )
+    else:
+        console.print(f"{deployment.name}: controller {record.describe()}", highlight=False)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -207,7 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--name", default=None, help="deployment name (default: the served name)")
     up.add_argument("--timeout", type=float, default=None, help="seconds to wait for readiness")
-    up.add_argument("--foreground", action="store_true", help="stay and stop on Ctrl-C")
+    up.add_argument(
+        "--foreground", action="store_true",
+        help="keep it whole from this process and stop it on Ctrl-C (default: start a "
+        "controller that needs no terminal, and return)",
+    )  # fmt: skip
 
     status = command("status", cmd_status, "Show deployments, their replicas and endpoints.")
     status.add_argument("name", nargs="?", help="one deployment (default: all)")
@@ -219,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     keep.add_argument("name")
     keep.add_argument("--interval", type=float, default=1.0, help="seconds between checks")
+
+    control = command(
+        "controller", cmd_controller,
+        "Start the controller that keeps a deployment whole without a terminal (a SLURM job, "
+        "or a detached process); `up` starts one.",
+    )  # fmt: skip
+    control.add_argument("action", choices=("start", "run"), help="run: in the foreground")
+    control.add_argument("name")
+    control.add_argument("--interval", type=float, default=1.0, help="seconds between checks")
 
     down = command("down", cmd_down, "Stop deployments and their jobs.")
     down.add_argument("names", nargs="*", help="deployment names")
