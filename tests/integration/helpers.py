@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -120,3 +121,23 @@ def wait_for_record(
             return records[0]
         time.sleep(0.1)
     return None
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Polls ``condition`` until it holds; fails naming ``what`` at the timeout."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def cli(*args: str, check: bool = True, timeout: float = 180) -> str:
+    """``slurm-llm ARGS`` in a process of its own, as a user types it; its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "slurm_llm", *args], capture_output=True, text=True,
+        check=False, timeout=timeout, env={**os.environ, "COLUMNS": "250"},
+    )  # fmt: skip
+    if check and done.returncode != 0:
+        raise AssertionError(f"slurm-llm {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout + done.stderr
