@@ -91,6 +91,12 @@ class Plan:
     submit: list[Submission] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
 
+    def retire(self, index: int, jobs: list[JobRef]) -> None:
+        """Cancel ``jobs`` of slot ``index`` and withdraw their records: a job that died
+        without cleaning up may have left one, and a router would still send it traffic."""
+        self.cancel.extend(jobs)
+        self.withdraw.extend((index, job.job_id) for job in jobs)
+
     @property
     def changes(self) -> bool:
         return bool(self.cancel or self.withdraw or self.submit or self.events)
@@ -120,7 +126,7 @@ def plan(
     kept = sorted(slots)[: max(desired, 0)]
     for index in sorted(slots):
         if index not in kept:
-            result.cancel.extend(slots[index].jobs())
+            result.retire(index, slots[index].jobs())
             result.events.append(f"replica {index}: removed (scaled to {desired})")
     for index in kept:
         result.slots[index] = _keep(index, slots[index], facts, now, handover_s, result)
@@ -146,7 +152,7 @@ def _keep(
     job = facts.get(slot.job.job_id, UNKNOWN)
     if job.state.hopeless:
         reason = f"SLURM will never start job {slot.job.job_id}: {job.state.reason}"
-        result.cancel.extend(slot.jobs())
+        result.retire(index, slot.jobs())
         result.events.append(f"replica {index}: {reason}; cancelled")
         return replace(slot, successor=None, gave_up=reason)
     if job.ended:
@@ -162,13 +168,14 @@ def _keep(
 def _advance_handover(index: int, slot: Slot, successor: JobFacts, result: Plan) -> Slot:
     assert slot.successor is not None
     if successor.published:
-        result.cancel.append(slot.job)
+        result.retire(index, [slot.job])
         result.events.append(
             f"replica {index}: successor {slot.successor.job_id} ready; "
             f"retired {slot.job.job_id}"
         )
         return replace(slot, job=slot.successor, successor=None)
     if successor.ended:
+        result.withdraw.append((index, slot.successor.job_id))
         result.events.append(
             f"replica {index}: successor {slot.successor.job_id} ended ({successor.state.state})"
         )
@@ -181,13 +188,13 @@ def _replace_ended(index: int, slot: Slot, dead: JobFacts, result: Plan) -> Slot
     result.withdraw.append((index, dead_id))  # it may have died without cleaning up
     if not dead.was_ready and dead.state.state not in INFRASTRUCTURE_ENDS:
         reason = f"job {dead_id} failed before it was ready: {dead.reason}"
-        result.cancel.extend(slot.jobs()[1:])
+        result.retire(index, slot.jobs()[1:])
         result.events.append(f"replica {index}: {reason}")
         return replace(slot, successor=None, gave_up=reason)
     failures = 1 if dead.was_ready else slot.failures + 1
     if failures > MAX_FAILURES_IN_A_ROW:
         reason = f"{failures - 1} replacements in a row ended; last: {dead.reason}"
-        result.cancel.extend(slot.jobs()[1:])
+        result.retire(index, slot.jobs()[1:])
         result.events.append(f"replica {index}: giving up: {reason}")
         return replace(slot, successor=None, failures=failures, gave_up=reason)
     first_line = dead.reason.splitlines()[0] if dead.reason else dead.state.state

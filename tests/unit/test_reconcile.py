@@ -152,3 +152,10 @@ def test_scaling_down_removes_the_highest_indices_and_their_successors() -> None
 def test_scaling_to_zero_cancels_everything() -> None:
     todo = plan(0, {0: Slot(ref("1"))}, {"1": running()}, NOW, HANDOVER_S)
     assert todo.slots == {} and todo.cancel == [ref("1")]
+
+
+def test_a_retired_predecessor_that_died_uncleanly_has_its_record_withdrawn() -> None:
+    slot = Slot(ref("1"), successor=ref("2"))
+    facts = {"1": JobFacts(JobState("RUNNING"), published=True), "2": running(NOW + 3600)}
+    todo = plan(1, {0: slot}, facts, NOW, HANDOVER_S)
+    assert todo.withdraw == [(0, "1")]
