@@ -182,7 +182,9 @@ def wait_controller_job(deployment: Deployment, since: float, timeout: float = 1
     """Until the deployment's controller is a live job that has reconciled after ``since``."""
     deadline = time.monotonic() + timeout
     while (record := deployment.controller()) is None or not (
-        record.kind == "job" and record.dead_reason() is None and record.last_reconcile > since
+        record.kind == "job"
+        and record.dead_reason() is None
+        and (record.last_reconcile or 0.0) > since
     ):
         if time.monotonic() > deadline:
             raise BenchmarkError(f"no live controller job reconciling: {record}")

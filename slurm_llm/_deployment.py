@@ -19,7 +19,8 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -52,6 +53,9 @@ ControllerChoice = Literal["thread", "job", "none"]
 # How stale SLURM's answer may be in a loop that waits: readiness itself comes from the registry
 # (a file read) at once, so a slower squeue only delays noticing a failure, by up to this.
 SLURM_POLL_S = 1.0
+# How often a pass also looks for jobs of this deployment that no state names (submitted by a
+# process that died between sbatch and saving); stop() always looks.
+ORPHAN_SWEEP_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,8 @@ class Deployment:
         self._owned = owned
         self._keeper: Controller | None = None
         self._keeper_thread: threading.Thread | None = None
+        self.sweep_every_s = ORPHAN_SWEEP_S
+        self._last_sweep = float("-inf")
 
     # ---- reading: snapshots only --------------------------------------------------------------
 
@@ -196,6 +202,15 @@ class Deployment:
     def events_since(self, seq: int) -> list[Event]:
         """Events numbered above ``seq``: follow a deployment by the last number seen."""
         return self.event_log.read(after=seq)
+
+    def has_ended(self) -> bool:
+        """True when it has replicas and SLURM (or this machine) runs none of their jobs, as
+        after a reboot or a cluster's restart; False while any job's state is unknown."""
+        state = self.snapshot()
+        states = self.scheduler.states(state.jobs())
+        return bool(state.slots) and all(
+            not s.active and s.state != "UNKNOWN" for s in states.values()
+        )
 
     def controller(self) -> ControllerRecord | None:
         """The controller that keeps this deployment whole, as it last reported."""
@@ -254,6 +269,8 @@ class Deployment:
         with Progress(*columns, console=console, transient=True, disable=not progress) as bar:
             task = bar.add_task(self.name, total=len(self.slots), detail="submitted")
             while True:
+                if not self.exists():
+                    raise DeploymentError(f"deployment {self.name!r} was stopped")
                 statuses = self.status(max_age_s=SLURM_POLL_S)
                 counts = {s: sum(1 for x in statuses if x.state == s) for s in _STATES}
                 detail = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s != "ready")
@@ -281,21 +298,22 @@ class Deployment:
         with self._change() as state:
             if state is None:
                 raise DeploymentError(f"deployment {self.name!r} has stopped; deploy it again")
-            removed = [(i, state.slots[i]) for i in sorted(state.slots)[replicas:]]
+            removed = [job for i in sorted(state.slots)[replicas:] for job in
+                       state.slots[i].jobs()]  # fmt: skip
             self._apply(replace(state, spec=state.spec.with_overrides(replicas=replicas)))
-        self._stop_jobs(removed)  # cancelled by the pass; wait until they are gone
+        self._wait_ended(removed)  # cancelled, records withdrawn by the pass
         return self
 
-    def reconcile(self) -> list[str]:
-        """One pass of keeping the deployment whole; returns what it did, for logs and tests.
+    def reconcile(self) -> list[str] | None:
+        """One pass of keeping the deployment whole; returns what it did, for logs and tests,
+        or None if no pass ran (another process holds the lock, or the deployment stopped).
 
         What to do comes from ``_reconcile.plan`` (replace ended jobs, give up on hopeless
         ones, hand over before wall-time, follow the desired replica count); this method only
-        gathers the facts and carries the plan out. A pass that finds another process holding
-        the lock does nothing: that process is reconciling.
+        gathers the facts and carries the plan out.
         """
         with self._change(blocking=False) as state:
-            return [] if state is None else self._apply(state)
+            return None if state is None else self._apply(state)
 
     def record_events(self, texts: list[str]) -> None:
         """Appends events (e.g. a failed pass) under the lock, so numbers stay in order."""
@@ -306,6 +324,7 @@ class Deployment:
         """Plans from fresh facts and carries the plan out, in the order that keeps every job
         accounted for: cancel first (a job left out of the state must not run on), then
         submit, then save the state that names the new jobs at once, then log."""
+        events = self._sweep_orphans(state)
         now = time.time()
         todo = plan(state.spec.replicas, state.slots, self._facts(state), now,
                     state.spec.handover_s)  # fmt: skip
@@ -313,7 +332,7 @@ class Deployment:
             self.scheduler.cancel(job)
         for index, job_id in todo.withdraw:
             self.registry.withdraw(self.name, index, job_id)
-        slots, events = dict(todo.slots), list(todo.events)
+        slots, events = dict(todo.slots), events + todo.events
         try:
             self._submit(state, todo, slots, events)
         finally:
@@ -329,7 +348,14 @@ class Deployment:
         try:
             new = self.scheduler.submit(state.spec, self.name, [s.index for s in todo.submit])
         except Exception as exc:
-            events.append(f"submission failed: {exc}")
+            # Nothing was submitted: the slots stay as they were, and no replacement that
+            # never ran counts as a failure in a row.
+            for submission in todo.submit:
+                if submission.index in state.slots:
+                    slots[submission.index] = state.slots[submission.index]
+                else:
+                    slots.pop(submission.index, None)
+            events.append(f"submission failed (tried again on the next pass): {exc}")
             raise
         for submission in todo.submit:
             job = new[submission.index]
@@ -342,6 +368,19 @@ class Deployment:
             else:
                 slots[submission.index] = Slot(job)
                 events.append(f"{submission.why}; job {job.job_id}")
+
+    def _sweep_orphans(self, state: DeploymentState, now: bool = False) -> list[str]:
+        """Cancels live jobs of this deployment that the state does not name; under the lock,
+        where every submission is saved in the same step, any such job is a leak."""
+        if not now and time.monotonic() - self._last_sweep < self.sweep_every_s:
+            return []
+        self._last_sweep = time.monotonic()
+        known = {job.job_id for job in state.jobs()}
+        events = []
+        for orphan in self.scheduler.orphans(self.name, known):
+            self.scheduler.cancel(orphan)
+            events.append(f"job {orphan.job_id} ran outside the deployment's state; cancelled")
+        return events
 
     def _facts(self, state: DeploymentState) -> dict[str, JobFacts]:
         records = {(r.replica, r.job_id): r for r in self.registry.records(self.name)}
@@ -378,25 +417,45 @@ class Deployment:
             self._keeper_thread.start()
         return self
 
-    def start_controller(self, interval: float = 1.0, timeout: float = 120.0) -> ControllerRecord:
+    def start_controller(self, interval: float = 1.0, timeout: float = 60.0) -> ControllerRecord:
         """Starts a controller that survives this process: a SLURM job of its own, or a
-        detached process without SLURM; returns once it has reconciled (its record is out)."""
-        return start_controller(self, self._home, attach, interval, timeout)
+        detached process without SLURM; returns once it has reconciled (its record is out),
+        or once submitted if SLURM keeps its job waiting."""
+        return start_controller(self, self._home, attach, self.kind == "slurm", interval,
+                                timeout)  # fmt: skip
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stops the controller, cancels every replica, waits for the jobs to end, and forgets
-        the deployment."""
-        with self._locked():  # no pass runs from here on: each finds the state gone
-            state = self.snapshot()
-            self._state_path.unlink(missing_ok=True)
+        the deployment.
+
+        The jobs are cancelled before the state that names them is removed, under the lock: an
+        interrupted stop leaves nothing running that no state knows of. Controllers end on
+        their next pass, finding the state gone.
+        """
         self._stop_keeper()
+        with self._locked():
+            state = self.snapshot()
+            jobs = state.jobs()
+            for job in jobs:
+                self.scheduler.cancel(job)
+            self._sweep_orphans(state, now=True)
+            self._state_path.unlink(missing_ok=True)
         stop_controllers(self.folder())
-        self._stop_jobs(state.slots.items(), timeout)
+        self._wait_ended(jobs, timeout)
+        for record in self.registry.all_records(self.name):  # nothing of it serves any more
+            self.registry.withdraw(self.name, record.replica, record.job_id)
 
     def start(self) -> Deployment:
         """Saves the new deployment's state and submits its replicas in one locked step; if
         SLURM refuses them, nothing is left behind. ``deploy()`` calls it."""
         with self._locked():
+            if self.exists():
+                raise DeploymentError(
+                    f"a deployment named {self.name!r} was started meanwhile by another "
+                    "process; attach to it (slurm_llm.attach) instead"
+                )
+            if self.event_log.path.exists():  # a former deployment's events, kept apart
+                self.event_log.path.replace(self.event_log.path.with_suffix(".previous.jsonl"))
             initial = DeploymentState(self.name, self.kind, self._spec, {})
             self._save(initial)
             try:
@@ -417,18 +476,14 @@ class Deployment:
         self._owned = False
         return self
 
-    def _stop_jobs(self, slots: Iterable[tuple[int, Slot]], timeout: float = 30.0) -> None:
-        pairs = [(index, job) for index, slot in slots for job in slot.jobs()]
-        for _, job in pairs:
-            self.scheduler.cancel(job)
+    def _wait_ended(self, jobs: list[JobRef], timeout: float = 30.0) -> None:
+        """Until SLURM (or this machine) no longer runs any of the cancelled ``jobs``."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            states = self.scheduler.states([job for _, job in pairs], SLURM_POLL_S)
+        while jobs and time.monotonic() < deadline:
+            states = self.scheduler.states(jobs, SLURM_POLL_S)
             if not any(state.active for state in states.values()):
-                break
+                return
             time.sleep(0.1)
-        for index, job in pairs:  # a launcher killed before its cleanup leaves a record
-            self.registry.withdraw(self.name, index, job.job_id)
 
     # ---- persistence ------------------------------------------------------------------------
 
@@ -494,6 +549,7 @@ def deploy(
     timeout: float | None = None,
     progress: bool = True,
     controller: ControllerChoice = "thread",
+    keep_alive: bool | None = None,
 ) -> Deployment:
     """Submits ``replicas`` replicas of ``spec`` (SLURM if available, else this machine).
 
@@ -505,17 +561,27 @@ def deploy(
     ``"job"`` (a controller of its own that survives this process: a small SLURM job, or a
     detached process without SLURM; started once the replicas are ready), or ``"none"``.
     """
+    if keep_alive is not None:
+        warnings.warn(
+            "deploy(keep_alive=...) is replaced by deploy(controller='thread'|'job'|'none')",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        controller = "thread" if keep_alive else "none"
     home_path = Path(home) if home is not None else None
     name = name or spec.name
     count = spec.replicas if replicas is None else replicas
     existing = attach(name, home_path, missing_ok=True)
+    if existing is not None and existing.has_ended():
+        existing.stop()  # left over (every job ended, say after a reboot): start afresh
+        existing = None
     if existing is not None:
         if existing.spec.with_overrides(replicas=count) != spec.with_overrides(replicas=count):
             raise DeploymentError(
                 f"a deployment named {name!r} is already running with a different spec; stop it "
                 f"(slurm-llm down {name}) or deploy under another name"
             )
-        deployment = existing.scale(count) if len(existing.slots) != count else existing
+        deployment = existing.scale(count) if existing.spec.replicas != count else existing
     else:
         kind = resolve_kind(executor)
         deployment = Deployment(name, spec.with_overrides(replicas=count), kind, home_path)
@@ -539,7 +605,7 @@ def deploy(
 def attach(
     name: str, home: str | Path | None = None, missing_ok: bool = False
 ) -> Deployment | None:
-    """The running deployment called ``name``, or None (``missing_ok``) / an error."""
+    """The deployment called ``name``, or None (``missing_ok``) / an error. Reads only."""
     home_path = Path(home) if home is not None else None
     path = deployments_dir(home_path) / name / "state.json"
     try:
@@ -549,17 +615,7 @@ def attach(
             return None
         known = ", ".join(list_deployments(home_path)) or "none"
         raise DeploymentError(f"no deployment named {name!r} (running: {known})") from None
-    deployment = Deployment(name, state.spec, state.kind, home_path, owned=False)
-    states = deployment.scheduler.states(state.jobs())
-    if state.slots and not any(s.active for s in states.values()):
-        with deployment._locked():  # every job is gone: nothing left to attach to
-            if deployment.snapshot().jobs() == state.jobs():
-                path.unlink(missing_ok=True)
-        stop_controllers(deployment.folder())
-        if missing_ok:
-            return None
-        raise DeploymentError(f"deployment {name!r} has ended (all its jobs finished)")
-    return deployment
+    return Deployment(name, state.spec, state.kind, home_path, owned=False)
 
 
 def list_deployments(home: str | Path | None = None) -> list[str]:

@@ -8,6 +8,7 @@ way submitit tests its own executors against a fake ``sbatch``.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 import uuid
@@ -51,6 +52,11 @@ class Scheduler(Protocol):
     def failure_reason(self, job: JobRef, state: JobState) -> str: ...
 
     def log_path(self, job: JobRef) -> str: ...
+
+    def orphans(self, name: str, known: set[str]) -> list[JobRef]:
+        """Live jobs of deployment ``name`` whose ids are not in ``known``: submitted by a
+        process that died before it could save them."""
+        ...
 
 
 class SubmititScheduler:
@@ -117,12 +123,15 @@ class SubmititScheduler:
         return job_states([self.handle(job) for job in jobs], self._slurm, max_age_s)
 
     def _forget_ended(self, keep: set[str]) -> None:
-        """Reaps this process's local jobs that ended after they left the state (a retired or
-        scaled-down replica), so a long-lived controller collects no zombies or handles."""
+        """Forgets handles of jobs that left the state (a retired or scaled-down replica) once
+        they have ended, reaping local ones, so a long-lived controller collects no zombies or
+        handles; a SLURM job's handle can be made again from its id at any time."""
         with self._lock:
             for job_id, handle in list(self._handles.items()):
+                if job_id in keep:
+                    continue
                 process = getattr(handle.job, "_process", None)
-                if job_id not in keep and process is not None and process.poll() is not None:
+                if process is None or process.poll() is not None:
                     del self._handles[job_id]
 
     def was_ready(self, job: JobRef) -> bool:
@@ -133,3 +142,41 @@ class SubmititScheduler:
 
     def log_path(self, job: JobRef) -> str:
         return str(self.handle(job).log_path)
+
+    def orphans(self, name: str, known: set[str]) -> list[JobRef]:
+        if self.kind == "slurm":
+            live = _slurm_jobs_named(f"slurm-llm-{name}")
+            return [JobRef(job_id, "") for job_id in live if job_id not in known]
+        jobs = deployments_dir(self._home) / name / "jobs"
+        return [
+            JobRef(pid, folder)
+            for pid, folder in _local_controllers_under(jobs).items()
+            if pid not in known
+        ]
+
+
+def _slurm_jobs_named(job_name: str) -> list[str]:
+    """This user's live jobs called ``job_name`` (array elements one by one); none if SLURM
+    does not answer."""
+    argv = ["squeue", "--me", "-h", "-r", "-n", job_name, "-o", "%i"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return done.stdout.split() if done.returncode == 0 else []
+
+
+def _local_controllers_under(folder: Path) -> dict[str, str]:
+    """pid -> submitit folder of every running local job controller whose folder lies under
+    ``folder`` (submitit names the folder on the controller's command line)."""
+    found = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"submitit.local._local" in args[:3] and len(args) > 3:
+            job_folder = args[3].decode(errors="replace")
+            if Path(job_folder).is_relative_to(folder):
+                found[cmdline.parent.name] = job_folder
+    return found

@@ -45,6 +45,7 @@ HOPELESS_REASONS = frozenset(
     }
 )
 ENDED = "ENDED"  # gone from the queue, outcome unknown (no accounting)
+UNKNOWN = "UNKNOWN"  # SLURM did not answer: alive or not, nobody can say
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,16 @@ class SlurmStates:
         return answer
 
     def _ask(self, ids: list[str]) -> dict[str, JobState]:
-        states = parse_squeue(
-            _run(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T|%r|%N"])
-        )
+        """squeue for live jobs, sacct for the rest. When SLURM does not answer (slurmctld
+        busy or down, a timeout), every job is UNKNOWN: a job must never look ended, and be
+        replaced, only because nobody could say it was alive."""
+        done = _run(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T|%r|%N"])
+        if done is None:
+            return {job_id: JobState(UNKNOWN) for job_id in ids}
+        # squeue fails with "Invalid job id" when no id is known any more: they have all ended.
+        if done.returncode != 0 and "Invalid job id" not in done.stderr:
+            return {job_id: JobState(UNKNOWN) for job_id in ids}
+        states = parse_squeue(done.stdout if done.returncode == 0 else "")
         missing = [job_id for job_id in ids if job_id not in states]
         if missing:
             states.update(self._ended(missing))
@@ -94,17 +102,18 @@ class SlurmStates:
     def _ended(self, job_ids: list[str]) -> dict[str, JobState]:
         if self.accounting is False:
             return {}
-        output = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "JobID,State"])
-        if output is None:
-            if self.accounting is None:
-                logger.warning(
-                    "sacct does not answer (accounting disabled on this cluster?): ended jobs "
-                    "are judged from squeue and their result files only"
-                )
+        done = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "JobID,State"])
+        if done is None or done.returncode != 0:
+            if self.accounting:  # it answered before: this is a hiccup, not a site without it
+                return {job_id: JobState(UNKNOWN) for job_id in job_ids}
+            logger.warning(
+                "sacct does not answer (accounting disabled on this cluster?): ended jobs "
+                "are judged from squeue and their result files only"
+            )
             self.accounting = False
             return {}
         self.accounting = True
-        return parse_sacct(output)
+        return parse_sacct(done.stdout)
 
 
 def parse_squeue(output: str | None) -> dict[str, JobState]:
@@ -127,10 +136,9 @@ def parse_sacct(output: str) -> dict[str, JobState]:
     return states
 
 
-def _run(argv: list[str]) -> str | None:
-    """stdout, or None when the command fails (unknown job ids make squeue fail too)."""
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
+    """The finished command, or None when it could not run or timed out."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return done.stdout if done.returncode == 0 else None

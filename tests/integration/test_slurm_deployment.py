@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from slurm_llm import Deployment, DeploymentError, ModelSpec, deploy
-from tests.integration.helpers import openai_client
+from tests.integration.helpers import openai_client, wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -26,22 +26,26 @@ def smollm2_on_gpus(**changes: object) -> ModelSpec:
     )
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def on_slurm(local_slurm: object, slurm_llm_home: Path) -> Iterator[Deployment]:
+    """Two replicas kept whole by a controller job: no thread of this process reconciles, so
+    every repair below is the controller's, as after the user has logged out."""
     with deploy(
         smollm2_on_gpus(), replicas=2, executor="slurm", name="slurm-smollm2", progress=False,
-        timeout=180,
+        timeout=180, controller="job",
     ) as deployment:  # fmt: skip
         yield deployment
+
+
+def test_the_controller_runs_as_a_small_job_of_its_own(on_slurm: Deployment) -> None:
+    record = on_slurm.controller()
+    assert record is not None and record.kind == "job" and record.dead_reason() is None
+    assert record.job_id is not None
+    squeue = ["squeue", "-h", "-j", record.job_id, "-o", "%T|%j|%C"]
+    state, name, cpus = subprocess.run(
+        squeue, capture_output=True, text=True, check=True
+    ).stdout.strip().split("|")
+    assert (state, name, cpus) == ("RUNNING", "slurm-llm-controller-slurm-smollm2", "1")
 
 
 def engine_environment(pid: int) -> dict[str, str]:
@@ -119,10 +123,14 @@ def test_a_replica_on_a_failed_node_serves_again_from_another(on_slurm: Deployme
 def test_wall_time_handover_keeps_a_replica_ready_at_every_moment(
     local_slurm: object, slurm_llm_home: Path
 ) -> None:
+    """Replica and controller jobs both reach their wall-time: the controller job hands the
+    replica over to a successor, and then itself to a successor controller job."""
     spec = smollm2_on_gpus(slurm={"time_limit": "00:04:00"}, handover_s=110)
     with deploy(spec, replicas=1, executor="slurm", name="short-lived-slurm", progress=False,
-                timeout=180) as deployment:  # fmt: skip
+                timeout=180, controller="job") as deployment:  # fmt: skip
         first = deployment.jobs[0].job_id
+        first_controller = deployment.controller()
+        assert first_controller is not None and first_controller.kind == "job"
         deadline = time.monotonic() + 200
         gaps = 0
         while time.monotonic() < deadline:
@@ -136,6 +144,15 @@ def test_wall_time_handover_keeps_a_replica_ready_at_every_moment(
         assert deployment.jobs[0].job_id != first, "no successor took over"
         assert gaps == 0, "a moment with no ready replica"
         assert any("successor" in event for event in deployment.events)
+
+        def controller_handed_over() -> bool:
+            record = deployment.controller()
+            return record is not None and record.job_id != first_controller.job_id and (
+                record.dead_reason() is None
+            )
+
+        wait_until(controller_handed_over, 60, "a successor controller job")
+        assert any("successor controller job" in event for event in deployment.events)
 
 
 def test_more_gpus_than_a_node_has_fails_fast(local_slurm: object) -> None:

@@ -34,6 +34,10 @@ class FakeJob:
     error: str = ""
 
 
+class Crash(BaseException):
+    """The process dies here (SIGKILL, an out-of-memory kill): no handler runs after it."""
+
+
 class FakeScheduler:
     kind: ExecutorKind = "slurm"
 
@@ -58,6 +62,7 @@ class FakeScheduler:
             self.during_submit()
         return refs
 
+
     def cancel(self, job: JobRef) -> None:
         fake = self.jobs[job.job_id]
         if fake.state in ("PENDING", "RUNNING"):
@@ -78,6 +83,13 @@ class FakeScheduler:
 
     def log_path(self, job: JobRef) -> str:
         return f"/fake/{job.job_id}.out"
+
+    def orphans(self, name: str, known: set[str]) -> list[JobRef]:
+        return [
+            JobRef(job.job_id, "fake")
+            for job in self.live()
+            if job.deployment == name and job.job_id not in known
+        ]
 
     # ---- what tests do to jobs ----------------------------------------------------------------
 

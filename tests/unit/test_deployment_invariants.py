@@ -8,6 +8,9 @@ pass, between submission and saving. After every step:
 
 - every job ever submitted is either in the persisted state or no longer runs;
 - the number of running jobs never exceeds the desired replicas plus handovers in progress.
+
+A process can also die between sbatch and saving the state (the one window no lock closes);
+then the next pass, from any process, finds the job through the scheduler and cancels it.
 """
 
 from __future__ import annotations
@@ -17,15 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from slurm_llm import ModelSpec
+from slurm_llm import DeploymentError, ModelSpec
 from slurm_llm._deployment import Deployment, DeploymentState
 from slurm_llm._paths import registry_dir
 from slurm_llm._registry import Registry
-from tests.unit.fake_scheduler import FakeScheduler
+from tests.unit.fake_scheduler import Crash, FakeScheduler
 
 HANDOVER_S = 60.0
 ENDS = st.sampled_from(["FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT", "PREEMPTED", "COMPLETED"])
@@ -41,6 +45,8 @@ class DeploymentUnderFaults(RuleBasedStateMachine):
         self.deployment = Deployment("prop", spec.with_overrides(replicas=2), "slurm",
                                      self.home, scheduler=self.scheduler)  # fmt: skip
         self.other = Deployment("prop", spec, "slurm", self.home, scheduler=self.scheduler)
+        for handle in (self.deployment, self.other):
+            handle.sweep_every_s = 0.0  # look for orphans on every pass
         self.deployment.start()
 
     def teardown(self) -> None:
@@ -99,6 +105,24 @@ class DeploymentUnderFaults(RuleBasedStateMachine):
         self.other.scale(replicas)
 
     @rule()
+    def a_controller_dies_between_sbatch_and_saving_and_the_next_pass_cleans_up(self) -> None:
+        reader, self.scheduler.during_submit = self.scheduler.during_submit, _crash
+        try:
+            self.deployment.scale(len(self._persisted().slots) + 1)
+        except Crash:
+            pass
+        finally:
+            self.scheduler.during_submit = reader
+        self.other.reconcile()
+
+    @rule()
+    def a_second_start_under_the_same_name_is_refused(self) -> None:
+        spec = self._persisted().spec
+        twin = Deployment("prop", spec, "slurm", self.home, scheduler=self.scheduler)
+        with pytest.raises(DeploymentError, match="started meanwhile"):
+            twin.start()
+
+    @rule()
     def readers_read(self) -> None:
         for handle in (self.deployment, self.other):
             handle.status()
@@ -137,6 +161,10 @@ class DeploymentUnderFaults(RuleBasedStateMachine):
     def events_are_numbered_in_order(self) -> None:
         seqs = [event.seq for event in self.deployment.events_since(0)]
         assert seqs == sorted(set(seqs))
+
+
+def _crash() -> None:
+    raise Crash
 
 
 TestDeploymentUnderFaults = DeploymentUnderFaults.TestCase

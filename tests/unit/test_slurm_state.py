@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from slurm_llm._slurm_state import ENDED, JobState, SlurmStates, parse_sacct, parse_squeue
+from slurm_llm._slurm_state import (
+    ENDED,
+    UNKNOWN,
+    JobState,
+    SlurmStates,
+    parse_sacct,
+    parse_squeue,
+)
 
 
 def test_squeue_lines_become_states_with_pending_reasons() -> None:
@@ -87,3 +94,36 @@ def test_a_waiting_loop_reuses_a_recent_answer_instead_of_asking_slurmctld_again
     assert asked() == 2
     slurm.query(["5_0", "5_1"], max_age_s=60)  # other jobs: the last answer does not cover them
     assert asked() == 3
+
+
+def test_when_slurmctld_does_not_answer_every_job_is_unknown_not_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_command(tmp_path, "squeue", 'echo "slurm_load_jobs error: Socket timed out" >&2; exit 1')
+    fake_command(tmp_path, "sacct", 'echo "5_0|COMPLETED"')
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert SlurmStates().query(["5_0", "5_1"]) == {
+        "5_0": JobState(UNKNOWN), "5_1": JobState(UNKNOWN)
+    }
+
+
+def test_jobs_squeue_no_longer_knows_are_looked_up_in_accounting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_command(tmp_path, "squeue", 'echo "slurm_load_jobs error: Invalid job id specified" >&2;'
+                 " exit 1")  # fmt: skip
+    fake_command(tmp_path, "sacct", 'echo "5_0|CANCELLED by 0"')
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert SlurmStates().query(["5_0"]) == {"5_0": JobState("CANCELLED")}
+
+
+def test_a_sacct_hiccup_on_a_site_with_accounting_leaves_ended_jobs_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_command(tmp_path, "squeue", "true")
+    fake_command(tmp_path, "sacct", "exit 1")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    slurm = SlurmStates()
+    slurm.accounting = True
+    assert slurm.query(["5_0"]) == {"5_0": JobState(UNKNOWN)}
+    assert slurm.accounting is True
