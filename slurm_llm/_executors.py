@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -137,6 +138,9 @@ def make_executor(kind: ExecutorKind, folder: Path) -> submitit.Executor:
     return submitit.LocalExecutor(folder=folder, max_num_timeout=100)
 
 
+_OUTPUT_SWAP = threading.Lock()
+
+
 @contextlib.contextmanager
 def detached_output(log_path: Path) -> Iterator[None]:
     """Points this process's stdout/stderr at ``log_path`` while local jobs are started.
@@ -145,16 +149,17 @@ def detached_output(log_path: Path) -> Iterator[None]:
     keep ``slurm-llm up | tee`` (or any caller reading our output) waiting after we exit.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, log):
-            os.close(fd)
+    with _OUTPUT_SWAP:  # fds 1 and 2 belong to the process: one swap at a time, any thread
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in (*saved, log):
+                os.close(fd)

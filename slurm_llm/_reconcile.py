@@ -159,7 +159,8 @@ def _keep(
         return _replace_ended(index, slot, job, result)
     if slot.successor is None and job.published and job.deadline is not None:
         left = job.deadline - now
-        if left < handover_s:
+        # Successors that keep failing are not tried forever: the job is replaced when it ends.
+        if left < handover_s and slot.failures < MAX_FAILURES_IN_A_ROW:
             why = f"replica {index}: job {slot.job.job_id} ends in {left:.0f} s; successor"
             result.submit.append(Submission(index, "successor", why))
     return slot
@@ -174,12 +175,19 @@ def _advance_handover(index: int, slot: Slot, successor: JobFacts, result: Plan)
             f"retired {slot.job.job_id}"
         )
         return replace(slot, job=slot.successor, successor=None)
+    if successor.state.hopeless:
+        result.retire(index, [slot.successor])
+        result.events.append(
+            f"replica {index}: SLURM will never start successor {slot.successor.job_id}: "
+            f"{successor.state.reason}; cancelled"
+        )
+        return replace(slot, successor=None, failures=slot.failures + 1)
     if successor.ended:
         result.withdraw.append((index, slot.successor.job_id))
         result.events.append(
             f"replica {index}: successor {slot.successor.job_id} ended ({successor.state.state})"
         )
-        return replace(slot, successor=None)
+        return replace(slot, successor=None, failures=slot.failures + 1)
     return slot
 
 

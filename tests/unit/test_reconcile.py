@@ -159,3 +159,16 @@ def test_a_retired_predecessor_that_died_uncleanly_has_its_record_withdrawn() ->
     facts = {"1": JobFacts(JobState("RUNNING"), published=True), "2": running(NOW + 3600)}
     todo = plan(1, {0: slot}, facts, NOW, HANDOVER_S)
     assert todo.withdraw == [(0, "1")]
+
+
+def test_a_successor_slurm_will_never_start_is_cancelled_and_counted() -> None:
+    slot = Slot(ref("1"), successor=ref("2"))
+    facts = {"1": running(NOW + 10), "2": JobFacts(JobState("PENDING", "PartitionTimeLimit"))}
+    todo = plan(1, {0: slot}, facts, NOW, HANDOVER_S)
+    assert ref("2") in todo.cancel and todo.slots[0].failures == 1
+
+
+def test_successors_that_keep_failing_are_not_tried_forever() -> None:
+    slot = Slot(ref("1"), failures=MAX_FAILURES_IN_A_ROW)
+    todo = plan(1, {0: slot}, {"1": running(NOW + 10)}, NOW, HANDOVER_S)
+    assert todo.submit == []
