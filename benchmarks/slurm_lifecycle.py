@@ -55,8 +55,8 @@ class BenchmarkError(RuntimeError):
 
 def squeue_jobs(name: str) -> list[str]:
     """``id|name|state`` of every job in squeue that belongs to deployment ``name``: its
-    replicas (``slurm-llm-<name>``) and its controller (``slurm-llm-controller-<name>``)."""
-    names = {f"slurm-llm-{name}", f"slurm-llm-controller-{name}"}
+    replicas (``slurm-llm-<name>``) and its controller (``slurm-llm-controller+<name>``)."""
+    names = {f"slurm-llm-{name}", f"slurm-llm-controller+{name}"}
     out = subprocess.run(
         ["squeue", "-h", "-o", "%i|%j|%T"], capture_output=True, text=True, check=True
     ).stdout

@@ -357,13 +357,19 @@ class ControllerMain(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(self)
 
 
+def controller_job_name(deployment: str) -> str:
+    """``slurm-llm-controller+NAME``: a ``+`` cannot occur in a deployment's name, so no
+    deployment's replica jobs (``slurm-llm-NAME``) are ever taken for another's controller."""
+    return f"slurm-llm-controller+{deployment}"
+
+
 def submit_controller_job(main: ControllerMain, spec: ModelSpec, folder: Path) -> submitit.Job[str]:
     """One small job (1 CPU, 1 GB) with the replicas' partition, account and wall-time; not
     their extra sbatch options, which may ask for GPUs."""
     executor = make_executor("slurm", folder / "controller-jobs")
     options = spec.slurm.model_copy(update={"extra": {}})
     executor.update_parameters(**sbatch_parameters(
-        options, f"slurm-llm-controller-{main.name}", time_min=time_limit_min(spec), cpus=1,
+        options, controller_job_name(main.name), time_min=time_limit_min(spec), cpus=1,
         mem_gb=1,
     ))  # fmt: skip
     try:

@@ -46,7 +46,7 @@ from slurm_llm._registry import EndpointRecord, Registry
 from slurm_llm._replica_job import ReplicaJob
 from slurm_llm._scheduler import Scheduler, SubmititScheduler
 from slurm_llm._slurm_state import JobState
-from slurm_llm._spec import ModelSpec
+from slurm_llm._spec import SERVED_NAME, ModelSpec
 
 ReplicaState = Literal["pending", "starting", "ready", "failed", "stopped"]
 ControllerChoice = Literal["thread", "job", "none"]
@@ -569,7 +569,12 @@ def deploy(
         )
         controller = "thread" if keep_alive else "none"
     home_path = Path(home) if home is not None else None
-    name = name or spec.name
+    name = name or spec.name.replace("/", "_")  # a served name may hold a /; a folder not
+    if not SERVED_NAME.match(name) or "/" in name:
+        raise DeploymentError(
+            f"{name!r} cannot name a deployment (it names folders and SLURM jobs): use letters, "
+            "digits and . _ : -"
+        )
     count = spec.replicas if replicas is None else replicas
     existing = attach(name, home_path, missing_ok=True)
     if existing is not None and existing.has_ended():

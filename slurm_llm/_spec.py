@@ -34,7 +34,7 @@ Device = Literal["cuda", "cpu"]
 
 PACKAGE_SCHEME = "package:"
 _TIME_LIMIT = re.compile(r"^(?:(\d+)-)?(\d+):(\d{2})(?::(\d{2}))?$")
-_SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 
 
 def parse_time_limit(text: str) -> int:
@@ -151,7 +151,7 @@ class ModelSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _name_is_a_served_name(cls, value: str) -> str:
-        if not _SERVED_NAME.match(value):
+        if not SERVED_NAME.match(value):
             raise ValueError(
                 f"{value!r} cannot be a served model name; use letters, digits and . _ : / -"
             )

@@ -45,7 +45,7 @@ def test_the_controller_runs_as_a_small_job_of_its_own(on_slurm: Deployment) -> 
     state, name, cpus = subprocess.run(
         squeue, capture_output=True, text=True, check=True
     ).stdout.strip().split("|")
-    assert (state, name, cpus) == ("RUNNING", "slurm-llm-controller-slurm-smollm2", "1")
+    assert (state, name, cpus) == ("RUNNING", "slurm-llm-controller+slurm-smollm2", "1")
 
 
 def engine_environment(pid: int) -> dict[str, str]:
