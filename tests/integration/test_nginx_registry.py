@@ -19,7 +19,7 @@ import pytest
 from slurm_llm import Deployment
 from slurm_llm._ports import lease_port
 from slurm_llm.nginx import NginxConfig, NginxServer, follow_registry, registry_upstreams
-from tests.integration.helpers import deploy_smollm2, openai_client, streamed_pieces
+from tests.integration.helpers import deploy_smollm2, openai_client, post, streamed_pieces
 
 pytestmark = [pytest.mark.nginx, pytest.mark.llamacpp]
 
@@ -61,11 +61,18 @@ def test_replicas_that_come_and_die_under_load_fail_no_request(
             )  # fmt: skip
             follower.start()
             failures: list[Exception] = []
-
+            # A connection per request (urllib's way): every registry change reloads nginx,
+            # whose old workers close their idle keep-alive connections, and a client that
+            # sends on one at that moment sees it closed before any answer (HTTP/1.1's
+            # keep-alive race, which the OpenAI SDK retries by default). This test is about
+            # requests nginx accepted, so it keeps that race out rather than retrying, which
+            # would also hide a 502.
             def ask(n: int) -> None:
                 try:
-                    client = openai_client(f"{server.url}/smollm2")
-                    client.completions.create(model="smollm2", prompt=f"{n},", max_tokens=8)
+                    body = {"model": "smollm2", "prompt": f"{n},", "max_tokens": 8}
+                    reply = post(f"{server.url}/smollm2/v1/completions", body)
+                    if reply.status != 200:
+                        failures.append(RuntimeError(f"HTTP {reply.status}: {reply.body}"))
                 except Exception as exc:  # every failure is collected and reported
                     failures.append(exc)
 
