@@ -127,12 +127,29 @@ def read_record(folder: Path) -> ControllerRecord | None:
         return None
 
 
+# Lock descriptors this process holds. A fork() (multiprocessing, a DataLoader's workers in a
+# notebook whose thread keeps a deployment) copies them, and a flock lives as long as any copy:
+# children close theirs at once, so a lock ends with the controller that took it.
+_LOCK_FDS: set[int] = set()
+
+
+def _close_lock_fds_in_child() -> None:
+    for fd in _LOCK_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_close_lock_fds_in_child)
+
+
 @contextlib.contextmanager
 def controller_lock(folder: Path) -> Iterator[Callable[[], bool]]:
     """A ``try_take()`` that takes the deployment's controller lock without waiting; the lock
     is held until the context ends (or the process dies, which the kernel notices)."""
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / "controller.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    _LOCK_FDS.add(fd)
     held = False
 
     def try_take() -> bool:
@@ -148,6 +165,7 @@ def controller_lock(folder: Path) -> Iterator[Callable[[], bool]]:
     try:
         yield try_take
     finally:
+        _LOCK_FDS.discard(fd)
         os.close(fd)  # releases the lock
 
 

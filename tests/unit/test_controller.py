@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from slurm_llm import ModelSpec
-from slurm_llm._controller import Controller, ControllerRecord, read_record, stop_controllers
+from slurm_llm._controller import (
+    Controller,
+    ControllerRecord,
+    controller_lock,
+    read_record,
+    stop_controllers,
+)
 from slurm_llm._deployment import Deployment
 from slurm_llm._paths import registry_dir
 from slurm_llm._registry import Registry
@@ -142,3 +148,26 @@ def test_a_controller_that_stopped_reconciling_is_dead() -> None:
 
 def test_stopping_controllers_when_there_are_none_is_harmless(tmp_path: Path) -> None:
     stop_controllers(tmp_path, timeout=0.1)
+
+
+def test_a_forked_child_does_not_keep_the_controller_lock(deployment: Deployment) -> None:
+    controller = Controller(deployment, "thread", interval=0.01)
+    thread = running(controller)
+    wait_until(lambda: read_record(deployment.folder()) is not None)
+    started, ready = os.pipe()
+    child = os.fork()
+    if child == 0:  # a notebook's worker process, living on after the controller stops
+        os.write(ready, b"x")  # the fork hooks have run by now
+        time.sleep(5)
+        os._exit(0)
+    os.read(started, 1)
+    for fd in (started, ready):
+        os.close(fd)
+    try:
+        controller.stop.set()
+        thread.join(timeout=5)
+        with controller_lock(deployment.folder()) as try_take:
+            assert try_take(), "the child's copy of the descriptor still holds the lock"
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
