@@ -33,7 +33,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def openai_error(exc: RouterError) -> web.Response:
-    body = {"error": {"message": exc.message, "type": exc.kind, "code": exc.status}}
+    body = {
+        "error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.status}
+    }
     return web.json_response(body, status=exc.status, headers=exc.headers())
 
 

@@ -28,34 +28,26 @@ from aiohttp import web
 
 from slurm_llm.router._dispatch import Call
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._openai_api import REQUIRED, check_fields, count_usage
-from slurm_llm.router._requests import read_json, require_served
+from slurm_llm.router._openai_api import count_usage
+from slurm_llm.router._requests import read_json, require_served, validated
+from slurm_llm.router._schemas import ENDPOINT_MODELS, BatchRequest
 from slurm_llm.router._state import MODEL, STATE, RouterState
 
 
 async def batch(request: web.Request) -> web.Response:
-    _, body = await read_json(request)
+    _, raw_body = await read_json(request)
+    body = validated(BatchRequest, raw_body)
     state = request.app[STATE]
-    endpoint = body.get("endpoint", "/v1/chat/completions")
-    if endpoint not in REQUIRED:
-        raise RouterError(400, f"'endpoint' must be one of {', '.join(REQUIRED)}, not {endpoint!r}")
-    items = body.get("requests")
-    if not isinstance(items, list) or not items:
-        raise RouterError(
-            400, "the field 'requests' (a non-empty list of request objects) is required"
-        )
+    endpoint, items, defaults = body.endpoint, body.requests, body.defaults
     if len(items) > state.config.max_batch_items:
         raise RouterError(
             413,
             f"the batch has {len(items)} requests; this router takes at most "
             f"{state.config.max_batch_items} per call: split it",
         )
-    defaults = body.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        raise RouterError(400, "the field 'defaults' must be an object")
-    if isinstance(body.get("model"), str):
-        request[MODEL] = body["model"]
-        defaults = {"model": body["model"], **defaults}
+    if body.model is not None:
+        request[MODEL] = body.model
+        defaults = {"model": body.model, **defaults}
     limits: dict[str, asyncio.Semaphore] = {}
     results = await asyncio.gather(
         *(
@@ -78,16 +70,13 @@ async def run_item(
     state: RouterState,
     endpoint: str,
     index: int,
-    item: object,
+    item: dict[str, Any],
     defaults: dict[str, Any],
     limits: dict[str, asyncio.Semaphore],
 ) -> dict[str, Any]:
     try:
-        if not isinstance(item, dict):
-            raise RouterError(400, "each request must be a JSON object")
         merged = {**defaults, **item}
-        model = require_served(state.pool, merged.get("model"))
-        check_fields(endpoint, merged)
+        model = require_served(state.pool, validated(ENDPOINT_MODELS[endpoint], merged).model)
         if merged.get("stream"):
             raise RouterError(400, "batch requests cannot be streamed; drop 'stream'")
         if model not in limits:
@@ -100,7 +89,7 @@ async def run_item(
         return {
             "index": index,
             "status": exc.status,
-            "error": {"message": exc.message, "type": exc.kind},
+            "error": {"message": exc.message, "type": exc.kind, "param": exc.param},
         }
     try:
         payload = json.loads(reply.body)

@@ -1,10 +1,20 @@
-"""Sending one request to a replica: admission, retries on another replica, timeouts.
+"""Sending one request to a replica: admission, retries on another replica, timeouts, and
+whose fault a failure was.
 
-A non-streamed request that meets a refused connection or a 5xx is retried on a different
-replica (the same one only when every replica has failed it once), with back-off, until the
-attempts or the deadline run out, so a dying replica costs latency, not errors. A streamed
-request is retried only before its first byte; after that, the relay passes bytes through as
-they come and reports whether the stream ended cleanly.
+A request that meets a refused connection or a 5xx is retried on a different replica (the same
+one only when every replica has failed it once), with back-off, until the attempts or the
+deadline run out, so a dying replica costs latency, not errors. A streamed request is retried
+only before its first byte; after that, the relay passes bytes through as they come and reports
+whether the stream ended cleanly.
+
+A replica that does not answer (refused, reset, timed out) is at fault at once and ejected for a
+while. A replica that answers 5xx is only a suspect: the request may be what makes every engine
+fail (a malformed body llama.cpp answers 500). The request goes to another replica; if that one
+answers it, the suspect failed where another did not and is ejected; if that one refuses it too
+(any 4xx or 5xx), the request is at fault: no replica is ejected, the client gets the engine's
+answer with ``X-Should-Retry: false``, and the request is counted in
+``slurm_llm_router_request_faults_total``. A replica that fails everything is found by the deep
+probes (``_probes``), which no client's request can influence.
 
 The body a client sent is forwarded as the same bytes (no re-encoding), which keeps the
 router's own cost per request small.
@@ -15,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 from aiohttp import web
@@ -47,10 +57,14 @@ class Call:
 
 @dataclass(frozen=True)
 class Reply:
+    """A replica's answer. ``request_fault``: two replicas refused this request, so it is the
+    request that fails; the client should not send it again."""
+
     status: int
     body: bytes
     content_type: str
     backend: Backend
+    request_fault: bool = False
 
 
 # (upstream, replica, ended): the relay calls ``ended(clean)`` once the replica's stream is over,
@@ -78,7 +92,8 @@ class Dispatcher:
         self.metrics = metrics
 
     async def send(self, call: Call, bounded: bool = True) -> Reply:
-        """The first answer that is not a 5xx, from up to ``attempts`` different replicas."""
+        """The first answer that is not a 5xx, from up to ``attempts`` different replicas, or the
+        second refusal of a request two replicas refused (``request_fault``)."""
         outcome = await self._attempts(call, None, bounded)
         assert isinstance(outcome, Reply)
         return outcome
@@ -92,6 +107,7 @@ class Dispatcher:
     ) -> web.StreamResponse | Reply:
         deadline = time.monotonic() + self.config.deadline_s
         tried: set[str] = set()
+        suspects: list[Reply] = []  # 5xx answers to this request, each from a replica
         problem = "no replica was routable"
         for attempt in range(self.config.attempts):
             if attempt:
@@ -114,15 +130,28 @@ class Dispatcher:
                 outcome = await self._forward(call, backend, relay, deadline, give_back)
             finally:
                 give_back(None)
-            if not isinstance(outcome, str):
-                return outcome
-            problem = outcome
+            if isinstance(outcome, str):  # no answer: that replica was given back as failed
+                problem = outcome
+                continue
+            if isinstance(outcome, Reply) and outcome.status >= 400 and suspects:
+                return self._request_fault(call, outcome)  # a second replica refused it too
+            if isinstance(outcome, Reply) and outcome.status >= 500:
+                suspects.append(outcome)
+                problem = f"{backend.url} answered {outcome.status}"
+                continue
+            for suspect in suspects:  # another replica answered what the suspect failed
+                suspect.backend.failed()
+            return outcome
         raise RouterError(
             503,
             f"no replica of {call.model!r} could answer ({problem}); retry shortly",
             "service_unavailable",
             retry_after=1,
         )
+
+    def _request_fault(self, call: Call, reply: Reply) -> Reply:
+        self.metrics.request_faults.labels(call.model, str(reply.status)).inc()
+        return replace(reply, request_fault=True)
 
     def _give_back_once(self, backend: Backend) -> GiveBack:
         """The verdict is recorded before the replica is released, and both before a streamed
@@ -167,12 +196,9 @@ class Dispatcher:
             async with self.session.post(
                 f"{backend.url}{path}", data=body, headers=JSON_HEADERS, timeout=timeout
             ) as upstream:
-                if upstream.status >= 500:
-                    give_back(False)
-                    return f"{backend.url} answered {upstream.status}"
                 if relay is None or upstream.status != 200:
                     payload = await upstream.read()
-                    give_back(True)
+                    give_back(None if upstream.status >= 500 else True)  # 5xx: a suspect
                     return Reply(upstream.status, payload, upstream.content_type, backend)
                 return await relay(upstream, backend, give_back)
         except (TimeoutError, aiohttp.ClientConnectionError) as exc:

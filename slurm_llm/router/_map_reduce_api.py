@@ -20,7 +20,8 @@ from slurm_llm.router._admission import usable
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._requests import read_json, served_model
+from slurm_llm.router._requests import read_json, served_model, validated
+from slurm_llm.router._schemas import MapReduceRequest
 from slurm_llm.router._state import STATE, RouterState
 from slurm_llm.router._tribunal_api import count, tribunal_for
 from slurm_llm.tribunal._map_reduce import MapReduce, MapReduceError
@@ -57,9 +58,9 @@ class ReplicaTokenizer:
         return str((await self._post("/detokenize", body))["prompt"])
 
 
-def context_of(state: RouterState, model: str, body: dict[str, Any]) -> int:
-    if isinstance(body.get("context"), int):
-        return int(body["context"])
+def context_of(state: RouterState, model: str, body: MapReduceRequest) -> int:
+    if body.context is not None:
+        return body.context
     known = [b.context for b in state.pool.of(model) if b.context]
     if not known:
         raise RouterError(
@@ -69,11 +70,9 @@ def context_of(state: RouterState, model: str, body: dict[str, Any]) -> int:
 
 
 async def map_reduce(request: web.Request) -> web.Response:
-    _, body = await read_json(request)
-    model = served_model(request, body.get("model"))
-    instruction, text = body.get("instruction"), body.get("text")
-    if not isinstance(instruction, str) or not isinstance(text, str) or not text:
-        raise RouterError(400, "the fields 'instruction' and 'text' (strings) are required")
+    _, raw_body = await read_json(request)
+    body = validated(MapReduceRequest, raw_body)
+    model = served_model(request, body.model)
     state = request.app[STATE]
     replicas = usable(state.pool.of(model), time.monotonic()) or state.pool.of(model)
     tokenizer = ReplicaTokenizer(state.dispatcher.session, replicas[0])
@@ -91,14 +90,14 @@ async def map_reduce(request: web.Request) -> web.Response:
 
     try:
         job = MapReduce(complete, tokenizer, context_of(state, model, body),
-                        int(body.get("max_tokens", 256)), int(body.get("overlap", 64)))  # fmt: skip
-        result = await job.run(instruction, text)
-    except (MapReduceError, ValueError, TypeError) as exc:
+                        body.max_tokens, body.overlap)  # fmt: skip
+        result = await job.run(body.instruction, body.text)
+    except (MapReduceError, ValueError) as exc:
         raise RouterError(400, str(exc)) from None
     answer: dict[str, Any] = {**asdict(result), "context": job.context}
-    if "tribunal" in body:
-        run = await tribunal_for(state, model, body["tribunal"]).run(
-            instruction, draft=result.answer
+    if body.tribunal is not None:
+        run = await tribunal_for(state, model, body.tribunal).run(
+            body.instruction, draft=result.answer
         )
         count(state, run)
         answer["answer"] = run.answer

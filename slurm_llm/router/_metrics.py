@@ -87,6 +87,11 @@ class RouterMetrics:
             f"{prefix}_retries", "Requests sent again to another replica.", ["model"],
             registry=self.registry,
         )  # fmt: skip
+        self.request_faults = Counter(
+            f"{prefix}_request_faults", "Requests two replicas refused (4xx or 5xx after a 5xx): "
+            "the request's fault; answered with the engine's error, no replica ejected.",
+            ["model", "status"], registry=self.registry,
+        )  # fmt: skip
         self.rejections = Counter(
             f"{prefix}_rejections", "Requests turned away: queue_full, queue_timeout, unhealthy.",
             ["model", "reason"], registry=self.registry,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -13,27 +12,19 @@ from aiohttp import web
 from slurm_llm.router import _tribunal_api
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call, Relay, Reply
-from slurm_llm.router._errors import RouterError
 from slurm_llm.router._metrics import RouterMetrics
-from slurm_llm.router._requests import affinity_key, read_json, served_model
+from slurm_llm.router._requests import affinity_key, read_json, served_model, validated
+from slurm_llm.router._schemas import ENDPOINT_MODELS, ChatCompletionRequest
 from slurm_llm.router._state import STATE
 from slurm_llm.router._streams import relay_events
-
-REQUIRED = {"/v1/chat/completions": "messages", "/v1/completions": "prompt"}
-
-
-def check_fields(path: str, body: dict[str, Any]) -> None:
-    field = REQUIRED[path]
-    if field not in body:
-        raise RouterError(400, f"the field '{field}' is required for {path}")
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     raw, body = await read_json(request)
-    model = served_model(request, body.get("model"))
-    check_fields(request.path, body)
-    if "tribunal" in body and request.path == "/v1/chat/completions":
-        return await _tribunal_api.chat_with_tribunal(request, body)
+    checked = validated(ENDPOINT_MODELS[request.path], body)
+    model = served_model(request, checked.model)
+    if isinstance(checked, ChatCompletionRequest) and checked.tribunal is not None:
+        return await _tribunal_api.chat_with_tribunal(request, checked)
     state = request.app[STATE]
     call = Call(model, request.path, raw, affinity_key(request, body))
     if body.get("stream"):
@@ -46,7 +37,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 def as_response(reply: Reply) -> web.Response:
-    return web.Response(body=reply.body, status=reply.status, content_type=reply.content_type)
+    """The replica's answer as is; one that was the request's fault says not to retry it."""
+    headers = {"X-Should-Retry": "false"} if reply.request_fault else None
+    return web.Response(
+        body=reply.body, status=reply.status, content_type=reply.content_type, headers=headers
+    )
 
 
 def count_usage(metrics: RouterMetrics, model: str, payload: bytes) -> None:

@@ -1,22 +1,35 @@
-"""Reading a client's request: JSON checked, model served, affinity key found."""
+"""Reading a client's request: JSON checked (depth first, then types), model served, affinity
+key found."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from itertools import accumulate
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from slurm_llm.router._backends import BackendPool
 from slurm_llm.router._errors import RouterError
+from slurm_llm.router._schemas import InvalidRequest, check
 from slurm_llm.router._state import MODEL, STATE
+
+M = TypeVar("M", bound=BaseModel)
+MAX_JSON_DEPTH = 64  # deeper than any chat, tool schema or batch needs; Python's parser recurses
+STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
 async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
     """The raw body (forwarded as is) and its parsed object."""
     raw = await request.read()
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise RouterError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=refuse_constant)
     except json.JSONDecodeError as exc:
         raise RouterError(400, f"the request body is not valid JSON: {exc}") from None
     except UnicodeDecodeError:
@@ -24,6 +37,28 @@ async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
     if not isinstance(body, dict):
         raise RouterError(400, "the request body must be a JSON object")
     return raw, body
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep a JSON text nests, found without parsing it: strings removed, then brackets
+    counted (Python's parser recurses, so a body nested 5,000 deep must be refused before)."""
+    brackets = STRINGS.sub(b"", raw).translate(None, NOT_BRACKETS)
+    if brackets.count(b"[") + brackets.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # cannot be deeper than it has openings: the common case stops here
+    return max(accumulate(STEP[b] for b in brackets))
+
+
+def refuse_constant(name: str) -> None:
+    raise RouterError(400, f"the request body holds {name}, which JSON does not allow")
+
+
+def validated(schema: type[M], body: object) -> M:
+    """``body`` checked against its API's model; a 400 that names the field if it does not
+    fit."""
+    try:
+        return check(schema, body)
+    except InvalidRequest as exc:
+        raise RouterError(400, str(exc), param=exc.field) from None
 
 
 def served_model(request: web.Request, model: object) -> str:

@@ -17,12 +17,12 @@ from aiohttp import web
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call, Relay, Reply
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._requests import affinity_key, read_json, served_model
+from slurm_llm.router._requests import affinity_key, read_json, served_model, validated
+from slurm_llm.router._schemas import GenerateRequest
 from slurm_llm.router._state import STATE
 from slurm_llm.router._streams import relay_events, unchanged
 from slurm_llm.router._tgi_translation import (
     StreamTranslator,
-    TgiRequestError,
     error_body,
     from_completion,
     sse,
@@ -58,14 +58,12 @@ def requested_model(request: web.Request) -> str:
 
 async def generate(request: web.Request) -> web.StreamResponse:
     raw, body = await read_json(request)
+    checked = validated(GenerateRequest, body)
     model = requested_model(request)
     streamed = request.path.endswith("/generate_stream") or (
         not request.path.endswith("/generate") and bool(body.get("stream"))
     )
-    try:
-        completion = to_completion({**body, "stream": streamed}, model)
-    except TgiRequestError as exc:
-        raise RouterError(400, str(exc)) from None
+    completion = to_completion(checked, model, streamed)
     native = ("/generate_stream" if streamed else "/generate", raw)
     call = Call(model, "/v1/completions", json.dumps(completion).encode(),
                 affinity_key(request, body), tgi=native)  # fmt: skip
@@ -91,7 +89,11 @@ def tgi_answer(reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
     if reply.status != 200:
         error = payload.get("error", payload) if isinstance(payload, dict) else payload
         message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
-        raise RouterError(reply.status, f"the replica refused the request: {message}")
+        raise RouterError(
+            reply.status,
+            f"the replica refused the request: {message}",
+            retry=not reply.request_fault,
+        )
     if reply.backend.engine == "tgi":
         return payload[0] if isinstance(payload, list) else payload  # type: ignore[no-any-return]
     return from_completion(payload, body)

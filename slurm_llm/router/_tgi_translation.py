@@ -11,39 +11,30 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from slurm_llm.router._schemas import GenerateParameters, GenerateRequest
+
 FINISH_REASONS = {"length": "length", "stop": "eos_token"}  # OpenAI's → TGI's
 
 
-class TgiRequestError(ValueError):
-    """The TGI request is malformed; the message names the field."""
-
-
-def to_completion(body: dict[str, Any], model: str) -> dict[str, Any]:
-    """The OpenAI text-completion request that asks for what a TGI request asks for."""
-    inputs = body.get("inputs")
-    if not isinstance(inputs, str):
-        raise TgiRequestError("the field 'inputs' (a string) is required")
-    parameters = body.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise TgiRequestError("the field 'parameters' must be an object")
+def to_completion(body: GenerateRequest, model: str, streamed: bool) -> dict[str, Any]:
+    """The OpenAI text-completion request that asks for what a (checked) TGI request asks
+    for."""
+    parameters = body.parameters or GenerateParameters()
     request: dict[str, Any] = {
         "model": model,
-        "prompt": inputs,
-        "max_tokens": parameters.get("max_new_tokens") or 20,
+        "prompt": body.inputs,
+        "max_tokens": parameters.max_new_tokens or 20,
     }
-    sampling = parameters.get("do_sample") or any(
-        parameters.get(name) is not None for name in ("temperature", "top_k", "top_p")
+    sampling = parameters.do_sample or any(
+        value is not None for value in (parameters.temperature, parameters.top_k, parameters.top_p)
     )
-    request["temperature"] = parameters.get("temperature") or (1.0 if sampling else 0.0)
-    for tgi_name, openai_name in (
-        ("top_p", "top_p"), ("top_k", "top_k"), ("seed", "seed"),
-        ("repetition_penalty", "repetition_penalty"), ("frequency_penalty", "frequency_penalty"),
-    ):  # fmt: skip
-        if parameters.get(tgi_name) is not None:
-            request[openai_name] = parameters[tgi_name]
-    if parameters.get("stop"):
-        request["stop"] = parameters["stop"]
-    if body.get("stream"):
+    request["temperature"] = parameters.temperature or (1.0 if sampling else 0.0)
+    for name in ("top_p", "top_k", "seed", "repetition_penalty", "frequency_penalty"):
+        if getattr(parameters, name) is not None:
+            request[name] = getattr(parameters, name)
+    if parameters.stop:
+        request["stop"] = parameters.stop
+    if streamed:
         request["stream"] = True
     return request
 

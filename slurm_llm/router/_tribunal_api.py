@@ -12,31 +12,29 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 from aiohttp import web
 
 from slurm_llm._errors import SpecError
 from slurm_llm.router._dispatch import Call
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._requests import read_json, require_served, served_model
+from slurm_llm.router._requests import read_json, require_served, served_model, validated
+from slurm_llm.router._schemas import ChatCompletionRequest, TribunalOptions, TribunalRequest
 from slurm_llm.router._state import STATE, RouterState
 from slurm_llm.tribunal import LawBook, Tribunal, TribunalConfig, TribunalResult, VerdictLog
 from slurm_llm.tribunal._tribunal import Messages
 
 
-def tribunal_for(state: RouterState, generator: str, options: dict[str, Any]) -> Tribunal:
-    if not isinstance(options, dict):
-        raise RouterError(400, '\'tribunal\' must be an object, e.g. {"laws": "academic"}')
+def tribunal_for(state: RouterState, generator: str, options: TribunalOptions) -> Tribunal:
     try:
-        book = LawBook.named(str(options.get("laws", "academic"))).only(options.get("only"))
+        book = LawBook.named(options.laws).only(options.only)
         config = TribunalConfig(
             generator=generator,
-            critic=options.get("critic_model"),
-            max_rounds=int(options.get("max_rounds", 3)),
-            answer_tokens=int(options.get("max_tokens", 256)),
+            critic=options.critic_model,
+            max_rounds=options.max_rounds,
+            answer_tokens=options.max_tokens,
         )
-    except (SpecError, ValueError, TypeError) as exc:
+    except (SpecError, ValueError) as exc:
         raise RouterError(400, f"bad tribunal options: {exc}") from None
     if config.critic is not None:
         require_served(state.pool, config.critic)
@@ -65,33 +63,25 @@ def count(state: RouterState, result: TribunalResult) -> None:
 
 async def tribunal(request: web.Request) -> web.Response:
     _, body = await read_json(request)
-    model = served_model(request, body.get("model"))
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt:
-        raise RouterError(400, "the field 'prompt' (a non-empty string) is required")
+    checked = validated(TribunalRequest, body)
+    model = served_model(request, checked.model)
     state = request.app[STATE]
-    result = await tribunal_for(state, model, body).run(prompt)
+    result = await tribunal_for(state, model, checked).run(checked.prompt)
     count(state, result)
     return web.json_response(result.to_dict())
 
 
-async def chat_with_tribunal(request: web.Request, body: dict[str, Any]) -> web.Response:
+async def chat_with_tribunal(request: web.Request, body: ChatCompletionRequest) -> web.Response:
     """A chat completion whose answer went through the tribunal; the run rides along."""
-    if body.get("stream"):
+    assert body.tribunal is not None
+    if body.stream:
         raise RouterError(400, "a tribunal cannot be streamed: its answer exists only at the end")
-    messages = body.get("messages")
-    users = (
-        [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-        if isinstance(messages, list)
-        else []
-    )
+    users = [m.content for m in body.messages if m.role == "user" and isinstance(m.content, str)]
     if not users:
-        raise RouterError(400, "a tribunal needs a user message to answer")
+        raise RouterError(400, "a tribunal needs a user message (with text content) to answer")
     state = request.app[STATE]
-    model = str(body["model"])
-    result = await tribunal_for(state, model, body["tribunal"]).run(
-        str(users[-1].get("content", ""))
-    )
+    model = body.model
+    result = await tribunal_for(state, model, body.tribunal).run(users[-1])
     count(state, result)
     return web.json_response({
         "id": f"chatcmpl-tribunal-{int(result.started * 1000)}",

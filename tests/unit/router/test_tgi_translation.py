@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
+from slurm_llm.router._schemas import GenerateRequest
 from slurm_llm.router._tgi_translation import (
     StreamTranslator,
-    TgiRequestError,
     from_completion,
     to_completion,
 )
@@ -16,7 +14,7 @@ from slurm_llm.router._tgi_translation import (
 
 def test_greedy_request_becomes_a_zero_temperature_completion() -> None:
     body = {"inputs": "Hello", "parameters": {"max_new_tokens": 5, "stop": ["\n"], "seed": 3}}
-    assert to_completion(body, "m") == {
+    assert to_completion(GenerateRequest.model_validate(body), "m", streamed=False) == {
         "model": "m", "prompt": "Hello", "max_tokens": 5, "temperature": 0.0, "seed": 3,
         "stop": ["\n"],
     }  # fmt: skip
@@ -24,15 +22,9 @@ def test_greedy_request_becomes_a_zero_temperature_completion() -> None:
 
 def test_sampling_parameters_carry_over() -> None:
     body = {"inputs": "x", "parameters": {"do_sample": True, "top_k": 5, "top_p": 0.9}}
-    request = to_completion(body, "m")
+    request = to_completion(GenerateRequest.model_validate(body), "m", streamed=True)
     assert request["temperature"] == 1.0 and request["top_k"] == 5 and request["top_p"] == 0.9
-
-
-def test_missing_inputs_names_the_field() -> None:
-    with pytest.raises(TgiRequestError, match="'inputs'"):
-        to_completion({"parameters": {}}, "m")
-    with pytest.raises(TgiRequestError, match="'parameters' must be an object"):
-        to_completion({"inputs": "x", "parameters": [1]}, "m")
+    assert request["stream"] is True
 
 
 def test_answer_with_details_and_full_text() -> None:
