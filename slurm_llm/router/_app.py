@@ -17,7 +17,14 @@ from dataclasses import asdict
 import aiohttp
 from aiohttp import web
 
-from slurm_llm.router import _batch, _map_reduce_api, _openai_api, _tgi_api, _tribunal_api
+from slurm_llm.router import (
+    _batch,
+    _map_reduce_api,
+    _openai_api,
+    _openapi,
+    _tgi_api,
+    _tribunal_api,
+)
 from slurm_llm.router._admission import Rejected
 from slurm_llm.router._auth import OPEN_PATHS, check_key, presented_key
 from slurm_llm.router._backends import BackendPool
@@ -130,6 +137,7 @@ def build_app(pool: BackendPool, config: RouterConfig | None = None) -> web.Appl
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
+    _openapi.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)

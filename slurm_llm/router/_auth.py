@@ -12,7 +12,8 @@ from slurm_llm._errors import SlurmLLMError
 from slurm_llm.router._errors import RouterError
 
 KEYS_ENV = "SLURM_LLM_API_KEYS"  # comma-separated
-OPEN_PATHS = frozenset({"/health", "/ready"})  # for load balancers and liveness checks
+# For load balancers and liveness checks, and the API's description (no secret in it).
+OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs"})
 
 
 def load_api_keys(

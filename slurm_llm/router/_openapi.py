@@ -1,0 +1,246 @@
+"""The router's published API: ``GET /openapi.json`` (OpenAPI 3.1) and ``GET /docs``.
+
+The request schemas are the pydantic models the router checks bodies with (``_schemas``), so
+the document cannot drift from what is enforced; a test checks that every route the app serves
+is in it. ``/docs`` renders the same document as one HTML page, with no script or style from
+elsewhere: it must work on a cluster with no internet.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from pydantic import BaseModel, Field
+from pydantic.json_schema import models_json_schema
+
+from slurm_llm import __version__
+from slurm_llm.router import _schemas as s
+
+REF = "#/components/schemas/{model}"
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "Needed when the router was started with API keys.",
+}
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str = Field(description="What is wrong and what to do.")
+    type: str = Field(description="invalid_request_error, not_found, timeout, ...")
+    param: str | None = Field(None, description="The request field at fault, if one is.")
+    code: int
+
+
+class OpenAIError(BaseModel):
+    """An error answered by the router (or passed on from an engine) in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
+class TgiError(BaseModel):
+    """An error in TGI's shape, which the ``text-generation`` client maps to its exceptions."""
+
+    error: str
+    error_type: str | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class ModelLoadReport(BaseModel):
+    model: str
+    replicas: int
+    routable: int
+    in_flight: int
+    capacity: int
+    queued: int
+    utilisation: float | None = Field(description="Demand over capacity; null: no capacity.")
+
+
+class LoadReport(BaseModel):
+    models: list[ModelLoadReport]
+
+
+class Status(BaseModel):
+    status: str
+    models: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    tag: str
+    request: type[BaseModel] | None = None
+    answer: type[BaseModel] | str = "A JSON object (the engine's answer, passed on as is)."
+    streams: bool = False  # may answer text/event-stream
+    errors: type[BaseModel] = OpenAIError
+    statuses: tuple[int, ...] = (400, 404, 429, 500, 503, 504)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def tgi_operations(prefix: str) -> list[Operation]:
+    where = " of the model in the path" if prefix else " of the only model served"
+    return [
+        Operation("post", prefix or "/", f"TGI generate{where} (a list, as TGI's / answers)",
+                  "TGI", s.GenerateRequest, errors=TgiError, streams=True),
+        Operation("post", f"{prefix}/generate", f"TGI generate{where}", "TGI",
+                  s.GenerateRequest, errors=TgiError),
+        Operation("post", f"{prefix}/generate_stream", f"TGI streamed generate{where}",
+                  "TGI", s.GenerateRequest, errors=TgiError, streams=True),
+    ]  # fmt: skip
+
+
+OPERATIONS: list[Operation] = [
+    Operation("post", "/v1/chat/completions", "Chat completion, streamed or not; with "
+              "'tribunal', answered after critique and revision", "OpenAI",
+              s.ChatCompletionRequest, streams=True),
+    Operation("post", "/v1/completions", "Text completion, streamed or not", "OpenAI",
+              s.CompletionRequest, streams=True),
+    Operation("get", "/v1/models", "The models served now", "OpenAI", answer=ModelList,
+              statuses=()),
+    *tgi_operations(""),
+    *tgi_operations("/models/{model}"),
+    Operation("post", "/v1/batch", "Many completions in one call, answered in order; a failed "
+              "item is reported in its place", "Workflows", s.BatchRequest, statuses=(400, 413)),
+    Operation("post", "/v1/tribunal", "Generate, critique against laws, revise", "Workflows",
+              s.TribunalRequest),
+    Operation("post", "/v1/map_reduce", "A text longer than the context: chunks answered, "
+              "then combined", "Workflows", s.MapReduceRequest),
+    Operation("get", "/v1/load", "In-flight requests, capacity and queue per model",
+              "Operations", answer=LoadReport, statuses=()),
+    Operation("get", "/health", "200 while the router runs", "Operations", answer=Status,
+              statuses=()),
+    Operation("get", "/ready", "200 once a replica is routable; 503 before", "Operations",
+              answer=Status, statuses=(503,)),
+    Operation("get", "/metrics", "Prometheus metrics", "Operations",
+              answer="Prometheus text exposition format.", statuses=()),
+    Operation("get", "/openapi.json", "This document", "Operations",
+              answer="The OpenAPI 3.1 document.", statuses=()),
+    Operation("get", "/docs", "This document as an HTML page", "Operations",
+              answer="An HTML page.", statuses=()),
+]  # fmt: skip
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    models: set[type[BaseModel]] = {OpenAIError, TgiError}
+    models |= {op.request for op in OPERATIONS if op.request}
+    models |= {op.answer for op in OPERATIONS if isinstance(op.answer, type)}
+    refs, schemas = models_json_schema(
+        [(model, "validation") for model in sorted(models, key=lambda m: m.__name__)],
+        ref_template=REF,
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = operation(op, refs)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "slurm-llm router",
+            "version": __version__,
+            "description": "One endpoint in front of every model served on the cluster: the "
+            "OpenAI and TGI APIs, plus batch, tribunal and map-reduce. Bodies are checked "
+            "against these schemas; unknown fields of the OpenAI and TGI bodies pass through "
+            "to the engine.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {"bearer": BEARER},
+        },
+        "security": [{"bearer": []}, {}],
+    }
+
+
+def operation(op: Operation, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+    def ref(model: type[BaseModel]) -> dict[str, Any]:
+        return refs[(model, "validation")]
+
+    answer: dict[str, Any] = {"description": "OK"}
+    if isinstance(op.answer, type):
+        answer["content"] = {"application/json": {"schema": ref(op.answer)}}
+    else:
+        answer["description"] = op.answer
+        kind = {"/metrics": "text/plain", "/docs": "text/html"}.get(op.path, "application/json")
+        answer["content"] = {kind: {"schema": {"type": "string" if kind != "application/json"
+                                                else "object"}}}  # fmt: skip
+    if op.streams:
+        answer["content"]["text/event-stream"] = {
+            "schema": {"type": "string", "description": "Server-sent events, when streamed."}
+        }
+    responses: dict[str, Any] = {"200": answer}
+    for status in op.statuses:
+        responses[str(status)] = {
+            "description": STATUS_TEXT[status],
+            "content": {"application/json": {"schema": ref(op.errors)}},
+        }
+    found: dict[str, Any] = {
+        "summary": op.summary,
+        "tags": [op.tag],
+        "operationId": f"{op.method}_{op.path.strip('/').replace('/', '_') or 'root'}".replace(
+            "{", ""
+        ).replace("}", ""),
+        "responses": responses,
+    }
+    if op.request is not None:
+        found["description"] = (op.request.__doc__ or "").strip()
+        found["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": ref(op.request)}},
+        }
+    if "{model}" in op.path:
+        found["parameters"] = [{"name": "model", "in": "path", "required": True,
+                                "schema": {"type": "string"}}]  # fmt: skip
+    return found
+
+
+STATUS_TEXT = {
+    400: "The body does not fit the schema; the error names the field.",
+    404: "The model is not served here; the error lists what is.",
+    413: "The body or the batch is too large.",
+    429: "The model's queue is full; retry after the Retry-After seconds.",
+    500: "Two replicas refused this request (X-Should-Retry: false): send it changed.",
+    503: "No replica could answer; retry after the Retry-After seconds.",
+    504: "The request's deadline passed.",
+}
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+async def docs(request: web.Request) -> web.Response:
+    return web.Response(text=docs_page(), content_type="text/html")
+
+
+@cache
+def docs_page() -> str:
+    document = openapi_document()
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("slurm_llm.router", "templates"), autoescape=True
+    )
+    environment.filters["pretty"] = lambda value: json.dumps(value, indent=2)
+    environment.filters["schema_name"] = lambda ref: ref.rsplit("/", 1)[-1]
+    return environment.get_template("docs.html.j2").render(
+        document=document, schemas=document["components"]["schemas"]
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/docs", docs)
