@@ -20,6 +20,7 @@ class RouterConfig:
     retry_backoff_s: float = 0.05
     connect_timeout_s: float = 5.0
     idle_stream_timeout_s: float = 120.0  # silence allowed between two chunks of a stream
+    stream_failover: bool = True  # a broken stream continues on another replica (_failover)
     max_body_bytes: int = 4 * 2**20
     max_batch_items: int = 10_000
     session_header: str = "X-Session-ID"  # requests with the same value go to the same replica

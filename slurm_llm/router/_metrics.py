@@ -92,6 +92,11 @@ class RouterMetrics:
             "the request's fault; answered with the engine's error, no replica ejected.",
             ["model", "status"], registry=self.registry,
         )  # fmt: skip
+        self.continuations = Counter(
+            f"{prefix}_stream_continuations", "Streams whose replica broke off mid-stream, by "
+            "outcome: continued (on another replica), not_continuable, no_replica.",
+            ["model", "outcome"], registry=self.registry,
+        )  # fmt: skip
         self.rejections = Counter(
             f"{prefix}_rejections", "Requests turned away: queue_full, queue_timeout, unhealthy.",
             ["model", "reason"], registry=self.registry,

@@ -12,11 +12,12 @@ from aiohttp import web
 from slurm_llm.router import _tribunal_api
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call, Relay, Reply
+from slurm_llm.router._failover import RelayFor, openai_plan, stream_with_failover
 from slurm_llm.router._metrics import RouterMetrics
 from slurm_llm.router._requests import affinity_key, read_json, served_model, validated
 from slurm_llm.router._schemas import ENDPOINT_MODELS, ChatCompletionRequest
 from slurm_llm.router._state import STATE
-from slurm_llm.router._streams import relay_events
+from slurm_llm.router._streams import ClientStream
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -27,8 +28,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return await _tribunal_api.chat_with_tribunal(request, checked)
     state = request.app[STATE]
     call = Call(model, request.path, raw, affinity_key(request, body))
-    if body.get("stream"):
-        outcome = await state.dispatcher.stream(call, sse_relay(request, state.metrics, model))
+    if checked.stream:
+        stream = ClientStream(request, broken_openai)
+        relay_for = sse_relay(stream, state.metrics, model)
+        outcome = await stream_with_failover(
+            request, call, stream, relay_for, openai_plan(call, body)
+        )
         return outcome if isinstance(outcome, web.StreamResponse) else as_response(outcome)
     reply = await state.dispatcher.send(call)
     if reply.status == 200:
@@ -60,26 +65,28 @@ def broken_openai(error: str) -> bytes:
     return f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode()
 
 
-def sse_relay(request: web.Request, metrics: RouterMetrics, model: str) -> Relay:
+def sse_relay(stream: ClientStream, metrics: RouterMetrics, model: str) -> RelayFor:
     """Passes the OpenAI stream through, timing its first byte and counting its events."""
+    started = time.monotonic()
+    first = True
 
-    async def relay(
-        upstream: aiohttp.ClientResponse, backend: Backend, ended: Callable[[bool], None]
-    ) -> web.StreamResponse:
-        started = time.monotonic()
-        first = True
+    def seen(chunk: bytes) -> None:
+        nonlocal first
+        if first:
+            metrics.first_byte.labels(model).observe(time.monotonic() - started)
+            first = False
+        events = chunk.count(b"data:") - chunk.count(b"[DONE]")
+        metrics.tokens.labels(model, "completion").inc(max(events, 0))
 
-        def seen(chunk: bytes) -> None:
-            nonlocal first
-            if first:
-                metrics.first_byte.labels(model).observe(time.monotonic() - started)
-                first = False
-            events = chunk.count(b"data:") - chunk.count(b"[DONE]")
-            metrics.tokens.labels(model, "completion").inc(max(events, 0))
+    def relay_for(rewrite: Callable[[bytes], bytes]) -> Relay:
+        async def relay(
+            upstream: aiohttp.ClientResponse, backend: Backend, ended: Callable[[bool], None]
+        ) -> web.StreamResponse:
+            return await stream.relay(upstream, backend.engine, rewrite, seen, ended)
 
-        return await relay_events(request, upstream, broken_openai, seen=seen, ended=ended)
+        return relay
 
-    return relay
+    return relay_for
 
 
 async def list_models(request: web.Request) -> web.Response:

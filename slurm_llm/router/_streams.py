@@ -1,9 +1,11 @@
-"""Relaying a replica's event stream to the client, chunk by chunk, in either API's dialect.
+"""Relaying a replica's event stream to the client, event by event, in either API's dialect.
 
-Bytes go out as they arrive (no buffering). A client that leaves ends the relay quietly: the
-replica did nothing wrong. A replica that breaks off or falls silent past the idle timeout ends
-the stream with an error event in the caller's dialect, never a silent hang, and is reported as
-not clean so the dispatcher ejects it.
+Bytes go out as whole events arrive (no buffering beyond the event being received), so a
+stream that breaks leaves the client at an event boundary, where another replica's events can
+follow (``_failover``). A client that leaves ends the relay quietly: the replica did nothing
+wrong. A replica that breaks off or falls silent past the idle timeout is reported as not clean
+so the dispatcher ejects it; the stream then continues elsewhere, or ends with an error event in
+the caller's dialect, never a silent hang.
 
 The replica is given back (``ended``) as soon as its stream is over: when its OpenAI
 ``data: [DONE]`` arrives, or at a break, in both cases before the client sees it. A client that
@@ -22,45 +24,85 @@ from aiohttp import web
 
 DONE = b"data: [DONE]"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+EVENT_END = b"\n\n"
 
 
 def unchanged(chunk: bytes) -> bytes:
     return chunk
 
 
-async def relay_events(
-    request: web.Request,
-    upstream: aiohttp.ClientResponse,
-    broken: Callable[[str], bytes],
-    translate: Callable[[bytes], bytes] = unchanged,
-    seen: Callable[[bytes], None] = lambda chunk: None,
-    ended: Callable[[bool], None] = lambda clean: None,
-) -> web.StreamResponse:
-    """The client's response. ``broken(error name)`` is the final event after a break;
-    ``seen`` watches each upstream chunk (for metrics); ``ended(clean)`` is told once the
-    stream is over (it may be told again, later, which it must ignore)."""
-    response = web.StreamResponse(status=200, headers=SSE_HEADERS)
-    await response.prepare(request)
-    try:
-        async for chunk in upstream.content.iter_any():
-            seen(chunk)
-            if DONE in chunk:
-                ended(True)
-            try:
-                await response.write(translate(chunk))
-            except ConnectionResetError:
-                ended(True)  # the client left; the replica did nothing wrong
-                return response
-    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-        ended(False)
+class ClientStream:
+    """One client's event stream, relayed from one replica and, after a break, from the next.
+
+    ``forwarded`` keeps the upstream events the client was sent (before any translation), which
+    is what a continuation needs to know: the text so far, the stream's id. ``broken`` names
+    the error that ended the last relay, None once a relay ended cleanly.
+    """
+
+    def __init__(self, request: web.Request, broken_event: Callable[[str], bytes]) -> None:
+        self.request = request
+        self.broken_event = broken_event
+        self.response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        self.forwarded: list[bytes] = []
+        self.broken: str | None = None
+        self.done = False  # the OpenAI [DONE] was forwarded: nothing is left to continue
+        self.engines: list[str] = []  # of the replicas relayed from, in order
+
+    async def relay(
+        self,
+        upstream: aiohttp.ClientResponse,
+        engine: str,
+        translate: Callable[[bytes], bytes] = unchanged,
+        seen: Callable[[bytes], None] = lambda chunk: None,
+        ended: Callable[[bool], None] = lambda clean: None,
+    ) -> web.StreamResponse:
+        """Relays one replica's stream. ``translate`` rewrites whole events for the client;
+        ``seen`` watches each upstream chunk (for metrics); ``ended(clean)`` is told once the
+        stream is over (it may be told again, later, which it must ignore)."""
+        if not self.response.prepared:
+            await self.response.prepare(self.request)
+        self.engines.append(engine)
+        self.broken = None
+        pending = b""
+        try:
+            async for chunk in upstream.content.iter_any():
+                seen(chunk)
+                pending += chunk
+                cut = pending.rfind(EVENT_END) + len(EVENT_END)
+                if cut < len(EVENT_END):
+                    continue
+                whole, pending = pending[:cut], pending[cut:]
+                if DONE in whole:
+                    self.done = True
+                    ended(True)
+                if not await self._write(translate(whole), ended):
+                    return self.response
+                self.forwarded.append(whole)
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            ended(False)
+            if not self.done:
+                self.broken = type(exc).__name__
+            return self.response
+        ended(True)
+        if pending and await self._write(translate(pending + EVENT_END), ended):
+            self.forwarded.append(pending)
+        return self.response
+
+    async def _write(self, data: bytes, ended: Callable[[bool], None]) -> bool:
+        """False when the client has left; the replica did nothing wrong."""
+        try:
+            await self.response.write(data)
+        except ConnectionResetError:
+            ended(True)
+            return False
+        return True
+
+    async def finish(self) -> web.StreamResponse:
+        """Ends the client's stream: with the error event if the last relay broke off."""
+        # A client that has its [DONE] may hang up before the stream's end; that is no fault of
+        # the replica (aiohttp's ClientConnectionResetError is a ConnectionResetError too).
         with contextlib.suppress(ConnectionResetError):
-            await response.write(broken(type(exc).__name__))
-            await response.write_eof()
-        return response
-    ended(True)
-    # A client that has its [DONE] may hang up before the stream's end; that is no fault of the
-    # replica (aiohttp's ClientConnectionResetError is a ConnectionResetError too, and must not
-    # reach the dispatcher, which would eject the replica and send the request again).
-    with contextlib.suppress(ConnectionResetError):
-        await response.write_eof()
-    return response
+            if self.broken is not None:
+                await self.response.write(self.broken_event(self.broken))
+            await self.response.write_eof()
+        return self.response

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -17,10 +18,17 @@ from aiohttp import web
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call, Relay, Reply
 from slurm_llm.router._errors import RouterError
+from slurm_llm.router._failover import (
+    Plan,
+    RelayFor,
+    SentSoFar,
+    openai_plan,
+    stream_with_failover,
+)
 from slurm_llm.router._requests import affinity_key, read_json, served_model, validated
 from slurm_llm.router._schemas import GenerateRequest
 from slurm_llm.router._state import STATE
-from slurm_llm.router._streams import relay_events, unchanged
+from slurm_llm.router._streams import ClientStream, unchanged
 from slurm_llm.router._tgi_translation import (
     StreamTranslator,
     error_body,
@@ -69,7 +77,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
                 affinity_key(request, body), tgi=native)  # fmt: skip
     dispatcher = request.app[STATE].dispatcher
     if streamed:
-        outcome = await dispatcher.stream(call, tgi_relay(request, body))
+        stream = ClientStream(request, broken_tgi)
+        plan = tgi_plan(call, completion)
+        outcome = await stream_with_failover(request, call, stream, tgi_relay(stream, body), plan)
         if isinstance(outcome, web.StreamResponse):
             return outcome
         reply = outcome
@@ -103,17 +113,33 @@ def broken_tgi(error: str) -> bytes:
     return sse(error_body(f"the replica broke off the stream ({error})", "incomplete_generation"))
 
 
-def tgi_relay(request: web.Request, body: dict[str, Any]) -> Relay:
-    """TGI events: passed through from TGI replicas, translated from the others."""
+def tgi_relay(stream: ClientStream, body: dict[str, Any]) -> RelayFor:
+    """TGI events: passed through from TGI replicas, translated from the others (by one
+    translator across a continuation, so the token index and the final text run on)."""
+    translator = StreamTranslator(body)
 
-    async def relay(
-        upstream: aiohttp.ClientResponse, backend: Backend, ended: Callable[[bool], None]
-    ) -> web.StreamResponse:
-        # TGI's own stream has no end marker: that replica is given back when it closes.
-        translate = unchanged if backend.engine == "tgi" else StreamTranslator(body).feed
-        return await relay_events(request, upstream, broken_tgi, translate=translate, ended=ended)
+    def relay_for(rewrite: Callable[[bytes], bytes]) -> Relay:
+        async def relay(
+            upstream: aiohttp.ClientResponse, backend: Backend, ended: Callable[[bool], None]
+        ) -> web.StreamResponse:
+            # TGI's own stream has no end marker: that replica is given back when it closes.
+            translate = unchanged if backend.engine == "tgi" else translator.feed
+            return await stream.relay(upstream, backend.engine, translate, ended=ended)
 
-    return relay
+        return relay
+
+    return relay_for
+
+
+def tgi_plan(call: Call, completion: dict[str, Any]) -> Plan:
+    """A translated TGI stream continues as the text completion it was translated into."""
+    plan = openai_plan(replace(call, tgi=None), completion)
+
+    def plan_tgi(sent: SentSoFar) -> tuple[Call, Callable[[bytes], bytes]] | None:
+        planned = plan(sent)
+        return None if planned is None else (planned[0], unchanged)  # the translator rewrites
+
+    return plan_tgi
 
 
 def add_routes(app: web.Application) -> None:

@@ -100,10 +100,11 @@ def test_a_client_hanging_up_after_done_neither_ejects_the_replica_nor_repeats_t
 def test_a_replica_that_breaks_off_is_ejected_before_the_client_reads_the_error(
     router: RouterThread, upstream: StandInUpstream
 ) -> None:
+    """With failover off for this request (continuations: tests/unit/router/test_failover.py)."""
     request = urllib.request.Request(
         f"{router.url}/v1/completions",
         data=b'{"model": "m", "prompt": "x", "stream": true}',
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "X-Stream-Failover": "off"},
     )
     [backend] = router.pool.of("m")
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -113,4 +114,4 @@ def test_a_replica_that_breaks_off_is_ejected_before_the_client_reads_the_error(
                 break
         else:
             pytest.fail("no error event at the end of the broken stream")
-    assert upstream.requests == 1, "a stream the client has begun to read is not sent again"
+    assert upstream.requests == 1, "with failover off, a begun stream is not sent again"

@@ -1,0 +1,200 @@
+"""Mid-stream failover: a stream whose replica breaks off after tokens were sent is continued on
+another replica, so the client sees one uninterrupted stream.
+
+The continuation asks the next replica for the rest of the same answer: a text completion gets
+the prompt plus the text already sent; a chat gets the messages plus the partial answer as a
+final assistant message to continue (llama.cpp continues a final assistant message by itself;
+vLLM does with ``continue_final_message``, sent with ``add_generation_prompt: false``). Its
+``max_tokens`` is what is left. Its events are rewritten to carry the first replica's id and
+creation time, the role-only opening event of a chat is dropped, and its ``usage`` counts the
+tokens sent before the break as completion tokens, not prompt tokens.
+
+A stream is continued only where a continuation means the same thing: one choice (``n`` 1), a
+prompt that is one string, no tool calls begun, no ``echo``, and a replica that speaks the
+OpenAI API (a TGI replica's native stream is not continued). It is on by default, off for the
+router with ``stream_failover=False`` and for one request with ``X-Stream-Failover: off``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aiohttp import web
+
+from slurm_llm.router._dispatch import Call, Relay, Reply
+from slurm_llm.router._errors import RouterError
+from slurm_llm.router._metrics import RouterMetrics
+from slurm_llm.router._state import STATE
+from slurm_llm.router._streams import ClientStream, unchanged
+
+OPT_OUT_HEADER = "X-Stream-Failover"
+MAX_CONTINUATIONS = 3  # a stream broken more often than this ends with the error event
+CHAT = "/v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class SentSoFar:
+    """What a client has been sent of one OpenAI stream."""
+
+    text: str
+    pieces: int  # events that carried text: one token each in llama.cpp and vLLM streams
+    id: str | None
+    created: int | None
+    finished: bool  # a finish_reason was sent: the answer is whole
+    continuable: bool  # one choice, no tool calls
+
+
+def sent_so_far(forwarded: list[bytes]) -> SentSoFar:
+    text: list[str] = []
+    first: dict[str, Any] = {}
+    finished, continuable = False, True
+    for payload in events(b"".join(forwarded)):
+        first = first or payload
+        for choice in payload.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continuable = False
+            delta = choice.get("delta") or {}
+            if delta.get("tool_calls") or delta.get("function_call"):
+                continuable = False
+            piece = delta.get("content") if "delta" in choice else choice.get("text")
+            if isinstance(piece, str) and piece:
+                text.append(piece)
+            finished = finished or choice.get("finish_reason") is not None
+    return SentSoFar("".join(text), len(text), first.get("id"), first.get("created"),
+                     finished, continuable)  # fmt: skip
+
+
+def events(data: bytes) -> list[dict[str, Any]]:
+    """The JSON payloads of the ``data:`` events in ``data`` (other lines are skipped)."""
+    found = []
+    for line in data.splitlines():
+        if line.startswith(b"data:") and (payload := line[5:].strip()) != b"[DONE]":
+            try:
+                decoded = json.loads(payload)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(decoded, dict):
+                found.append(decoded)
+    return found
+
+
+def continuation_body(path: str, body: dict[str, Any], sent: SentSoFar) -> dict[str, Any] | None:
+    """The request for the rest of the answer, or None when it cannot mean the same thing."""
+    if not sent.continuable or body.get("n", 1) != 1 or body.get("echo"):
+        return None
+    rest = dict(body)
+    for limit in ("max_tokens", "max_completion_tokens"):
+        if isinstance(body.get(limit), int):
+            if body[limit] - sent.pieces < 1:
+                return None
+            rest[limit] = body[limit] - sent.pieces
+    if path == CHAT:
+        partial = {"role": "assistant", "content": sent.text}
+        rest["messages"] = [*body["messages"], partial]
+        rest["continue_final_message"] = True
+        rest["add_generation_prompt"] = False
+        return rest
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        return None  # token ids or several prompts
+    rest["prompt"] = prompt + sent.text
+    return rest
+
+
+def continued_events(path: str, sent: SentSoFar) -> Callable[[bytes], bytes]:
+    """Rewrites a continuation's events into the first stream's: its id and creation time, no
+    second role event, usage counting the tokens sent before the break as completion."""
+
+    def rewrite(whole: bytes) -> bytes:
+        out = []
+        for line in whole.split(b"\n\n"):
+            if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+                out.append(line)
+                continue
+            try:
+                payload = json.loads(line[5:])
+            except json.JSONDecodeError:
+                out.append(line)
+                continue
+            if sent.id is not None:
+                payload["id"], payload["created"] = sent.id, sent.created
+            if isinstance(usage := payload.get("usage"), dict):
+                moved = min(sent.pieces, int(usage.get("prompt_tokens") or 0))
+                usage["prompt_tokens"] = int(usage.get("prompt_tokens") or 0) - moved
+                usage["completion_tokens"] = int(usage.get("completion_tokens") or 0) + moved
+            elif path == CHAT and only_opens(payload):
+                continue
+            out.append(b"data: " + json.dumps(payload).encode())
+        return b"\n\n".join(out)
+
+    return rewrite
+
+
+def only_opens(payload: dict[str, Any]) -> bool:
+    """A chat event that only says the assistant is speaking: the client already had one."""
+    choices = payload.get("choices") or [{}]
+    delta = choices[0].get("delta") or {}
+    return (
+        not delta.get("content")
+        and choices[0].get("finish_reason") is None
+        and (set(delta) <= {"role", "content", "reasoning_content"})
+    )
+
+
+# Builds the relay for one replica's stream, given how to rewrite its events for the client.
+RelayFor = Callable[[Callable[[bytes], bytes]], Relay]
+# Rewrites the request for the rest of the answer: its (path, body) from the original's.
+Plan = Callable[[SentSoFar], tuple[Call, Callable[[bytes], bytes]] | None]
+
+
+async def stream_with_failover(
+    request: web.Request, call: Call, stream: ClientStream, relay_for: RelayFor, plan: Plan
+) -> web.StreamResponse | Reply:
+    """The client's stream, continued on other replicas after breaks; or the first replica's
+    non-200 answer (which was not streamed)."""
+    state = request.app[STATE]
+    outcome = await state.dispatcher.stream(call, relay_for(unchanged))
+    if isinstance(outcome, Reply):
+        return outcome
+    enabled = state.config.stream_failover and request.headers.get(
+        OPT_OUT_HEADER, "on"
+    ).lower() not in ("off", "false", "0")
+    for _ in range(MAX_CONTINUATIONS):
+        if stream.broken is None or not enabled or "tgi" in stream.engines:
+            break
+        sent = sent_so_far(stream.forwarded)
+        planned = None if sent.finished else plan(sent)
+        if planned is None:
+            count(state.metrics, call.model, "not_continuable")
+            break
+        next_call, rewrite = planned
+        continued: web.StreamResponse | Reply | None = None
+        with contextlib.suppress(RouterError):  # no replica could: it ends with the error event
+            continued = await state.dispatcher.stream(next_call, relay_for(rewrite))
+        if not isinstance(continued, web.StreamResponse):
+            count(state.metrics, call.model, "no_replica")
+            break
+        count(state.metrics, call.model, "continued")
+    return await stream.finish()
+
+
+def count(metrics: RouterMetrics, model: str, outcome: str) -> None:
+    metrics.continuations.labels(model, outcome).inc()
+
+
+def openai_plan(call: Call, body: dict[str, Any]) -> Plan:
+    """Continuations of an OpenAI chat or text completion stream."""
+
+    def plan(sent: SentSoFar) -> tuple[Call, Callable[[bytes], bytes]] | None:
+        rest = continuation_body(call.path, body, sent)
+        if rest is None:
+            return None
+        return replace(call, body=json.dumps(rest).encode()), continued_events(call.path, sent)
+
+    return plan

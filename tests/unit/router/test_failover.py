@@ -1,0 +1,202 @@
+"""Mid-stream failover: a stream whose replica breaks off continues on another replica, and the
+client sees one stream: the text it had, then the rest, one id, usage as if nothing happened.
+
+The replicas are stand-in OpenAI servers (aiohttp apps named as such, not engines) that "count":
+asked to complete ``count:`` they answer `` 1 2 3 ...``, one number per event, and asked to
+continue ``count: 1 2 3`` (a prompt, or a final assistant message with
+``continue_final_message``) they go on from 4, as an engine continues a text. Each breaks off
+its first stream after three events, as a killed engine's stream would. The same behaviour with
+real llama.cpp replicas killed mid-stream is in ``tests/integration/test_router_faults.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from slurm_llm._app_thread import AppThread
+from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
+from slurm_llm.router._state import STATE
+
+BREAK_AFTER = 3
+
+
+class CountingReplica(AppThread):
+    """A stand-in OpenAI server that counts; ``breaks`` streams break off after 3 events."""
+
+    def __init__(self, breaks: int = 1) -> None:
+        self.breaks = breaks
+        self.bodies: list[dict[str, Any]] = []
+        app = web.Application()
+        app.router.add_post("/v1/completions", self.complete)
+        app.router.add_post("/v1/chat/completions", self.complete)
+        super().__init__(app)
+
+    async def complete(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.bodies.append(body)
+        chat = "messages" in body
+        if chat:
+            last = body["messages"][-1]
+            so_far = last["content"] if body.get("continue_final_message") else ""
+            prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
+        else:  # token ids count as "count:"
+            prompt = body["prompt"] if isinstance(body["prompt"], str) else "count:"
+            so_far = prompt.removeprefix("count:")
+            prompt_tokens = len(prompt.split())
+        start = len(so_far.split()) + 1
+        numbers = range(start, start + body.get("max_tokens", 5))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        meta = {"id": f"cmpl-{id(body)}", "created": len(self.bodies), "model": "m"}
+        if chat:
+            await send(
+                response, {**meta, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}
+            )
+        for sent, number in enumerate(numbers):
+            if self.breaks and sent == BREAK_AFTER:
+                self.breaks -= 1
+                assert request.transport is not None
+                request.transport.close()  # mid-stream, as a killed engine's stream ends
+                return response
+            piece = {"delta": {"content": f" {number}"}} if chat else {"text": f" {number}"}
+            last_one = number == numbers[-1]
+            choice = {"index": 0, **piece, "finish_reason": "length" if last_one else None}
+            await send(response, {**meta, "choices": [choice]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(numbers),
+                     "total_tokens": prompt_tokens + len(numbers)}  # fmt: skip
+            await send(response, {**meta, "choices": [], "usage": usage})
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+async def send(response: web.StreamResponse, event: dict[str, Any]) -> None:
+    await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+
+
+@pytest.fixture
+def replicas() -> Iterator[tuple[list[CountingReplica], RouterThread]]:
+    pair = [CountingReplica(), CountingReplica()]
+    with ExitStack() as stack:
+        for replica in pair:
+            stack.enter_context(replica)
+        config = RouterConfig(probes=ProbeConfig(interval_s=0))
+        router = RouterThread(static=[("m", r.url) for r in pair], config=config)
+        yield pair, stack.enter_context(router)
+
+
+def stream(router: RouterThread, path: str, body: dict[str, Any],
+           headers: dict[str, str] | None = None) -> list[bytes]:  # fmt: skip
+    """The raw ``data:`` payloads of one streamed request, in order."""
+    request = urllib.request.Request(
+        f"{router.url}{path}", data=json.dumps({**body, "stream": True}).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return [line[5:].strip() for line in response if line.startswith(b"data:")]
+
+
+def decoded(payloads: list[bytes]) -> list[dict[str, Any]]:
+    return [json.loads(p) for p in payloads if p != b"[DONE]"]
+
+
+def continued(router: RouterThread, outcome: str = "continued") -> float:
+    registry = router.app[STATE].metrics.registry
+    labels = {"model": "m", "outcome": outcome}
+    return registry.get_sample_value("slurm_llm_router_stream_continuations_total", labels) or 0
+
+
+def test_a_broken_text_stream_continues_on_the_other_replica(
+    replicas: tuple[list[CountingReplica], RouterThread],
+) -> None:
+    pair, router = replicas
+    body = {"model": "m", "prompt": "count:", "max_tokens": 8,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    payloads = stream(router, "/v1/completions", body)
+    events = decoded(payloads)
+    text = "".join(c["text"] for e in events for c in e["choices"])
+    assert text == " 1 2 3 4 5 6 7 8"
+    assert payloads[-1] == b"[DONE]" and payloads.count(b"[DONE]") == 1
+    assert len({e["id"] for e in events}) == 1 and len({e["created"] for e in events}) == 1
+    assert events[-1]["usage"] == {"prompt_tokens": 1, "completion_tokens": 8, "total_tokens": 9}
+    # each replica breaks its first stream: 1-3 from one, 4-6 from the other, 7-8 from the first
+    continuations = sorted(
+        (b["prompt"], b["max_tokens"]) for r in pair for b in r.bodies if b["prompt"] != "count:"
+    )
+    assert continuations == [("count: 1 2 3", 5), ("count: 1 2 3 4 5 6", 2)]
+    assert continued(router) == 2
+
+
+def test_a_broken_chat_stream_continues_the_partial_answer(
+    replicas: tuple[list[CountingReplica], RouterThread],
+) -> None:
+    pair, router = replicas
+    body = {"model": "m", "messages": [{"role": "user", "content": "count"}], "max_tokens": 6}
+    events = decoded(stream(router, "/v1/chat/completions", body))
+    deltas = [c["delta"] for e in events for c in e["choices"]]
+    assert "".join(d.get("content") or "" for d in deltas) == " 1 2 3 4 5 6"
+    assert sum("role" in d for d in deltas) == 1  # the continuation's opening is dropped
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+    [continuation] = [b for r in pair for b in r.bodies if b.get("continue_final_message")]
+    assert continuation["messages"][-1] == {"role": "assistant", "content": " 1 2 3"}
+    assert continuation["add_generation_prompt"] is False and continuation["max_tokens"] == 3
+
+
+def test_a_translated_tgi_stream_continues_with_its_token_index_and_full_text(
+    replicas: tuple[list[CountingReplica], RouterThread],
+) -> None:
+    _, router = replicas
+    body = {"inputs": "count:", "parameters": {"max_new_tokens": 7}}
+    events = decoded(stream(router, "/generate_stream", body))
+    assert [e["index"] for e in events] == list(range(1, 8))
+    assert events[-1]["generated_text"] == " 1 2 3 4 5 6 7"
+    assert events[-1]["details"]["generated_tokens"] == 7
+
+
+def test_failover_can_be_turned_off_per_request(
+    replicas: tuple[list[CountingReplica], RouterThread],
+) -> None:
+    _, router = replicas
+    body = {"model": "m", "prompt": "count:", "max_tokens": 8}
+    payloads = stream(router, "/v1/completions", body, {"X-Stream-Failover": "off"})
+    assert b"broke off the stream" in payloads[-2] and payloads[-1] == b"[DONE]"
+    assert continued(router) == 0
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"n": 2}, {"prompt": [[1, 2, 3]]}, {"echo": True}],
+    ids=["several choices", "token ids", "echo"],
+)
+def test_a_stream_that_cannot_mean_the_same_when_continued_ends_with_the_error(
+    replicas: tuple[list[CountingReplica], RouterThread], extra: dict[str, Any]
+) -> None:
+    _, router = replicas
+    body = {"model": "m", "prompt": "count:", "max_tokens": 8, **extra}
+    payloads = stream(router, "/v1/completions", body)
+    assert b"broke off the stream" in payloads[-2]
+    assert continued(router, "not_continuable") == 1
+
+
+def test_with_every_replica_breaking_the_stream_ends_with_the_error() -> None:
+    pair = [CountingReplica(breaks=10), CountingReplica(breaks=10)]
+    with ExitStack() as stack:
+        for replica in pair:
+            stack.enter_context(replica)
+        config = RouterConfig(probes=ProbeConfig(interval_s=0), retry_backoff_s=0.01)
+        router = stack.enter_context(
+            RouterThread(static=[("m", r.url) for r in pair], config=config)
+        )
+        body = {"model": "m", "prompt": "count:", "max_tokens": 40}
+        events = stream(router, "/v1/completions", body)
+        text = "".join(c["text"] for e in decoded(events[:-2]) for c in e["choices"])
+        assert text == " " + " ".join(str(n) for n in range(1, 13))  # 3 events from each of 4
+        assert b"broke off the stream" in events[-2]
+        assert continued(router) == 3
