@@ -171,8 +171,7 @@ def _advance_handover(index: int, slot: Slot, successor: JobFacts, result: Plan)
     if successor.published:
         result.retire(index, [slot.job])
         result.events.append(
-            f"replica {index}: successor {slot.successor.job_id} ready; "
-            f"retired {slot.job.job_id}"
+            f"replica {index}: successor {slot.successor.job_id} ready; retired {slot.job.job_id}"
         )
         return replace(slot, job=slot.successor, successor=None)
     if successor.state.hopeless:

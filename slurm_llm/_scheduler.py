@@ -97,8 +97,9 @@ class SubmititScheduler:
                     "spec's slurm options (partition, account, qos, constraint) and its GPUs "
                     "per replica"
                 ) from None
-            submitted = {i: ReplicaJob(self.kind, folder, j) for i, j in zip(indices, jobs,
-                                                                              strict=True)}
+            submitted = {
+                i: ReplicaJob(self.kind, folder, j) for i, j in zip(indices, jobs, strict=True)
+            }
         else:
             with detached_output(folder / "controllers.log"):
                 try:

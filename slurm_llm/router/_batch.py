@@ -70,11 +70,13 @@ async def run_item(
     state: RouterState,
     endpoint: str,
     index: int,
-    item: dict[str, Any],
+    item: object,
     defaults: dict[str, Any],
     limits: dict[str, asyncio.Semaphore],
 ) -> dict[str, Any]:
     try:
+        if not isinstance(item, dict):
+            raise RouterError(400, "each request must be a JSON object")
         merged = {**defaults, **item}
         model = require_served(state.pool, validated(ENDPOINT_MODELS[endpoint], merged).model)
         if merged.get("stream"):

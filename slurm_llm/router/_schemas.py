@@ -238,7 +238,8 @@ class BatchRequest(Closed):
     model: str | None = Field(None, description="The items' model, unless an item names one.")
     endpoint: Literal["/v1/chat/completions", "/v1/completions"] = "/v1/chat/completions"
     defaults: dict[str, Any] = Field(default_factory=dict, description="Fields of every item.")
-    requests: Annotated[list[dict[str, Any]], Field(min_length=1)]
+    # Items are checked one by one, so one malformed item is reported in its place.
+    requests: Annotated[list[Any], Field(min_length=1, description="Request objects.")]
 
 
 ChatCompletionRequest.model_rebuild()
@@ -252,7 +253,7 @@ class InvalidRequest(ValueError):
     """A body that does not fit its model; ``field`` names the first wrong field."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"invalid '{field}': {message}" if field else message)
+        super().__init__(message)
         self.field = field
 
 
@@ -264,12 +265,18 @@ def check(model: type[M], body: object) -> M:
         return model.model_validate(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        deepest = max(len(field_path(e["loc"])) for e in errors)
-        found = [e for e in errors if len(field_path(e["loc"])) == deepest]
-        messages = dict.fromkeys(
-            str(e["msg"]).removeprefix("Value error, ") for e in found
-        )  # in order, without repeats
-        raise InvalidRequest(field_path(found[0]["loc"]), "; or ".join(messages)) from None
+        deepest = max(depth(e["loc"]) for e in errors)
+        found = [e for e in errors if depth(e["loc"]) == deepest]
+        field = field_path(found[0]["loc"])
+        if found[0]["type"] == "missing":
+            raise InvalidRequest(field, f"the field '{field}' is required") from None
+        # in order, without repeats
+        problems = dict.fromkeys(str(e["msg"]).removeprefix("Value error, ") for e in found)
+        raise InvalidRequest(field, f"invalid '{field}': {'; or '.join(problems)}") from None
+
+
+def depth(loc: tuple[int | str, ...]) -> int:
+    return field_path(loc).count(".") + field_path(loc).count("[") + 1
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:

@@ -21,11 +21,24 @@ from slurm_llm.router._errors import RouterError
 from slurm_llm.router._requests import read_json, require_served, served_model, validated
 from slurm_llm.router._schemas import ChatCompletionRequest, TribunalOptions, TribunalRequest
 from slurm_llm.router._state import STATE, RouterState
-from slurm_llm.tribunal import LawBook, Tribunal, TribunalConfig, TribunalResult, VerdictLog
+from slurm_llm.tribunal import (
+    LawBook,
+    Tribunal,
+    TribunalConfig,
+    TribunalResult,
+    VerdictLog,
+    law_books,
+)
 from slurm_llm.tribunal._tribunal import Messages
 
 
 def tribunal_for(state: RouterState, generator: str, options: TribunalOptions) -> Tribunal:
+    """The tribunal a request asks for. Only shipped law books: a client names a book, never a
+    file on the router's machine."""
+    if options.laws not in (shipped := law_books()):
+        raise RouterError(
+            400, f"no law book {options.laws!r}; shipped ones: {', '.join(shipped)}", param="laws"
+        )
     try:
         book = LawBook.named(options.laws).only(options.only)
         config = TribunalConfig(

@@ -61,6 +61,7 @@ def test_replicas_that_come_and_die_under_load_fail_no_request(
             )  # fmt: skip
             follower.start()
             failures: list[Exception] = []
+
             # A connection per request (urllib's way): every registry change reloads nginx,
             # whose old workers close their idle keep-alive connections, and a client that
             # sends on one at that moment sees it closed before any answer (HTTP/1.1's

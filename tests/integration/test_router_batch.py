@@ -44,10 +44,13 @@ def test_chat_batches_are_the_default(router: RouterThread) -> None:
 @pytest.mark.parametrize(
     ("batch", "message"),
     [
-        ({"model": "smollm2"}, "'requests' (a non-empty list"),
-        ({"model": "smollm2", "requests": []}, "'requests' (a non-empty list"),
-        ({"requests": [{}], "endpoint": "/v1/embeddings"}, "'endpoint' must be one of"),
-        ({"requests": [{}], "defaults": [1]}, "'defaults' must be an object"),
+        ({"model": "smollm2"}, "the field 'requests' is required"),
+        ({"model": "smollm2", "requests": []}, "invalid 'requests': List should have at least 1"),
+        (
+            {"requests": [{}], "endpoint": "/v1/embeddings"},
+            "invalid 'endpoint': Input should be '/v1/chat/completions' or '/v1/completions'",
+        ),
+        ({"requests": [{}], "defaults": [1]}, "invalid 'defaults': Input should be a valid dict"),
     ],
 )
 def test_malformed_batches_get_400(

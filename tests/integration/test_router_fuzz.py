@@ -10,6 +10,7 @@ the replicas rather than stopping at a 404.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 import schemathesis
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from schemathesis.core.result import Ok
 
 from slurm_llm import Deployment
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
@@ -27,7 +29,7 @@ from tests.integration.helpers import wait_until
 pytestmark = pytest.mark.llamacpp
 
 MODEL = "smollm2"
-EXAMPLES = 12  # per route and mode
+EXAMPLES = 8  # per route and mode
 CAPS = {"max_tokens": 4, "max_completion_tokens": 4, "max_new_tokens": 4, "n": 2,
         "best_of": 2, "max_rounds": 1, "top_logprobs": 2, "logprobs": 2}  # fmt: skip
 SKIPPED = {"/metrics", "/docs", "/openapi.json"}  # answer text, not JSON; covered elsewhere
@@ -58,12 +60,19 @@ def capped(value: Any) -> Any:
     if isinstance(out.get("critic_model"), str):
         out["critic_model"] = MODEL
     out.pop("context", None)  # map-reduce with a tiny context makes hundreds of calls
+    asks = "prompt" in out or "messages" in out
+    if asks and "max_tokens" not in out and "max_completion_tokens" not in out:
+        out["max_tokens"] = CAPS["max_tokens"]  # unbounded, llama.cpp writes to its context
     return out
 
 
-def operations(router_url: str) -> list[schemathesis.APIOperation]:
+def operations(router_url: str) -> list[Any]:
+    """The documented operations; the document must load without an error."""
     schema = schemathesis.openapi.from_url(f"{router_url}/openapi.json")
-    found = [result.ok() for result in schema.get_all_operations()]
+    found = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result
+        found.append(result.ok())
     return [op for op in found if op.path not in SKIPPED]
 
 
@@ -82,7 +91,7 @@ def test_no_body_makes_the_router_fail_or_eject_a_replica(router: RouterThread) 
                 phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
             )  # fmt: skip
             @hypothesis.given(case=strategy, named=st.booleans())
-            def send(case: schemathesis.Case, named: bool) -> None:
+            def send(case: Any, named: bool) -> None:
                 nonlocal sent
                 if isinstance(case.body, dict | list):
                     case.body = capped(case.body)
@@ -92,14 +101,15 @@ def test_no_body_makes_the_router_fail_or_eject_a_replica(router: RouterThread) 
                 sent += 1
                 where = f"{case.method} {case.formatted_path} {case.body!r:.300}"
                 if response.status_code >= 500:
-                    if response.headers.get("X-Should-Retry") == "false":
+                    if response.headers.get("x-should-retry") == ["false"]:
                         request_faults.append(f"{response.status_code} {where}")
                     else:
                         router_faults.append(f"{response.status_code} {where}: {response.text}")
 
-            send()
+            with contextlib.suppress(hypothesis.errors.Unsatisfiable):
+                send()  # a route with no body or parameters has no negative case
 
-    assert sent > 200
+    assert sent > 150  # 19 routes, two modes, up to 8 examples each
     assert not router_faults, "\n".join(router_faults)
     backends = router.pool.of(MODEL)
     assert [b.failures for b in backends] == [0, 0], "a client's request ejected a replica"

@@ -64,22 +64,29 @@ def test_a_hung_replica_is_probed_out_and_back_in(
         assert wait_until(lambda: not backend.probed_down), "one good probe brings it back"
 
 
-def test_a_stream_that_goes_silent_ends_with_an_error_event(
-    frozen_pair: Deployment, slurm_llm_home: Path
+@pytest.mark.parametrize("failover", ["on", "off"])
+def test_a_stream_that_goes_silent_continues_elsewhere_or_ends_with_an_error_event(
+    frozen_pair: Deployment, slurm_llm_home: Path, failover: str
 ) -> None:
     config = RouterConfig(idle_stream_timeout_s=1.0, probes=ProbeConfig(interval_s=0))
     with RouterThread(home=slurm_llm_home, deployment="frozen-pair", config=config) as router:
         records = {r.url: r for r in frozen_pair.records()}
         stream = openai_client(router.url).completions.create(
-            model="smollm2", prompt="Write a long story:", max_tokens=400, stream=True,
+            model="smollm2", prompt="Write a long story:", max_tokens=60, stream=True,
             extra_body={"ignore_eos": True},  # an early end of text would end the stream cleanly
+            extra_headers={"X-Stream-Failover": failover},
         )  # fmt: skip
         chunks = iter(stream)
         next(chunks)
         (serving,) = [b for b in router.pool.backends.values() if b.in_flight]
         started = time.monotonic()
-        with pytest.raises(openai.APIError, match="broke off"), frozen(records[serving.url]):
-            for _ in chunks:
-                pass
-        assert time.monotonic() - started < 10
-        assert not serving.routable(time.monotonic()), "the silent replica is ejected"
+        with frozen(records[serving.url]):
+            if failover == "off":
+                with pytest.raises(openai.APIError, match="broke off"):
+                    for _ in chunks:
+                        pass
+            else:
+                rest = [chunk.choices[0] for chunk in chunks if chunk.choices]
+                assert rest[-1].finish_reason == "length"  # all 60 tokens, the rest elsewhere
+            assert time.monotonic() - started < 10
+            assert not serving.routable(time.monotonic()), "the silent replica is ejected"

@@ -62,7 +62,7 @@ def test_bad_tgi_requests_raise_the_clients_own_exceptions(router: RouterThread)
     status, body, _ = post(f"{router.url}/models/smollm2/generate", {"parameters": {}})
     assert status == 400
     assert isinstance(parse_error(status, body), ValidationError)
-    assert "'inputs' (a string) is required" in body["error"]
+    assert "the field 'inputs' is required" in body["error"]
 
 
 class StandInTgi(AppThread):

@@ -42,9 +42,9 @@ def test_the_controller_runs_as_a_small_job_of_its_own(on_slurm: Deployment) -> 
     assert record is not None and record.kind == "job" and record.dead_reason() is None
     assert record.job_id is not None
     squeue = ["squeue", "-h", "-j", record.job_id, "-o", "%T|%j|%C"]
-    state, name, cpus = subprocess.run(
-        squeue, capture_output=True, text=True, check=True
-    ).stdout.strip().split("|")
+    state, name, cpus = (
+        subprocess.run(squeue, capture_output=True, text=True, check=True).stdout.strip().split("|")
+    )
     assert (state, name, cpus) == ("RUNNING", "slurm-llm-controller+slurm-smollm2", "1")
 
 
@@ -147,8 +147,10 @@ def test_wall_time_handover_keeps_a_replica_ready_at_every_moment(
 
         def controller_handed_over() -> bool:
             record = deployment.controller()
-            return record is not None and record.job_id != first_controller.job_id and (
-                record.dead_reason() is None
+            return (
+                record is not None
+                and record.job_id != first_controller.job_id
+                and (record.dead_reason() is None)
             )
 
         wait_until(controller_handed_over, 60, "a successor controller job")

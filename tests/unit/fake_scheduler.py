@@ -62,7 +62,6 @@ class FakeScheduler:
             self.during_submit()
         return refs
 
-
     def cancel(self, job: JobRef) -> None:
         fake = self.jobs[job.job_id]
         if fake.state in ("PENDING", "RUNNING"):

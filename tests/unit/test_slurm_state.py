@@ -103,7 +103,8 @@ def test_when_slurmctld_does_not_answer_every_job_is_unknown_not_ended(
     fake_command(tmp_path, "sacct", 'echo "5_0|COMPLETED"')
     monkeypatch.setenv("PATH", str(tmp_path))
     assert SlurmStates().query(["5_0", "5_1"]) == {
-        "5_0": JobState(UNKNOWN), "5_1": JobState(UNKNOWN)
+        "5_0": JobState(UNKNOWN),
+        "5_1": JobState(UNKNOWN),
     }
 
 
