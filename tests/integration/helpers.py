@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Any, NamedTuple
 import openai
 
 from slurm_llm import Deployment, EndpointRecord, ModelSpec, deploy
+from slurm_llm.router import RouterThread
 
 _CLIENTS: dict[str, openai.OpenAI] = {}
 
@@ -141,3 +143,38 @@ def cli(*args: str, check: bool = True, timeout: float = 180) -> str:
     if check and done.returncode != 0:
         raise AssertionError(f"slurm-llm {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
     return done.stdout + done.stderr
+
+
+def read_stream(
+    router: RouterThread,
+    model: str,
+    path: str,
+    body: dict[str, Any],
+    kill_after: int | None = None,
+) -> tuple[list[str], list[dict[str, Any]], bool]:
+    """The text pieces and events of one stream; with ``kill_after``, the engine serving it is
+    killed (SIGKILL) once that many pieces have arrived. Also: whether an error event came."""
+    request = urllib.request.Request(
+        f"{router.url}{path}", data=json.dumps({**body, "stream": True}).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    pieces: list[str] = []
+    events: list[dict[str, Any]] = []
+    errored = False
+    with urllib.request.urlopen(request, timeout=120) as response:
+        for line in response:
+            data = line.removeprefix(b"data:").strip()
+            if not line.startswith(b"data:") or data == b"[DONE]":
+                continue
+            event = json.loads(data)
+            events.append(event)
+            errored = errored or "error" in event
+            for choice in event.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content") or choice.get("text")
+                if piece:
+                    pieces.append(piece)
+            if kill_after is not None and len(pieces) == kill_after:
+                [busy] = [b for b in router.pool.of(model) if b.in_flight]
+                [record] = [r for r in router.pool.registry.records() if r.url == busy.url]  # type: ignore[union-attr]
+                os.kill(record.engine_pid, signal.SIGKILL)
+    return pieces, events, errored

@@ -4,10 +4,6 @@ retrying; a stream whose replica is killed mid-answer continues on the other rep
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +14,7 @@ import pytest
 from slurm_llm import Deployment
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
 from slurm_llm.router._state import STATE
-from tests.integration.helpers import deploy_smollm2, post, wait_until
+from tests.integration.helpers import deploy_smollm2, post, read_stream, wait_until
 
 pytestmark = pytest.mark.llamacpp
 
@@ -82,37 +78,6 @@ def test_a_request_every_engine_fails_is_passed_on_not_retried_and_ejects_nobody
     assert [b.failures for b in router.pool.of(MODEL)] == [0, 0]
 
 
-def read_stream(
-    router: RouterThread, path: str, body: dict[str, Any], kill_after: int | None = None
-) -> tuple[list[str], list[dict[str, Any]], bool]:
-    """The text pieces and events of one stream; with ``kill_after``, the engine serving it is
-    killed (SIGKILL) once that many pieces have arrived. Also: whether an error event came."""
-    request = urllib.request.Request(
-        f"{router.url}{path}", data=json.dumps({**body, "stream": True}).encode(),
-        headers={"Content-Type": "application/json"},
-    )  # fmt: skip
-    pieces: list[str] = []
-    events: list[dict[str, Any]] = []
-    errored = False
-    with urllib.request.urlopen(request, timeout=120) as response:
-        for line in response:
-            data = line.removeprefix(b"data:").strip()
-            if not line.startswith(b"data:") or data == b"[DONE]":
-                continue
-            event = json.loads(data)
-            events.append(event)
-            errored = errored or "error" in event
-            for choice in event.get("choices") or []:
-                piece = (choice.get("delta") or {}).get("content") or choice.get("text")
-                if piece:
-                    pieces.append(piece)
-            if kill_after is not None and len(pieces) == kill_after:
-                [busy] = [b for b in router.pool.of(MODEL) if b.in_flight]
-                [record] = [r for r in router.pool.registry.records() if r.url == busy.url]  # type: ignore[union-attr]
-                os.kill(record.engine_pid, signal.SIGKILL)
-    return pieces, events, errored
-
-
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -135,8 +100,8 @@ def test_a_stream_whose_engine_is_killed_continues_on_the_other_replica(
         ) as router,
     ):  # fmt: skip
         wait_until(lambda: router.load(MODEL).routable == 2, 60, "both replicas routable")
-        whole, _, _ = read_stream(router, path, body)
-        pieces, events, errored = read_stream(router, path, body, kill_after=10)
+        whole, _, _ = read_stream(router, MODEL, path, body)
+        pieces, events, errored = read_stream(router, MODEL, path, body, kill_after=10)
         assert not errored
         assert "".join(pieces[:10]) == "".join(whole[:10])  # what the client had before
         assert "".join(pieces) == "".join(whole)  # greedy: the continuation is the same text

