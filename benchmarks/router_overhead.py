@@ -13,7 +13,11 @@ The differences to direct are what each proxy adds. Phases, each bounded in time
   3. connections: 5,000 streamed requests opened at once through the router, twice; errors and
      the router's RSS before, during (peak) and after each wave.
 
-    python benchmarks/router_overhead.py
+With ``--baseline REF`` (a commit), the router as it was at REF runs beside today's (from a git
+worktree, its own process) and takes part in phases 1 and 2 as ``router@REF``: a change's cost
+is read side by side, in one run, on the same noisy machine.
+
+    python benchmarks/router_overhead.py [--baseline REF]
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +55,6 @@ from slurm_llm.bench import percentile
 from slurm_llm.nginx import NginxConfig, NginxServer
 
 HERE = Path(__file__).parent
-PATHS = ("direct", "router", "nginx")
 COLUMNS = ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms")
 GOALS = {
     "added_p50_ms": 1.0,
@@ -135,6 +139,12 @@ def ms(values: list[float], q: float) -> float:
     return found * 1000
 
 
+def rotated(paths: list[str], round_no: int) -> list[str]:
+    """The paths in this round's order: each path goes first once every len(paths) rounds."""
+    turn = round_no % len(paths)
+    return paths[turn:] + paths[:turn]
+
+
 def phase_streams(
     urls: dict[str, str],
     rounds: int,
@@ -144,11 +154,10 @@ def phase_streams(
     console: Console,
 ) -> dict[str, dict[str, Any]]:
     samples: dict[str, dict[str, Any]] = {
-        path: {"ttft": [], "e2e": [], "errors": {}} for path in PATHS
+        path: {"ttft": [], "e2e": [], "errors": {}} for path in urls
     }
     for round_no in range(rounds):
-        order = PATHS[round_no % 3 :] + PATHS[: round_no % 3]  # each path goes first once
-        for path in order:
+        for path in rotated(list(urls), round_no):
             result = loadgen(
                 "streams",
                 urls[path],
@@ -175,9 +184,9 @@ def phase_throughput(
 ) -> dict[str, list[dict[str, float]]]:
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT)
-    runs: dict[str, list[dict[str, float]]] = {path: [] for path in PATHS}
+    runs: dict[str, list[dict[str, float]]] = {path: [] for path in urls}
     for round_no in range(rounds):
-        for path in PATHS[round_no % 3 :] + PATHS[: round_no % 3]:
+        for path in rotated(list(urls), round_no):
             runs[path].append(wrk(urls[path], script, seconds, connections))
             console.print(
                 f"  throughput round {round_no + 1}/{rounds} {path:6}: "
@@ -265,7 +274,7 @@ def verdict(ok: bool) -> str:
     return "[green]met[/green]" if ok else "[red]missed[/red]"
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -278,26 +287,15 @@ def main() -> None:
     parser.add_argument("--wrk-connections", type=int, default=64)
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--waves", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--baseline", help="a commit whose router runs beside today's")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
     console = Console(width=120)
     began = time.monotonic()
-    open_files = raise_open_files()
-    _debian.ensure_packages(("wrk",), ("wrk",), RuntimeError, "this benchmark")
-    info = machine_info(("slurm-llm", "aiohttp", "uvloop"))
-    nginx_version = subprocess.run(
-        ["/usr/sbin/nginx", "-v"], capture_output=True, text=True, check=False
-    ).stderr.strip()
-    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
-    info["packages"]["nginx"] = nginx_version.removeprefix("nginx version: ")
-    info["packages"]["wrk"] = (wrk_version.stdout or wrk_version.stderr).split()[1]
-    # Anything else running skews every number here; the load average says whether it did.
-    info["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[:3]
-    console.print(f"Machine: {describe(info)}; open files {open_files}")
-    console.print(f"Load average before starting: {' '.join(info['loadavg_at_start'])}")
-    console.print(
-        "Load generator, router, nginx and the mock upstream all share this machine's "
-        f"{os.cpu_count()} cores."
-    )
+    info = prepared_machine(console)
     router_cli = Path(sys.executable).parent / "slurm-llm"
     router_argv = [str(router_cli)] if router_cli.exists() else [sys.executable, "-m", "slurm_llm"]
 
@@ -330,31 +328,19 @@ def main() -> None:
                 work / "mock-slow.log",
             )
         )
+        backends = ["--backend", f"mock={mock}", "--backend", f"mock-slow={slow}"]
         router = stack.enter_context(
-            background(
-                [
-                    *router_argv,
-                    "router",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(router_port),
-                    "--backend",
-                    f"mock={mock}",
-                    "--backend",
-                    f"mock-slow={slow}",
-                    # Measure the proxy, not the admission queue: no per-replica cap to wait for.
-                    "--replica-limit",
-                    "100000",
-                    "--max-queue",
-                    "100000",
-                    "--probe-interval",
-                    "0",
-                ],
-                answers(f"http://127.0.0.1:{router_port}/health"),
-                work / "router.log",
-            )
+            router_process(router_argv, router_port, backends, work / "router.log")
         )
+        baseline_url = None
+        if args.baseline:
+            source = stack.enter_context(worktree(args.baseline, work / "baseline"))
+            port = stack.enter_context(lease_port("127.0.0.1")).port
+            env = {**os.environ, "PYTHONPATH": str(source)}
+            argv = [sys.executable, "-m", "slurm_llm"]
+            log = work / "baseline-router.log"
+            stack.enter_context(router_process(argv, port, backends, log, env))
+            baseline_url = f"http://127.0.0.1:{port}/v1/chat/completions"
         (work / "nginx").mkdir()
         nginx = stack.enter_context(
             NginxServer(
@@ -372,6 +358,8 @@ def main() -> None:
             "router": f"http://127.0.0.1:{router_port}/v1/chat/completions",
             "nginx": f"{nginx.url}/mock/v1/chat/completions",
         }
+        if baseline_url:
+            urls[f"router@{args.baseline}"] = baseline_url
         console.print(
             f"[bold]1. streams[/bold]: {args.concurrency} concurrent, {args.chunks} chunks "
             f"{args.chunk_delay * 1000:.0f} ms apart, "
@@ -400,6 +388,55 @@ def main() -> None:
     report(args, info, samples, throughput, connections, router_log, elapsed, console)
 
 
+def prepared_machine(console: Console) -> dict[str, Any]:
+    """wrk installed, open files raised; the machine's description, printed and returned."""
+    open_files = raise_open_files()
+    _debian.ensure_packages(("wrk",), ("wrk",), RuntimeError, "this benchmark")
+    info = machine_info(("slurm-llm", "aiohttp", "uvloop"))
+    nginx_version = subprocess.run(
+        ["/usr/sbin/nginx", "-v"], capture_output=True, text=True, check=False
+    ).stderr.strip()
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    info["packages"]["nginx"] = nginx_version.removeprefix("nginx version: ")
+    info["packages"]["wrk"] = (wrk_version.stdout or wrk_version.stderr).split()[1]
+    # Anything else running skews every number here; the load average says whether it did.
+    info["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[:3]
+    console.print(f"Machine: {describe(info)}; open files {open_files}")
+    console.print(f"Load average before starting: {' '.join(info['loadavg_at_start'])}")
+    console.print(
+        "Load generator, router, nginx and the mock upstream all share this machine's "
+        f"{os.cpu_count()} cores."
+    )
+    return info
+
+
+@contextmanager
+def router_process(
+    argv: list[str], port: int, backends: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    options = [
+        "router", "--host", "127.0.0.1", "--port", str(port), *backends,
+        # Measure the proxy, not the admission queue: no per-replica cap to wait for.
+        "--replica-limit", "100000", "--max-queue", "100000", "--probe-interval", "0",
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}/health"
+    with background([*argv, *options], answers(url), log, env=env) as process:
+        yield process
+
+
+@contextmanager
+def worktree(ref: str, where: Path) -> Iterator[Path]:
+    """This repository at ``ref``, checked out beside it for as long as the context lasts."""
+    repo = HERE.parent
+    git = ["git", "-C", str(repo)]
+    subprocess.run([*git, "worktree", "add", "--detach", str(where), ref], check=True,
+                   capture_output=True)  # fmt: skip
+    try:
+        yield where
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(where)], check=False)
+
+
 def report(
     args: argparse.Namespace,
     info: dict[str, Any],
@@ -413,7 +450,8 @@ def report(
     streams = summarize(samples)
     added = {
         path: {key: streams[path][key] - streams["direct"][key] for key in COLUMNS}
-        for path in ("router", "nginx")
+        for path in streams
+        if path != "direct"
     }
     req_s = {path: statistics.median(r["req_s"] for r in runs) for path, runs in throughput.items()}
 
@@ -427,8 +465,7 @@ def report(
             f"{row['errors']:.0f}",
             *(f"{row[k]:.2f} ms" for k in COLUMNS),
         )
-    for path in ("router", "nginx"):
-        row = added[path]
+    for path, row in added.items():
         table.add_row(
             f"{path} - direct",
             "",
@@ -480,6 +517,12 @@ def report(
         f"no errors at {args.connections} connections": wave_errors == 0,
         "router RSS bounded (after last wave <= 1.1 x after the one before)": bounded,
     }
+    if args.baseline:  # no regression: within the noise of one run (10 %, or 0.5 ms)
+        base = f"router@{args.baseline}"
+        goals[f"router req/s >= 0.9 x {base}'s"] = req_s["router"] >= 0.9 * req_s[base]
+        goals[f"router added TTFT p50 <= {base}'s + 0.5 ms"] = (
+            added["router"]["ttft_p50_ms"] <= added[base]["ttft_p50_ms"] + 0.5
+        )
     table = Table(title="Goals (2-core machine; load generator, proxies and upstream share it)")
     table.add_column("goal")
     table.add_column("result", justify="right")
@@ -528,16 +571,18 @@ def plot(
     connections: dict[str, Any],
 ) -> None:
     figure, (ttft, rate, memory) = plt.subplots(1, 3, figsize=(13, 4))
+    paths = list(samples)
     ttft.boxplot(
-        [[t * 1000 for t in samples[p]["ttft"]] for p in PATHS],
+        [[t * 1000 for t in samples[p]["ttft"]] for p in paths],
         orientation="horizontal",
-        tick_labels=list(PATHS),
+        tick_labels=paths,
         showfliers=False,
         whis=(1, 99),
     )
     ttft.set_xlabel("TTFT, ms (whiskers p1-p99)")
     ttft.set_title("100 concurrent streams")
-    rate.bar(list(PATHS), [req_s[p] for p in PATHS], color=["grey", "tab:blue", "tab:green"])
+    colours = ["grey", "tab:blue", "tab:green", "tab:cyan"][: len(paths)]
+    rate.bar(paths, [req_s[p] for p in paths], color=colours)
     rate.axhline(GOALS["router_req_s"], color="red", linestyle="--", label="goal (router)")
     rate.set_ylabel("requests/s (wrk, non-streamed)")
     rate.legend()

@@ -41,6 +41,7 @@ def config_from(args: argparse.Namespace) -> RouterConfig:
         prefix_affinity_chars=args.prefix_affinity,
         api_keys=keys,
         probes=ProbeConfig(interval_s=args.probe_interval),
+        stream_failover=not args.no_stream_failover,
         verdict_log=Path(args.verdict_log) if args.verdict_log else None,
     )
 
@@ -108,6 +109,11 @@ def add_router_command(commands: Any) -> None:
     router.add_argument(
         "--probe-interval", type=float, default=10.0, help="seconds between deep probes; 0: off"
     )
+    router.add_argument(
+        "--no-stream-failover", action="store_true",
+        help="end a stream whose replica breaks off with an error event, instead of continuing "
+        "it on another replica",
+    )  # fmt: skip
     router.add_argument(
         "--verdict-log", default=None, help="tribunal runs (default <home>/tribunal/verdicts.jsonl)"
     )
