@@ -42,6 +42,7 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import RESULTS
 from _servers import background
+from _specs import VLLM_ENV, VLLM_MODEL, vllm_cpu
 
 from slurm_llm import Deployment, ModelSpec, deploy
 from slurm_llm._ports import lease_port
@@ -62,7 +63,6 @@ from slurm_llm.bench._cli import levels
 from slurm_llm.bench._report import compare_table, level_table
 from slurm_llm.bench._results import FrontEnd
 
-REPO = Path(__file__).parent.parent
 SLOTS = 16  # sequences each engine batches; the router sends no more than this to a replica
 
 
@@ -75,18 +75,12 @@ def spec_for(engine: str, args: argparse.Namespace) -> ModelSpec:
             max_concurrent_requests=SLOTS,
             context_length=SLOTS * per_request,  # llama.cpp splits it among the slots
         )
-    preset = ModelSpec.preset("smollm2-135m-vllm-cpu")
-    return preset.with_overrides(
+    return vllm_cpu(
+        args.vllm_env,
+        args.vllm_model,
         cpus_per_replica=1,
         max_concurrent_requests=SLOTS,
         context_length=per_request,
-        engine_env=str(args.vllm_env),
-        model=str(args.vllm_model),
-        env={
-            **preset.env,  # its KV cache space and offline hub
-            "VLLM_CACHE_ROOT": str(REPO / ".cache" / "vllm"),
-            "TORCHINDUCTOR_CACHE_DIR": str(REPO / ".cache" / "torchinductor"),
-        },
     )
 
 
@@ -241,8 +235,8 @@ def main() -> None:
     # A CPU's scale: one core takes ~5 s to read a 1024-token prompt.
     parser.add_argument("--ttft-target", type=float, default=10.0, help="seconds, for goodput")
     parser.add_argument("--tpot-target-ms", type=float, default=100.0, help="ms, for goodput")
-    parser.add_argument("--vllm-env", type=Path, default=REPO / ".venvs" / "vllm-cpu")
-    parser.add_argument("--vllm-model", type=Path, default=REPO / ".cache" / "smollm2-hf")
+    parser.add_argument("--vllm-env", type=Path, default=VLLM_ENV)
+    parser.add_argument("--vllm-model", type=Path, default=VLLM_MODEL)
     parser.add_argument("--from-runs", type=Path, nargs="+", help="saved runs; measure nothing")
     args = parser.parse_args()
     console = Console(width=150)

@@ -42,6 +42,7 @@ def config_from(args: argparse.Namespace) -> RouterConfig:
         api_keys=keys,
         probes=ProbeConfig(interval_s=args.probe_interval),
         stream_failover=not args.no_stream_failover,
+        drain_s=args.drain,
         verdict_log=Path(args.verdict_log) if args.verdict_log else None,
     )
 
@@ -65,7 +66,7 @@ def cmd_router(args: argparse.Namespace) -> int:
         )
 
     serve(args.host, args.port, deployment=args.deployment, config=config, static=args.backend,
-          on_serving=serving)  # fmt: skip
+          on_serving=serving, reuse_port=args.reuse_port)  # fmt: skip
     return 0
 
 
@@ -109,6 +110,15 @@ def add_router_command(commands: Any) -> None:
     router.add_argument(
         "--probe-interval", type=float, default=10.0, help="seconds between deep probes; 0: off"
     )
+    router.add_argument(
+        "--drain", type=float, default=30.0, metavar="SECONDS",
+        help="at SIGTERM, stop listening and give requests in flight this long to finish",
+    )  # fmt: skip
+    router.add_argument(
+        "--reuse-port", action="store_true",
+        help="listen even where another router listens (SO_REUSEPORT): start the new router, "
+        "then stop the old one, and a restart refuses no connection",
+    )  # fmt: skip
     router.add_argument(
         "--no-stream-failover", action="store_true",
         help="end a stream whose replica breaks off with an error event, instead of continuing "

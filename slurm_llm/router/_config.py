@@ -21,6 +21,7 @@ class RouterConfig:
     connect_timeout_s: float = 5.0
     idle_stream_timeout_s: float = 120.0  # silence allowed between two chunks of a stream
     stream_failover: bool = True  # a broken stream continues on another replica (_failover)
+    drain_s: float = 30.0  # at SIGTERM: how long requests in flight may take to finish
     max_body_bytes: int = 4 * 2**20
     max_batch_items: int = 10_000
     session_header: str = "X-Session-ID"  # requests with the same value go to the same replica

@@ -41,7 +41,7 @@ class SentSoFar:
     """What a client has been sent of one OpenAI stream."""
 
     text: str
-    pieces: int  # events that carried text: one token each in llama.cpp and vLLM streams
+    pieces: int  # token events: one token each in llama.cpp and vLLM streams
     id: str | None
     created: int | None
     finished: bool  # a finish_reason was sent: the answer is whole
@@ -61,7 +61,9 @@ def sent_so_far(forwarded: list[bytes]) -> SentSoFar:
             if delta.get("tool_calls") or delta.get("function_call"):
                 continuable = False
             piece = delta.get("content") if "delta" in choice else choice.get("text")
-            if isinstance(piece, str) and piece:
+            # One event per token, though a token may carry no text yet (half a character);
+            # a chat's opening event (the role) is no token.
+            if isinstance(piece, str) and "role" not in delta:
                 text.append(piece)
             finished = finished or choice.get("finish_reason") is not None
     return SentSoFar("".join(text), len(text), first.get("id"), first.get("created"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -45,18 +46,53 @@ def serve(
     config: RouterConfig | None = None,
     static: Sequence[tuple[str, str]] = (),
     on_serving: Callable[[], None] | None = None,
+    reuse_port: bool = False,
 ) -> None:
-    """Blocks, serving every model in the registry (or one deployment's) until interrupted.
+    """Blocks, serving every model in the registry (or one deployment's) until SIGTERM or
+    SIGINT, then drains: it stops listening at once, finishes the requests and streams it has
+    (for up to ``config.drain_s``), and exits.
 
     ``static`` adds (model, url) pairs for servers started by other means. ``on_serving`` is
-    called once the router listens, so that whatever it announces can be reached."""
+    called once the router listens, so that whatever it announces can be reached.
+    ``reuse_port`` lets a new router listen on the port of one still running, so a restart
+    refuses no connection: start the new one, then stop the old one, which drains."""
     config = config or RouterConfig()
     app = build_app(make_pool(home, deployment, static, config), config)
     raise_open_files_limit()
-    # aiohttp calls ``print`` with its own banner once its sites have started.
-    announce = None if on_serving is None else (lambda _banner: on_serving())
-    web.run_app(app, host=host, port=port, print=announce, access_log=None, backlog=BACKLOG,
-                loop=new_event_loop())  # fmt: skip
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(run_until_signalled(app, host, port, config, on_serving,
+                                                    reuse_port))  # fmt: skip
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+
+async def run_until_signalled(
+    app: web.Application,
+    host: str,
+    port: int,
+    config: RouterConfig,
+    on_serving: Callable[[], None] | None,
+    reuse_port: bool,
+) -> None:
+    """aiohttp's ``run_app`` cancels the requests in flight at SIGTERM (its cleanup runs in a
+    cancelled task); this waits for them, which is what lets a router be restarted, or a router
+    job be preempted, without cutting a stream."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.drain_s)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=BACKLOG, reuse_port=reuse_port or None)
+        await site.start()
+        if on_serving is not None:
+            on_serving()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def raise_open_files_limit() -> None:
