@@ -189,12 +189,17 @@ def http_text(url: str) -> str:
         return str(reply.read().decode())
 
 
-def routable(router: str) -> int:
+def routable(router: str, seen: list[Any] | None = None) -> int:
+    """Replicas the router can route to now (0 while the router itself is down); what it said
+    goes to ``seen`` when there are none, for a look."""
     try:
         loads = json.loads(http_text(f"{router}/v1/load"))["models"]
-    except OSError:
-        return 0  # the router itself is down
-    return sum(m["routable"] for m in loads if m["model"] == MODEL)
+    except OSError as exc:
+        loads = [{"model": MODEL, "routable": 0, "router": f"{type(exc).__name__}: {exc}"}]
+    found = sum(m["routable"] for m in loads if m["model"] == MODEL)
+    if not found and seen is not None:
+        seen.append({"at": time.time(), "load": loads})
+    return int(found)
 
 
 def continued(router: str) -> float:
@@ -210,12 +215,13 @@ class Watch:
     def __init__(self, router: str) -> None:
         self.router = router
         self.samples: list[tuple[float, int]] = []
+        self.unroutable: list[Any] = []  # what /v1/load said when nothing was routable
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self.stop.wait(0.1):
-            self.samples.append((time.time(), routable(self.router)))
+            self.samples.append((time.time(), routable(self.router, self.unroutable)))
 
     def unroutable_s(self, begin: float, end: float) -> float:
         inside = [(t, n) for t, n in self.samples if begin <= t <= end]
@@ -253,13 +259,21 @@ class RouterProcess:
         log.touch()
         running = ExitStack()
         # Listening once it says so: the old router on the same port answers /health as well.
-        running.enter_context(background(self.argv, lambda: "Routing" in log.read_text(), log))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        ready = lambda: "Routing" in log.read_text()  # noqa: E731
+        running.enter_context(background(self.argv, ready, log, env=env))
         self.stack.callback(running.close)
         return running
 
     def restart(self) -> None:
+        began = time.monotonic()
         old, self.current = self.current, self.start()
+        listening = time.monotonic() - began
         old.close()
+        print(
+            f"    new router listening after {listening:.1f} s, "
+            f"the old one gone after {time.monotonic() - began:.1f} s"
+        )
 
 
 def strike(
@@ -438,7 +452,11 @@ def main() -> None:
                 windows.append(run_fault(fault, deployment, router, watch, rng, args, console))
         watch.stop.set()
         outcomes = load.outcomes
-    report(args, info, windows, outcomes, references, watch.samples, began, console)
+        logs = {
+            log.name: log.read_text(errors="replace")[-3000:]
+            for log in sorted(Path(tmp).glob("router-*.log"))
+        }
+    report(args, info, windows, outcomes, references, watch, began, logs, console)
 
 
 def report(
@@ -447,8 +465,9 @@ def report(
     windows: list[Window],
     outcomes: list[Outcome],
     references: dict[tuple[str, int], str],
-    samples: list[tuple[float, int]],
+    watch: Watch,
     began: float,
+    logs: dict[str, str],
     console: Console,
 ) -> None:
     rows = []
@@ -511,13 +530,15 @@ def report(
                 "faults": rows,
                 "requests_total": len(outcomes),
                 "mismatches": mismatches(outcomes, references)[:50],
+                "router_log_tails": logs,
+                "unroutable_samples": watch.unroutable[:20],
                 "failures_sample": failures,
                 "elapsed_s": time.time() - began,
             },
             indent=2,
         )
     )
-    plot(out.with_suffix(".png"), title, info, windows, outcomes, samples, began)
+    plot(out.with_suffix(".png"), title, info, windows, outcomes, watch.samples, began)
     console.print(f"Saved {out} and {out.with_suffix('.png')}")
 
 
