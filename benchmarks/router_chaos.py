@@ -140,7 +140,10 @@ class Load:
             streamed = self.rng.random() < self.streamed
             endpoint = self.rng.choice(["chat", "text"])
             prompt = self.rng.randrange(len(PROMPTS))
-            self.outcomes.append(await ask(client, streamed, endpoint, prompt, self.tokens))
+            outcome = await ask(client, streamed, endpoint, prompt, self.tokens)
+            self.outcomes.append(outcome)
+            if outcome.failed or outcome.stream_error:
+                await asyncio.sleep(1.0)  # as a user would, after the client's own retries
 
 
 async def ask(

@@ -12,15 +12,19 @@ several failed deep probes in a row and lasts until probes succeed again (see ``
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from slurm_llm._registry import EndpointRecord, Registry
 
+log = logging.getLogger("slurm_llm.router")
+
 EJECT_BASE_S = 1.0
 EJECT_MAX_S = 30.0
 DEFAULT_SLOTS = 8  # a replica whose record does not say how many sequences it batches
+GONE_AFTER_S = 600.0  # a model with no replica for this long is no longer served
 
 
 @dataclass
@@ -45,11 +49,12 @@ class Backend:
     def free(self) -> bool:
         return self.in_flight < self.limit
 
-    def failed(self) -> None:
+    def failed(self, why: str) -> None:
         """Passive ejection with exponential back-off: 1 s, 2 s, 4 s, ... up to 30 s."""
         self.failures += 1
         backoff = min(EJECT_BASE_S * 2 ** (self.failures - 1), EJECT_MAX_S)
         self.ejected_until = time.monotonic() + backoff
+        log.warning("%s (%s) ejected for %g s: %s", self.url, self.model, backoff, why)
 
     def succeeded(self) -> None:
         self.answered += 1
@@ -80,6 +85,7 @@ class BackendPool:
         for url, model in self._static.items():
             self.backends[url] = Backend(url, model, limit=replica_limit or DEFAULT_SLOTS)
         self._by_model: dict[str, list[Backend]] = {}
+        self._last_served: dict[str, float] = {}  # model -> monotonic time it last had a replica
         self._index()
 
     def refresh(self) -> None:
@@ -122,10 +128,18 @@ class BackendPool:
         by_model: dict[str, list[Backend]] = {}
         for backend in self.backends.values():
             by_model.setdefault(backend.model, []).append(backend)
+        now = time.monotonic()  # each model that had a replica until now, or has one
+        self._last_served.update(dict.fromkeys({*self._by_model, *by_model}, now))
         self._by_model = dict(sorted(by_model.items()))
 
     def models(self) -> list[str]:
         return list(self._by_model)
+
+    def served_lately(self, model: str, within_s: float = GONE_AFTER_S) -> bool:
+        """Whether ``model`` had a replica within the last ``within_s`` seconds: a model whose
+        replicas are all being replaced is missing, not unknown."""
+        last = self._last_served.get(model)
+        return last is not None and time.monotonic() - last < within_s
 
     def of(self, model: str) -> list[Backend]:
         return self._by_model.get(model, [])

@@ -67,15 +67,12 @@ class Reply:
     request_fault: bool = False
 
 
-# (upstream, replica, ended): the relay calls ``ended(clean)`` once the replica's stream is over,
-# at its last event or at a break, before the client sees that (see _streams.relay_events).
-Relay = Callable[
-    [aiohttp.ClientResponse, Backend, Callable[[bool], None]],
-    Awaitable[web.StreamResponse],
-]
+# (upstream, replica, ended): the relay calls ``ended(clean, why)`` once the replica's stream is
+# over, at its last event or at a break, before the client sees that (see _streams.ClientStream).
 # Gives a replica back with the verdict on its answer: True counts a success, False a failure
-# (passive ejection), None neither. Only the first call counts.
-GiveBack = Callable[[bool | None], None]
+# (passive ejection, with why), None neither. Only the first call counts.
+GiveBack = Callable[[bool | None, str], None]
+Relay = Callable[[aiohttp.ClientResponse, Backend, GiveBack], Awaitable[web.StreamResponse]]
 
 
 class Dispatcher:
@@ -129,7 +126,7 @@ class Dispatcher:
             try:
                 outcome = await self._forward(call, backend, relay, deadline, give_back)
             finally:
-                give_back(None)
+                give_back(None, "")
             if isinstance(outcome, str):  # no answer: that replica was given back as failed
                 problem = outcome
                 continue
@@ -140,7 +137,7 @@ class Dispatcher:
                 problem = f"{backend.url} answered {outcome.status}"
                 continue
             for suspect in suspects:  # another replica answered what the suspect failed
-                suspect.backend.failed()
+                suspect.backend.failed(f"answered {suspect.status} to what another answered")
             return outcome
         raise RouterError(
             503,
@@ -159,14 +156,14 @@ class Dispatcher:
         next request, the moment its stream ends finds the replica already settled."""
         held = True
 
-        def give_back(clean: bool | None) -> None:
+        def give_back(clean: bool | None, why: str = "") -> None:
             nonlocal held
             if held:
                 held = False
                 if clean is True:
                     backend.succeeded()
                 elif clean is False:
-                    backend.failed()
+                    backend.failed(why)
                 self.admission.release(backend)
 
         return give_back
@@ -198,9 +195,10 @@ class Dispatcher:
             ) as upstream:
                 if relay is None or upstream.status != 200:
                     payload = await upstream.read()
-                    give_back(None if upstream.status >= 500 else True)  # 5xx: a suspect
+                    give_back(None if upstream.status >= 500 else True, "")  # 5xx: a suspect
                     return Reply(upstream.status, payload, upstream.content_type, backend)
                 return await relay(upstream, backend, give_back)
         except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-            give_back(False if time.monotonic() < deadline else None)  # past it, slow is not broken
+            in_time = time.monotonic() < deadline  # past it, slow is not broken
+            give_back(False if in_time else None, f"did not answer ({type(exc).__name__})")
             return f"{backend.url} did not answer ({type(exc).__name__})"

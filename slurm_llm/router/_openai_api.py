@@ -11,7 +11,7 @@ from aiohttp import web
 
 from slurm_llm.router import _tribunal_api
 from slurm_llm.router._backends import Backend
-from slurm_llm.router._dispatch import Call, Relay, Reply
+from slurm_llm.router._dispatch import Call, GiveBack, Relay, Reply
 from slurm_llm.router._failover import RelayFor, openai_plan, stream_with_failover
 from slurm_llm.router._metrics import RouterMetrics
 from slurm_llm.router._requests import affinity_key, read_json, served_model, validated
@@ -80,7 +80,7 @@ def sse_relay(stream: ClientStream, metrics: RouterMetrics, model: str) -> Relay
 
     def relay_for(rewrite: Callable[[bytes], bytes]) -> Relay:
         async def relay(
-            upstream: aiohttp.ClientResponse, backend: Backend, ended: Callable[[bool], None]
+            upstream: aiohttp.ClientResponse, backend: Backend, ended: GiveBack
         ) -> web.StreamResponse:
             return await stream.relay(upstream, backend.engine, rewrite, seen, ended)
 

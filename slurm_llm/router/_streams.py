@@ -54,7 +54,7 @@ class ClientStream:
         engine: str,
         translate: Callable[[bytes], bytes] = unchanged,
         seen: Callable[[bytes], None] = lambda chunk: None,
-        ended: Callable[[bool], None] = lambda clean: None,
+        ended: Callable[[bool | None, str], None] = lambda clean, why: None,
     ) -> web.StreamResponse:
         """Relays one replica's stream. ``translate`` rewrites whole events for the client;
         ``seen`` watches each upstream chunk (for metrics); ``ended(clean)`` is told once the
@@ -74,26 +74,26 @@ class ClientStream:
                 whole, pending = pending[:cut], pending[cut:]
                 if DONE in whole:
                     self.done = True
-                    ended(True)
+                    ended(True, "")
                 if not await self._write(translate(whole), ended):
                     return self.response
                 self.forwarded.append(whole)
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            ended(False)
             if not self.done:
                 self.broken = type(exc).__name__
+            ended(False, f"its stream broke off ({type(exc).__name__})")
             return self.response
-        ended(True)
+        ended(True, "")
         if pending and await self._write(translate(pending + EVENT_END), ended):
             self.forwarded.append(pending)
         return self.response
 
-    async def _write(self, data: bytes, ended: Callable[[bool], None]) -> bool:
+    async def _write(self, data: bytes, ended: Callable[[bool | None, str], None]) -> bool:
         """False when the client has left; the replica did nothing wrong."""
         try:
             await self.response.write(data)
         except ConnectionResetError:
-            ended(True)
+            ended(True, "")
             return False
         return True
 

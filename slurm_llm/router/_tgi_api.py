@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from slurm_llm.router._backends import Backend
-from slurm_llm.router._dispatch import Call, Relay, Reply
+from slurm_llm.router._dispatch import Call, GiveBack, Relay, Reply
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._failover import (
     Plan,
@@ -120,7 +120,7 @@ def tgi_relay(stream: ClientStream, body: dict[str, Any]) -> RelayFor:
 
     def relay_for(rewrite: Callable[[bytes], bytes]) -> Relay:
         async def relay(
-            upstream: aiohttp.ClientResponse, backend: Backend, ended: Callable[[bool], None]
+            upstream: aiohttp.ClientResponse, backend: Backend, ended: GiveBack
         ) -> web.StreamResponse:
             # TGI's own stream has no end marker: that replica is given back when it closes.
             translate = unchanged if backend.engine == "tgi" else translator.feed

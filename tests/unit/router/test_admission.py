@@ -153,7 +153,7 @@ def test_when_every_replica_is_only_passively_ejected_they_still_serve() -> None
     async def scenario() -> None:
         gate = admission(replicas=1)
         (backend,) = gate.pool.backends.values()
-        backend.failed()  # one transient error on the last replica
+        backend.failed("a test")  # one transient error on the last replica
         assert (await gate.acquire("m")) is backend
 
     run(scenario)
@@ -165,7 +165,7 @@ def test_waiters_are_served_by_an_ejected_last_replica_when_it_frees_up() -> Non
         held = await gate.acquire("m")
         waiter = asyncio.create_task(gate.acquire("m"))
         await asyncio.sleep(0.01)
-        held.failed()  # its request failed; nothing else will come to wake the queue
+        held.failed("a test")  # its request failed; nothing else will come to wake the queue
         gate.release(held)
         assert (await asyncio.wait_for(waiter, 1)) is held
 
@@ -177,7 +177,7 @@ def test_a_replica_back_from_ejection_serves_the_queue() -> None:
         gate = admission(replicas=2)
         held = await gate.acquire("m")
         (ejected,) = [b for b in gate.pool.backends.values() if b is not held]
-        ejected.failed()
+        ejected.failed("a test")
         waiter = asyncio.create_task(gate.acquire("m"))
         await asyncio.sleep(0.01)
         assert gate.load("m").queued == 1
