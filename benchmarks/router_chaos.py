@@ -299,7 +299,8 @@ def strike(
         subprocess.run(["scontrol", "update", node, "State=DOWN", "Reason=chaos"], check=True)
 
         def resume() -> None:
-            subprocess.run(["scontrol", "update", node, "State=RESUME"], check=False)
+            # A node whose slurmd still answers may be back by itself (ReturnToService).
+            subprocess.run(["scontrol", "update", node, "State=RESUME"], capture_output=True)
 
         return resume
     elif fault == "restart-router":

@@ -94,7 +94,13 @@ class Admission:
         with ``release``. ``bounded=False`` lets batch items wait even when the queue is full:
         their number is bounded by the batch itself."""
         now = time.monotonic()
-        candidates = [b for b in self.pool.of(model) if b.url not in exclude]
+        backends = self.pool.of(model)
+        if not backends:  # its last replica went between the model check and here
+            raise Rejected(
+                503, f"no replica of {model!r} is up right now; retry shortly", "no_replica",
+                retry_after=2,
+            )  # fmt: skip
+        candidates = [b for b in backends if b.url not in exclude]
         if not candidates:
             raise NoOtherReplica(model)
         routable = usable(candidates, now)
@@ -183,7 +189,7 @@ class Admission:
     def load(self, model: str) -> ModelLoad:
         now = time.monotonic()
         backends = self.pool.of(model)
-        routable = [b for b in backends if b.routable(now)]
+        routable = usable(backends, now)  # what a request would be sent to now
         return ModelLoad(
             model=model,
             replicas=len(backends),

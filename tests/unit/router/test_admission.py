@@ -200,3 +200,31 @@ def test_utilisation_counts_queued_requests_against_capacity() -> None:
             waiter.cancel()
 
     run(scenario)
+
+
+def test_a_model_with_no_replica_left_is_a_503_to_retry_not_a_crash() -> None:
+    """Its last replica can go between the check that the model is served and the admission
+    (or while a stream waits to be continued): the client is told to come back."""
+
+    async def scenario() -> None:
+        gate = admission(replicas=0)
+        with pytest.raises(Rejected) as gone:
+            await gate.acquire("m")
+        assert (gone.value.status, gone.value.reason, gone.value.retry_after) == (
+            503, "no_replica", 2
+        )  # fmt: skip
+        with pytest.raises(NoOtherReplica):
+            await admission(replicas=1).acquire("m", exclude=["http://10.0.0.0:8000"])
+
+    run(scenario)
+
+
+def test_the_load_counts_what_a_request_would_be_sent_to() -> None:
+    """Every replica passively ejected: requests still go to them (so one error on the last
+    replica is not a minute of 503s), and the load says so."""
+    gate = admission(replicas=2)
+    for backend in gate.pool.backends.values():
+        backend.failed("a test")
+    assert gate.load("m").routable == 2
+    next(iter(gate.pool.backends.values())).probed_down = True
+    assert gate.load("m").routable == 1
