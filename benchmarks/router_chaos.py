@@ -300,7 +300,8 @@ def strike(
 
         def resume() -> None:
             # A node whose slurmd still answers may be back by itself (ReturnToService).
-            subprocess.run(["scontrol", "update", node, "State=RESUME"], capture_output=True)
+            resume_node = ["scontrol", "update", node, "State=RESUME"]
+            subprocess.run(resume_node, check=False, capture_output=True)
 
         return resume
     elif fault == "restart-router":
