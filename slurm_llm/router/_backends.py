@@ -1,8 +1,10 @@
 """The router's view of the replicas: read from the endpoint registry or given as fixed URLs.
 
 Backends come and go with registry records (re-read twice a second), so a replica is routed to
-as soon as its launcher publishes and forgotten as soon as it withdraws or goes stale. Fixed
-backends (``--backend MODEL=URL``) serve servers started by other means.
+as soon as its launcher publishes and forgotten as soon as it withdraws or goes stale; what it
+was still answering is cut off then, so streams continue elsewhere at once instead of waiting
+out a silent engine. Fixed backends (``--backend MODEL=URL``) serve servers started by other
+means.
 
 A replica is routable unless it is ejected. Passive ejection follows a refused connection or a
 5xx and lasts a short, growing time, so retries go elsewhere at once; active ejection follows
@@ -15,7 +17,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import aiohttp
 
 from slurm_llm._registry import EndpointRecord, Registry
 
@@ -42,6 +46,8 @@ class Backend:
     probe_successes: int = 0
     probed_down: bool = False
     last_success: float = 0.0  # monotonic time of its last good answer (probes skip it)
+    # Answers being read from it now: cut off when it leaves the pool (below).
+    upstreams: set[aiohttp.ClientResponse] = field(default_factory=set, repr=False)
 
     def routable(self, now: float) -> bool:
         return not self.probed_down and now >= self.ejected_until
@@ -55,6 +61,15 @@ class Backend:
         backoff = min(EJECT_BASE_S * 2 ** (self.failures - 1), EJECT_MAX_S)
         self.ejected_until = time.monotonic() + backoff
         log.warning("%s (%s) ejected for %g s: %s", self.url, self.model, backoff, why)
+
+    def cut_off(self) -> int:
+        """Closes the answers being read from it, so their readers see a broken stream at once
+        (and continue it elsewhere) rather than a silence as long as the idle timeout; how many
+        there were."""
+        cut = list(self.upstreams)
+        for upstream in cut:
+            upstream.close()
+        return len(cut)
 
     def succeeded(self) -> None:
         self.answered += 1
@@ -109,7 +124,8 @@ class BackendPool:
         changed = False
         for url in list(self.backends):
             if url not in records and url not in self._static:
-                del self.backends[url]
+                if cut := self.backends.pop(url).cut_off():
+                    log.warning("%s left the registry: %d answer(s) in flight cut off", url, cut)
                 changed = True
         for url, record in records.items():
             known = self.backends.get(url)

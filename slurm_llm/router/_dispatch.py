@@ -193,11 +193,15 @@ class Dispatcher:
             async with self.session.post(
                 f"{backend.url}{path}", data=body, headers=JSON_HEADERS, timeout=timeout
             ) as upstream:
-                if relay is None or upstream.status != 200:
-                    payload = await upstream.read()
-                    give_back(None if upstream.status >= 500 else True, "")  # 5xx: a suspect
-                    return Reply(upstream.status, payload, upstream.content_type, backend)
-                return await relay(upstream, backend, give_back)
+                backend.upstreams.add(upstream)
+                try:
+                    if relay is None or upstream.status != 200:
+                        payload = await upstream.read()
+                        give_back(None if upstream.status >= 500 else True, "")  # 5xx: suspect
+                        return Reply(upstream.status, payload, upstream.content_type, backend)
+                    return await relay(upstream, backend, give_back)
+                finally:
+                    backend.upstreams.discard(upstream)
         except (TimeoutError, aiohttp.ClientConnectionError) as exc:
             in_time = time.monotonic() < deadline  # past it, slow is not broken
             give_back(False if in_time else None, f"did not answer ({type(exc).__name__})")

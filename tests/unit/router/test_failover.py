@@ -11,24 +11,34 @@ real llama.cpp replicas killed mid-stream is in ``tests/integration/test_router_
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from aiohttp import web
 
 from slurm_llm._app_thread import AppThread
+from slurm_llm._paths import registry_dir
+from slurm_llm._registry import Registry
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
 from slurm_llm.router._state import STATE
+from tests.unit.test_registry import record
 
 BREAK_AFTER = 3
 
 
 class CountingReplica(AppThread):
-    """A stand-in OpenAI server that counts; ``breaks`` streams break off after 3 events."""
+    """A stand-in OpenAI server that counts; ``breaks`` streams break off after 3 events, and
+    while ``silences[0]`` > 0, a stream (of any replica) falls silent there instead."""
+
+    silences: ClassVar[list[int]] = [0]
 
     def __init__(self, breaks: int = 1) -> None:
         self.breaks = breaks
@@ -60,6 +70,11 @@ class CountingReplica(AppThread):
                 response, {**meta, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}
             )
         for sent, number in enumerate(numbers):
+            if self.silences[0] and sent == BREAK_AFTER:
+                self.silences[0] -= 1
+                while request.transport and not request.transport.is_closing():
+                    await asyncio.sleep(0.05)  # an engine that neither answers nor closes
+                return response
             if self.breaks and sent == BREAK_AFTER:
                 self.breaks -= 1
                 assert request.transport is not None
@@ -200,3 +215,41 @@ def test_with_every_replica_breaking_the_stream_ends_with_the_error() -> None:
         assert text == " " + " ".join(str(n) for n in range(1, 13))  # 3 events from each of 4
         assert b"broke off the stream" in events[-2]
         assert continued(router) == 3
+
+
+def test_a_replica_that_leaves_the_registry_mid_stream_is_cut_off_and_the_stream_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Its launcher was killed, or its job cancelled, while its engine still holds the
+    connection in silence: the stream continues elsewhere as soon as the record goes, not
+    after the idle timeout."""
+    CountingReplica.silences[0] = 1
+    pair = [CountingReplica(breaks=0), CountingReplica(breaks=0)]
+    registry = Registry(registry_dir(tmp_path))
+    config = RouterConfig(probes=ProbeConfig(interval_s=0), idle_stream_timeout_s=100)
+    with ExitStack() as stack:
+        for index, replica in enumerate(pair):
+            stack.enter_context(replica)
+            registry.publish(record(deployment="d", replica=index, model="m", url=replica.url,
+                                    job_id=f"1_{index}"))  # fmt: skip
+        router = stack.enter_context(RouterThread(home=tmp_path, deployment="d", config=config))
+        while router.load("m").replicas < 2:
+            time.sleep(0.05)
+        body = {"model": "m", "prompt": "count:", "max_tokens": 8}
+        result: list[list[bytes]] = []
+        reader = threading.Thread(
+            target=lambda: result.append(stream(router, "/v1/completions", body))
+        )
+        reader.start()
+        while not any(r.bodies for r in pair):  # the stream has begun on one of them
+            time.sleep(0.02)
+        [serving] = [i for i, r in enumerate(pair) if r.bodies]
+        while CountingReplica.silences[0]:  # it has fallen silent
+            time.sleep(0.02)
+        silenced = time.monotonic()
+        registry.withdraw("d", serving, f"1_{serving}")
+        reader.join(60)
+        assert time.monotonic() - silenced < 20  # well before the 100 s idle timeout
+    events = decoded(result[0])
+    assert "".join(c["text"] for e in events for c in e["choices"]) == " 1 2 3 4 5 6 7 8"
+    assert continued(router) == 1
