@@ -309,6 +309,18 @@ def strike(
     return lambda: None
 
 
+def recovered(deployment: Deployment, router: RouterProcess) -> bool:
+    """Two replicas the router routes to, each of which answers: a killed engine's record
+    stays while its launcher restarts it, so the router's count alone would say too soon."""
+    if routable(router.url) < 2:
+        return False
+    records = deployment.records()
+    try:
+        return len(records) >= 2 and all(http_text(f"{r.url}/health") is not None for r in records)
+    except OSError:
+        return False
+
+
 def run_fault(
     fault: str,
     deployment: Deployment,
@@ -325,9 +337,9 @@ def run_fault(
     undo = strike(fault, deployment, router, rng, window)
     deadline = time.time() + args.recover_s
     time.sleep(1.0)  # let the fault be seen before waiting for the recovery
-    while time.time() < deadline and routable(router.url) < 2:
+    while time.time() < deadline and not recovered(deployment, router):
         time.sleep(0.2)
-    if routable(router.url) >= 2:
+    if recovered(deployment, router):
         window.recovered = time.time()
     undo()
     time.sleep(args.quiet_s)
