@@ -18,8 +18,8 @@ def read_toml(path: Path, what: str, missing: str | None = None) -> dict[str, An
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise SpecError(missing or f"{what} {path} does not exist") from None
-    except OSError as exc:  # a folder, a file it may not read
-        raise SpecError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, a file it may not read, not text
+        raise SpecError(f"cannot read {what} {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{what} {path} is not valid TOML: {exc}") from None
 

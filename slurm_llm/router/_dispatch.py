@@ -10,11 +10,11 @@ whether the stream ended cleanly.
 A replica that does not answer (refused, reset, timed out) is at fault at once and ejected for a
 while. A replica that answers 5xx is only a suspect: the request may be what makes every engine
 fail (a malformed body llama.cpp answers 500). The request goes to another replica; if that one
-answers it, the suspect failed where another did not and is ejected; if that one refuses it too
-(any 4xx or 5xx), the request is at fault: no replica is ejected, the client gets the engine's
-answer with ``X-Should-Retry: false``, and the request is counted in
-``slurm_llm_router_request_faults_total``. A replica that fails everything is found by the deep
-probes (``_probes``), which no client's request can influence.
+answers it, the suspect failed where another did not and is ejected; if it is refused again (a
+4xx, or a 500; by the only replica, where there is one), the request is at fault: no replica is
+ejected, the client gets the engine's answer with ``X-Should-Retry: false``, and the request is
+counted in ``slurm_llm_router_request_faults_total``. A replica that fails everything is found
+by the deep probes (``_probes``), which no client's request can influence.
 
 The body a client sent is forwarded as the same bytes (no re-encoding), which keeps the
 router's own cost per request small.
@@ -57,8 +57,9 @@ class Call:
 
 @dataclass(frozen=True)
 class Reply:
-    """A replica's answer. ``request_fault``: two replicas refused this request, so it is the
-    request that fails; the client should not send it again."""
+    """A replica's answer. ``request_fault``: the request was refused again after a 5xx (by
+    another replica, or by the only one), so it is the request that fails; the client should
+    not send it again."""
 
     status: int
     body: bytes
@@ -73,6 +74,12 @@ class Reply:
 # (passive ejection, with why), None neither. Only the first call counts.
 GiveBack = Callable[[bool | None, str], None]
 Relay = Callable[[aiohttp.ClientResponse, Backend, GiveBack], Awaitable[web.StreamResponse]]
+
+
+def refuses(status: int) -> bool:
+    """An answer that says the request is wrong, not that the replica is busy or down: a 4xx
+    other than 408 and 429, or a plain 500 (what llama.cpp answers to some bodies)."""
+    return (400 <= status < 500 and status not in (408, 429)) or status == 500
 
 
 class Dispatcher:
@@ -90,7 +97,7 @@ class Dispatcher:
 
     async def send(self, call: Call, bounded: bool = True) -> Reply:
         """The first answer that is not a 5xx, from up to ``attempts`` different replicas, or the
-        second refusal of a request two replicas refused (``request_fault``)."""
+        second refusal of a request refused after a 5xx (``request_fault``)."""
         outcome = await self._attempts(call, None, bounded)
         assert isinstance(outcome, Reply)
         return outcome
@@ -130,9 +137,9 @@ class Dispatcher:
             if isinstance(outcome, str):  # no answer: that replica was given back as failed
                 problem = outcome
                 continue
-            if isinstance(outcome, Reply) and outcome.status >= 400 and suspects:
-                return self._request_fault(call, outcome)  # a second replica refused it too
-            if isinstance(outcome, Reply) and outcome.status >= 500:
+            if isinstance(outcome, Reply) and suspects and refuses(outcome.status):
+                return self._request_fault(call, outcome)  # refused a second time
+            if isinstance(outcome, Reply) and outcome.status >= 500:  # a 503 too: try another
                 suspects.append(outcome)
                 problem = f"{backend.url} answered {outcome.status}"
                 continue
@@ -202,7 +209,7 @@ class Dispatcher:
                     return await relay(upstream, backend, give_back)
                 finally:
                     backend.upstreams.discard(upstream)
-        except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             in_time = time.monotonic() < deadline  # past it, slow is not broken
             give_back(False if in_time else None, f"did not answer ({type(exc).__name__})")
             return f"{backend.url} did not answer ({type(exc).__name__})"

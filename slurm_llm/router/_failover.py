@@ -41,11 +41,11 @@ class SentSoFar:
     """What a client has been sent of one OpenAI stream."""
 
     text: str
-    pieces: int  # token events: one token each in llama.cpp and vLLM streams
+    pieces: int  # token events: one token each in llama.cpp's and vLLM's default streams
     id: str | None
     created: int | None
     finished: bool  # a finish_reason was sent: the answer is whole
-    continuable: bool  # one choice, no tool calls
+    continuable: bool  # one choice, no tool calls, no reasoning
 
 
 def sent_so_far(forwarded: list[bytes]) -> SentSoFar:
@@ -55,11 +55,15 @@ def sent_so_far(forwarded: list[bytes]) -> SentSoFar:
     for payload in events(b"".join(forwarded)):
         first = first or payload
         for choice in payload.get("choices") or []:
-            if choice.get("index", 0) != 0:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continuable = False
-            delta = choice.get("delta") or {}
+                continue
+            given = choice.get("delta")
+            delta: dict[str, Any] = given if isinstance(given, dict) else {}
             if delta.get("tool_calls") or delta.get("function_call"):
                 continuable = False
+            if delta.get("reasoning_content") or delta.get("reasoning"):
+                continuable = False  # a continuation cannot carry the thinking on
             piece = delta.get("content") if "delta" in choice else choice.get("text")
             # One event per token, though a token may carry no text yet (half a character);
             # a chat's opening event (the role) is no token.
@@ -71,23 +75,26 @@ def sent_so_far(forwarded: list[bytes]) -> SentSoFar:
 
 
 def events(data: bytes) -> list[dict[str, Any]]:
-    """The JSON payloads of the ``data:`` events in ``data`` (other lines are skipped)."""
-    found = []
-    for line in data.splitlines():
-        if line.startswith(b"data:") and (payload := line[5:].strip()) != b"[DONE]":
-            try:
-                decoded = json.loads(payload)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(decoded, dict):
-                found.append(decoded)
-    return found
+    """The JSON objects of the ``data:`` events in ``data`` (other lines are skipped)."""
+    return [p for line in data.splitlines() if (p := decoded(line)) is not None]
+
+
+CONSTRAINED = ("response_format", "grammar", "json_schema", "guided_json", "guided_regex",
+               "guided_choice", "guided_grammar", "structured_outputs")  # fmt: skip
 
 
 def continuation_body(path: str, body: dict[str, Any], sent: SentSoFar) -> dict[str, Any] | None:
-    """The request for the rest of the answer, or None when it cannot mean the same thing."""
-    if not sent.continuable or body.get("n", 1) != 1 or body.get("echo"):
+    """The request for the rest of the answer, or None when it cannot mean the same thing:
+    several choices, echo, or output held to a grammar (which would start over)."""
+    if not sent.continuable or (body.get("n") or 1) != 1 or body.get("echo"):
         return None
+    if any(body.get(field) for field in CONSTRAINED if field != "response_format") or (
+        isinstance(body.get("response_format"), dict)
+        and body["response_format"].get("type") not in (None, "text")
+    ):
+        return None
+    if not sent.pieces:
+        return dict(body)  # nothing was sent: the same request again
     rest = dict(body)
     for limit in ("max_tokens", "max_completion_tokens"):
         if isinstance(body.get(limit), int):
@@ -95,8 +102,13 @@ def continuation_body(path: str, body: dict[str, Any], sent: SentSoFar) -> dict[
                 return None
             rest[limit] = body[limit] - sent.pieces
     if path == CHAT:
-        partial = {"role": "assistant", "content": sent.text}
-        rest["messages"] = [*body["messages"], partial]
+        messages = list(body["messages"])
+        last = messages[-1] if messages else {}
+        if last.get("role") == "assistant" and isinstance(last.get("content"), str):
+            messages[-1] = {**last, "content": last["content"] + sent.text}  # a prefill of its own
+        else:
+            messages.append({"role": "assistant", "content": sent.text})
+        rest["messages"] = messages
         rest["continue_final_message"] = True
         rest["add_generation_prompt"] = False
         return rest
@@ -116,21 +128,21 @@ def continued_events(path: str, sent: SentSoFar) -> Callable[[bytes], bytes]:
     def rewrite(whole: bytes) -> bytes:
         out = []
         for line in whole.split(b"\n\n"):
-            if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
-                out.append(line)
-                continue
-            try:
-                payload = json.loads(line[5:])
-            except json.JSONDecodeError:
+            payload = decoded(line)
+            if payload is None:
                 out.append(line)
                 continue
             if sent.id is not None:
                 payload["id"], payload["created"] = sent.id, sent.created
             if isinstance(usage := payload.get("usage"), dict):
-                moved = min(sent.pieces, int(usage.get("prompt_tokens") or 0))
-                usage["prompt_tokens"] = int(usage.get("prompt_tokens") or 0) - moved
-                usage["completion_tokens"] = int(usage.get("completion_tokens") or 0) + moved
-            elif path == CHAT and only_opens(payload):
+                prompt = usage.get("prompt_tokens")
+                completion = usage.get("completion_tokens")
+                if isinstance(prompt, int) and isinstance(completion, int):
+                    moved = min(sent.pieces, prompt)
+                    usage["prompt_tokens"], usage["completion_tokens"] = (
+                        prompt - moved, completion + moved
+                    )  # fmt: skip
+            elif path == CHAT and sent.pieces and only_opens(payload):
                 continue
             out.append(b"data: " + json.dumps(payload).encode())
         return b"\n\n".join(out)
@@ -138,14 +150,29 @@ def continued_events(path: str, sent: SentSoFar) -> Callable[[bytes], bytes]:
     return rewrite
 
 
+def decoded(line: bytes) -> dict[str, Any] | None:
+    """The JSON object of one ``data:`` event, or None for anything else."""
+    if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+        return None
+    try:
+        payload = json.loads(line[5:])
+    except json.JSONDecodeError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
 def only_opens(payload: dict[str, Any]) -> bool:
     """A chat event that only says the assistant is speaking: the client already had one."""
-    choices = payload.get("choices") or [{}]
-    delta = choices[0].get("delta") or {}
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
+        return False  # an error event, usage, several choices: passed on
+    delta = choices[0].get("delta")
     return (
-        not delta.get("content")
+        isinstance(delta, dict)
+        and "role" in delta
+        and not delta.get("content")
         and choices[0].get("finish_reason") is None
-        and (set(delta) <= {"role", "content", "reasoning_content"})
+        and set(delta) <= {"role", "content"}
     )
 
 
@@ -171,7 +198,10 @@ async def stream_with_failover(
         if stream.broken is None or not enabled or "tgi" in stream.engines:
             break
         sent = sent_so_far(stream.forwarded)
-        planned = None if sent.finished else plan(sent)
+        if sent.finished:  # it broke after the answer's end, before [DONE]: nothing is missing
+            stream.broken = None
+            break
+        planned = plan(sent)
         if planned is None:
             count(state.metrics, call.model, "not_continuable")
             break

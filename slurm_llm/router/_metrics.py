@@ -88,7 +88,7 @@ class RouterMetrics:
             registry=self.registry,
         )  # fmt: skip
         self.request_faults = Counter(
-            f"{prefix}_request_faults", "Requests two replicas refused (4xx or 5xx after a 5xx): "
+            f"{prefix}_request_faults", "Requests refused again after a 5xx (a 4xx or a 500): "
             "the request's fault; answered with the engine's error, no replica ejected.",
             ["model", "status"], registry=self.registry,
         )  # fmt: skip

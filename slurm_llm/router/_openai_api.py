@@ -17,7 +17,7 @@ from slurm_llm.router._metrics import RouterMetrics
 from slurm_llm.router._requests import affinity_key, read_json, served_model, validated
 from slurm_llm.router._schemas import ENDPOINT_MODELS, ChatCompletionRequest
 from slurm_llm.router._state import STATE
-from slurm_llm.router._streams import ClientStream
+from slurm_llm.router._streams import DONE, ClientStream
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -29,7 +29,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     call = Call(model, request.path, raw, affinity_key(request, body))
     if checked.stream:
-        stream = ClientStream(request, broken_openai)
+        stream = ClientStream(request, broken_openai, closing=DONE + b"\n\n")
         relay_for = sse_relay(stream, state.metrics, model)
         outcome = await stream_with_failover(
             request, call, stream, relay_for, openai_plan(call, body)

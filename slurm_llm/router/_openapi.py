@@ -214,7 +214,8 @@ STATUS_TEXT = {
     404: "The model is not served here; the error lists what is.",
     413: "The body or the batch is too large.",
     429: "The model's queue is full; retry after the Retry-After seconds.",
-    500: "Two replicas refused this request (X-Should-Retry: false): send it changed.",
+    500: "The engines refused this request again (X-Should-Retry: false; the status is the "
+    "engine's): send it changed.",
     503: "No replica could answer; retry after the Retry-After seconds.",
     504: "The request's deadline passed.",
 }

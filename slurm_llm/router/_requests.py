@@ -4,6 +4,7 @@ key found."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from itertools import accumulate
 from typing import Any, TypeVar
@@ -26,26 +27,36 @@ STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
     """The raw body (forwarded as is) and its parsed object."""
     raw = await request.read()
-    if json_depth(raw) > MAX_JSON_DEPTH:
-        raise RouterError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        body = json.loads(raw, parse_constant=refuse_constant)
-    except json.JSONDecodeError as exc:
-        raise RouterError(400, f"the request body is not valid JSON: {exc}") from None
+        text = raw.decode("utf-8")  # json.loads would take UTF-16 too, which the scan misreads
     except UnicodeDecodeError:
         raise RouterError(400, "the request body is not UTF-8 text") from None
+    if too_deep(raw):
+        raise RouterError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        body = json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
+    except json.JSONDecodeError as exc:
+        raise RouterError(400, f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise RouterError(400, "the request body must be a JSON object")
     return raw, body
 
 
-def json_depth(raw: bytes) -> int:
-    """How deep a JSON text nests, found without parsing it: strings removed, then brackets
-    counted (Python's parser recurses, so a body nested 5,000 deep must be refused before)."""
+def too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a UTF-8 JSON text nests deeper than ``limit``, found without parsing it: strings
+    removed, then brackets counted (Python's parser recurses, so a body nested 5,000 deep must
+    be refused before it is parsed)."""
     brackets = STRINGS.sub(b"", raw).translate(None, NOT_BRACKETS)
-    if brackets.count(b"[") + brackets.count(b"{") <= MAX_JSON_DEPTH:
-        return 0  # cannot be deeper than it has openings: the common case stops here
-    return max(accumulate(STEP[b] for b in brackets))
+    if brackets.count(b"[") + brackets.count(b"{") <= limit:
+        return False  # cannot be deeper than it has openings: the common case stops here
+    return max(accumulate(STEP[b] for b in brackets)) > limit
+
+
+def finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise RouterError(400, f"the number {text} in the request body is out of range")
+    return value
 
 
 def refuse_constant(name: str) -> None:

@@ -13,7 +13,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 INT32 = 2**31 - 1
 M = TypeVar("M", bound=BaseModel)
@@ -42,33 +50,28 @@ class TextPart(Permissive):
     text: str
 
 
-class ImageUrl(Permissive):
-    url: str
-    detail: Literal["auto", "low", "high"] | None = None
-
-
-class ImagePart(Permissive):
-    type: Literal["image_url"]
-    image_url: ImageUrl
-
-
-class InputAudioPart(Permissive):
-    type: Literal["input_audio"]
-    input_audio: dict[str, Any]
-
-
-class FilePart(Permissive):
-    type: Literal["file"]
-    file: dict[str, Any]
-
-
 class RefusalPart(Permissive):
     type: Literal["refusal"]
     refusal: str
 
 
+class OtherPart(Permissive):
+    """Image, audio, video, file and engine-specific parts: passed on for the engine to judge
+    (a text-only model answers them with an error of its own)."""
+
+    type: str
+
+
+def part_kind(part: object) -> str:
+    kind = part.get("type") if isinstance(part, dict) else None
+    return kind if kind in ("text", "refusal") else "other"
+
+
 ContentPart = Annotated[
-    TextPart | ImagePart | InputAudioPart | FilePart | RefusalPart, Field(discriminator="type")
+    Annotated[TextPart, Tag("text")]
+    | Annotated[RefusalPart, Tag("refusal")]
+    | Annotated[OtherPart, Tag("other")],
+    Discriminator(part_kind),
 ]
 Content = str | list[ContentPart]
 
@@ -80,8 +83,8 @@ class FunctionCall(Permissive):
 
 class ToolCall(Permissive):
     id: str
-    type: Literal["function"]
-    function: FunctionCall
+    type: str  # "function", or "custom" for free-form tools
+    function: FunctionCall | None = None
 
 
 class Message(Permissive):
@@ -106,13 +109,14 @@ class FunctionDefinition(Permissive):
 
 
 class Tool(Permissive):
-    type: Literal["function"]
-    function: FunctionDefinition
+    type: str  # "function", or "custom" for free-form tools
+    function: FunctionDefinition | None = None
 
-
-class NamedToolChoice(Permissive):
-    type: Literal["function"]
-    function: dict[str, str]
+    @model_validator(mode="after")
+    def _function_has_its_definition(self) -> Tool:
+        if self.type == "function" and self.function is None:
+            raise ValueError("a function tool needs 'function' (its name and parameters)")
+        return self
 
 
 class StreamOptions(Permissive):
@@ -120,7 +124,7 @@ class StreamOptions(Permissive):
 
 
 class ResponseFormat(Permissive):
-    type: Literal["text", "json_object", "json_schema"]
+    type: str  # text, json_object, json_schema, or an engine's own (vLLM's structural_tag)
 
 
 class Sampling(Permissive):
@@ -150,7 +154,7 @@ class ChatCompletionRequest(Sampling):
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     tribunal: TribunalOptions | None = None
@@ -159,12 +163,18 @@ class ChatCompletionRequest(Sampling):
 # -- OpenAI text completions -----------------------------------------------------------------
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=INT32)]], Field(min_length=1)]
+Prompt = (
+    str
+    | Annotated[list[str], Field(min_length=1)]
+    | TokenIds
+    | Annotated[list[TokenIds], Field(min_length=1)]
+)
 
 
 class CompletionRequest(Sampling):
     """``POST /v1/completions``."""
 
-    prompt: str | Annotated[list[str], Field(min_length=1)] | TokenIds | list[TokenIds]
+    prompt: Prompt
     suffix: str | None = None
     echo: bool | None = None
     best_of: Annotated[int, Field(ge=1, le=128)] | None = None
@@ -298,4 +308,4 @@ def is_branch_name(part: str, before: int | str | None, more: bool) -> bool:
     return isinstance(before, int) and more and part in PART_TYPES
 
 
-PART_TYPES = ("text", "image_url", "input_audio", "file", "refusal")
+PART_TYPES = ("text", "refusal", "other")  # the content parts' tags

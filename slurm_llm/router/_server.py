@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
 import signal
 from collections.abc import Callable, Sequence
@@ -82,17 +83,24 @@ async def run_until_signalled(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.drain_s)
     await runner.setup()
     try:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, stop_or_exit, stop)
         site = web.TCPSite(runner, host, port, backlog=BACKLOG, reuse_port=reuse_port or None)
         await site.start()
         if on_serving is not None:
             on_serving()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for number in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(number, stop.set)
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def stop_or_exit(stop: asyncio.Event) -> None:
+    """The first signal drains; a second one (an impatient Ctrl-C) exits at once."""
+    if stop.is_set():
+        os._exit(130)
+    stop.set()
 
 
 def raise_open_files_limit() -> None:

@@ -39,9 +39,14 @@ class ClientStream:
     the error that ended the last relay, None once a relay ended cleanly.
     """
 
-    def __init__(self, request: web.Request, broken_event: Callable[[str], bytes]) -> None:
+    def __init__(
+        self, request: web.Request, broken_event: Callable[[str], bytes], closing: bytes = b""
+    ) -> None:
+        """``broken_event(error)`` ends a stream that broke off; ``closing`` ends one whose
+        answer is whole but whose replica broke off before saying so (OpenAI's [DONE])."""
         self.request = request
         self.broken_event = broken_event
+        self.closing = closing
         self.response = web.StreamResponse(status=200, headers=SSE_HEADERS)
         self.forwarded: list[bytes] = []
         self.broken: str | None = None
@@ -83,9 +88,13 @@ class ClientStream:
                 self.broken = type(exc).__name__
             ended(False, f"its stream broke off ({type(exc).__name__})")
             return self.response
-        ended(True, "")
         if pending and await self._write(translate(pending + EVENT_END), ended):
             self.forwarded.append(pending)
+        if engine != "tgi" and not self.done:  # an OpenAI stream ends with [DONE]: cut short
+            self.broken = "EndedWithoutDone"
+            ended(False, "its stream ended before [DONE]")
+            return self.response
+        ended(True, "")
         return self.response
 
     async def _write(self, data: bytes, ended: Callable[[bool | None, str], None]) -> bool:
@@ -104,5 +113,7 @@ class ClientStream:
         with contextlib.suppress(ConnectionResetError):
             if self.broken is not None:
                 await self.response.write(self.broken_event(self.broken))
+            elif not self.done and self.closing:
+                await self.response.write(self.closing)
             await self.response.write_eof()
         return self.response

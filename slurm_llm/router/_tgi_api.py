@@ -123,12 +123,19 @@ def tgi_relay(stream: ClientStream, body: dict[str, Any]) -> RelayFor:
             upstream: aiohttp.ClientResponse, backend: Backend, ended: GiveBack
         ) -> web.StreamResponse:
             # TGI's own stream has no end marker: that replica is given back when it closes.
-            translate = unchanged if backend.engine == "tgi" else translator.feed
+            # A continuation asks any replica for an OpenAI completion, translated here.
+            native = backend.engine == "tgi" and rewrite is unchanged
+            translate = unchanged if native else translator.feed
             return await stream.relay(upstream, backend.engine, translate, ended=ended)
 
         return relay
 
     return relay_for
+
+
+def translated(chunk: bytes) -> bytes:
+    """Marks a continuation: its answer is OpenAI's, whichever replica it comes from."""
+    return chunk
 
 
 def tgi_plan(call: Call, completion: dict[str, Any]) -> Plan:
@@ -137,7 +144,7 @@ def tgi_plan(call: Call, completion: dict[str, Any]) -> Plan:
 
     def plan_tgi(sent: SentSoFar) -> tuple[Call, Callable[[bytes], bytes]] | None:
         planned = plan(sent)
-        return None if planned is None else (planned[0], unchanged)  # the translator rewrites
+        return None if planned is None else (planned[0], translated)  # the translator rewrites
 
     return plan_tgi
 

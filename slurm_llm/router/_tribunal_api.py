@@ -19,7 +19,13 @@ from slurm_llm._errors import SpecError
 from slurm_llm.router._dispatch import Call
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._requests import read_json, require_served, served_model, validated
-from slurm_llm.router._schemas import ChatCompletionRequest, TribunalOptions, TribunalRequest
+from slurm_llm.router._schemas import (
+    ChatCompletionRequest,
+    Content,
+    TextPart,
+    TribunalOptions,
+    TribunalRequest,
+)
 from slurm_llm.router._state import STATE, RouterState
 from slurm_llm.tribunal import (
     LawBook,
@@ -69,6 +75,13 @@ def tribunal_for(state: RouterState, generator: str, options: TribunalOptions) -
     return Tribunal(complete, book, config, log, utilisation)
 
 
+def text_of(content: Content | None) -> str:
+    """A message's text: the string, or its text parts joined."""
+    if isinstance(content, str) or content is None:
+        return content or ""
+    return "".join(part.text for part in content if isinstance(part, TextPart))
+
+
 def count(state: RouterState, result: TribunalResult) -> None:
     outcome = {True: "accepted", False: "rejected", None: "not judged"}[result.accepted]
     state.metrics.tribunal_runs.labels(result.models["generator"], result.mode, outcome).inc()
@@ -89,12 +102,13 @@ async def chat_with_tribunal(request: web.Request, body: ChatCompletionRequest) 
     assert body.tribunal is not None
     if body.stream:
         raise RouterError(400, "a tribunal cannot be streamed: its answer exists only at the end")
-    users = [m.content for m in body.messages if m.role == "user" and isinstance(m.content, str)]
-    if not users:
-        raise RouterError(400, "a tribunal needs a user message (with text content) to answer")
+    users = [m for m in body.messages if m.role == "user"]
+    question = text_of(users[-1].content) if users else ""
+    if not question:
+        raise RouterError(400, "a tribunal needs a user message with text to answer")
     state = request.app[STATE]
     model = body.model
-    result = await tribunal_for(state, model, body.tribunal).run(users[-1])
+    result = await tribunal_for(state, model, body.tribunal).run(question)
     count(state, result)
     return web.json_response({
         "id": f"chatcmpl-tribunal-{int(result.started * 1000)}",

@@ -28,6 +28,12 @@ from slurm_llm._app_thread import AppThread
 from slurm_llm._paths import registry_dir
 from slurm_llm._registry import Registry
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
+from slurm_llm.router._failover import (
+    SentSoFar,
+    continuation_body,
+    continued_events,
+    sent_so_far,
+)
 from slurm_llm.router._state import STATE
 from tests.unit.test_registry import record
 
@@ -40,8 +46,9 @@ class CountingReplica(AppThread):
 
     silences: ClassVar[list[int]] = [0]
 
-    def __init__(self, breaks: int = 1) -> None:
+    def __init__(self, breaks: int = 1, ends: int = 0) -> None:
         self.breaks = breaks
+        self.ends = ends  # streams that end cleanly after 3 events, without [DONE]
         self.bodies: list[dict[str, Any]] = []
         app = web.Application()
         app.router.add_post("/v1/completions", self.complete)
@@ -75,6 +82,9 @@ class CountingReplica(AppThread):
                 while request.transport and not request.transport.is_closing():
                     await asyncio.sleep(0.05)  # an engine that neither answers nor closes
                 return response
+            if self.ends and sent == BREAK_AFTER:
+                self.ends -= 1
+                return response  # a clean end of the HTTP answer, and no [DONE]
             if self.breaks and sent == BREAK_AFTER:
                 self.breaks -= 1
                 assert request.transport is not None
@@ -253,3 +263,55 @@ def test_a_replica_that_leaves_the_registry_mid_stream_is_cut_off_and_the_stream
     events = decoded(result[0])
     assert "".join(c["text"] for e in events for c in e["choices"]) == " 1 2 3 4 5 6 7 8"
     assert continued(router) == 1
+
+
+def test_a_stream_that_ends_without_done_is_continued() -> None:
+    """An OpenAI stream is whole only at its [DONE]: an engine shutting down that closes the
+    answer cleanly mid-way has cut it short."""
+    pair = [CountingReplica(breaks=0, ends=1), CountingReplica(breaks=0, ends=1)]
+    with ExitStack() as stack:
+        for replica in pair:
+            stack.enter_context(replica)
+        config = RouterConfig(probes=ProbeConfig(interval_s=0))
+        routed = RouterThread(static=[("m", r.url) for r in pair], config=config)
+        router = stack.enter_context(routed)
+        body = {"model": "m", "prompt": "count:", "max_tokens": 5}
+        payloads = stream(router, "/v1/completions", body)
+    text = "".join(c["text"] for e in decoded(payloads) for c in e["choices"])
+    assert text == " 1 2 3 4 5" and payloads[-1] == b"[DONE]"
+
+
+SENT = SentSoFar(" 1 2", 2, "cmpl-1", 7, finished=False, continuable=True)
+ASK: dict[str, Any] = {"role": "user", "content": "count"}
+CHAT_BODY: dict[str, Any] = {"model": "m", "messages": [ASK], "max_tokens": 9}
+
+
+def event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def test_a_continuation_extends_a_prefill_of_the_client_s_own() -> None:
+    body = {**CHAT_BODY, "messages": [ASK, {"role": "assistant", "content": "0"}]}
+    rest = continuation_body("/v1/chat/completions", body, SENT)
+    assert rest is not None and rest["messages"][-1] == {"role": "assistant", "content": "0 1 2"}
+    assert len(rest["messages"]) == 2 and rest["max_tokens"] == 7
+
+
+def test_output_held_to_a_grammar_is_not_continued_and_nothing_sent_is_asked_again() -> None:
+    for constrained in ({"response_format": {"type": "json_object"}}, {"grammar": "root ::= x"}):
+        assert continuation_body("/v1/chat/completions", {**CHAT_BODY, **constrained}, SENT) is None
+    nothing = SentSoFar("", 0, None, None, finished=False, continuable=True)
+    assert continuation_body("/v1/chat/completions", CHAT_BODY, nothing) == CHAT_BODY
+    assert continuation_body("/v1/chat/completions", {**CHAT_BODY, "n": None}, SENT) is not None
+
+
+def test_a_continuation_passes_error_events_on_and_drops_only_its_opening() -> None:
+    rewrite = continued_events("/v1/chat/completions", SENT)
+    opening = {"id": "x", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    out = rewrite(event(opening) + event({"error": {"message": "engine failed"}}))
+    assert b"engine failed" in out and b"assistant" not in out
+
+
+def test_reasoning_sent_makes_a_stream_not_continuable() -> None:
+    thinking = {"id": "x", "choices": [{"index": 0, "delta": {"reasoning_content": "hm"}}]}
+    assert not sent_so_far([event(thinking)]).continuable

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from slurm_llm._app_thread import AppThread
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
-from slurm_llm.router._requests import MAX_JSON_DEPTH, json_depth
+from slurm_llm.router._requests import too_deep
 from tests.integration.helpers import post
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
@@ -90,13 +90,16 @@ MALFORMED = [
     ("/v1/chat/completions", CHAT, "temperature", "hot", "temperature"),
     ("/v1/chat/completions", CHAT, "temperature", 9.5, "temperature"),
     ("/v1/chat/completions", CHAT, "stop", [1], "stop[0]"),
-    ("/v1/chat/completions", CHAT, "tools", [{"type": "function"}], "tools[0].function"),
+    ("/v1/chat/completions", CHAT, "tools", [{"type": "function"}], "tools[0]"),
+    ("/v1/chat/completions", CHAT, "tools", [{"type": "function", "function": {}}],
+     "tools[0].function.name"),
     ("/v1/chat/completions", CHAT, "tool_choice", "sometimes", "tool_choice"),
     ("/v1/chat/completions", CHAT, "stream_options", {"include_usage": 1},
      "stream_options.include_usage"),
     ("/v1/chat/completions", CHAT, "tribunal", {"max_rounds": []}, "tribunal.max_rounds"),
     ("/v1/completions", COMPLETION, "prompt", {}, "prompt"),
     ("/v1/completions", COMPLETION, "prompt", [-1], "prompt[0]"),
+    ("/v1/completions", COMPLETION, "prompt", [], "prompt"),
     ("/v1/completions", COMPLETION, "echo", 1, "echo"),
     ("/generate", GENERATE, "inputs", ["Hi"], "inputs"),
     ("/generate", GENERATE, "parameters", [1], "parameters"),
@@ -155,15 +158,21 @@ def test_deep_nesting_is_refused_before_parsing(router: RouterThread) -> None:
     deep = b'{"model": "m", "prompt": "x", "extra": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     status, answer, _ = post(router.url + "/v1/completions", deep)
     assert status == 400 and "deeper than" in answer["error"]["message"]
-    assert json_depth(deep) == 5001
+    assert too_deep(deep) and not too_deep(b"[" * 64 + b"]" * 64)
     brackets_in_text = {"model": "m", "prompt": "[" * 5000}
-    assert json_depth(json.dumps(brackets_in_text).encode()) <= MAX_JSON_DEPTH
+    assert not too_deep(json.dumps(brackets_in_text).encode())
+    utf16 = json.dumps({"model": "m", "prompt": "\u2200", "x": [[[]]]}).encode("utf-16")
+    status, answer, _ = post(router.url + "/v1/completions", utf16)
+    assert status == 400 and "not UTF-8" in answer["error"]["message"]
 
 
 def test_nan_and_infinity_are_not_json(router: RouterThread) -> None:
     body = b'{"model": "m", "prompt": "x", "top_p": NaN}'
     status, answer, _ = post(router.url + "/v1/completions", body)
     assert status == 400 and "NaN" in answer["error"]["message"]
+    body = b'{"model": "m", "prompt": "x", "top_p": 1e999}'
+    status, answer, _ = post(router.url + "/v1/completions", body)
+    assert status == 400 and "1e999" in answer["error"]["message"]
 
 
 def test_the_openai_client_gets_a_bad_request_error(router: RouterThread) -> None:
@@ -175,3 +184,18 @@ def test_the_openai_client_gets_a_bad_request_error(router: RouterThread) -> Non
             max_tokens=2,
         )
     client.close()
+
+
+def test_what_the_apis_allow_passes(router: RouterThread) -> None:
+    """Content parts other than text (images, vLLM's video), custom tools, a named tool
+    choice, vLLM's own response formats: the router passes them on for the engine to judge."""
+    video = {"type": "video_url", "video_url": {"url": "file:///v.mp4"}}
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    body = {
+        **CHAT,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, image, video]}],
+        "tools": [{"type": "custom", "custom": {"name": "grep"}}],
+        "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto"}},
+        "response_format": {"type": "structural_tag", "structures": []},
+    }
+    assert post(router.url + "/v1/chat/completions", body).status == 200
