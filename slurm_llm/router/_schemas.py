@@ -163,9 +163,11 @@ class ChatCompletionRequest(Sampling):
 # -- OpenAI text completions -----------------------------------------------------------------
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=INT32)]], Field(min_length=1)]
+# An empty prompt is refused: llama.cpp hangs on one with n > 1 (seen with the fuzzer).
+Text = Annotated[str, Field(min_length=1)]
 Prompt = (
-    str
-    | Annotated[list[str], Field(min_length=1)]
+    Text
+    | Annotated[list[Text], Field(min_length=1)]
     | TokenIds
     | Annotated[list[TokenIds], Field(min_length=1)]
 )
@@ -207,7 +209,7 @@ class GenerateRequest(Permissive):
     """TGI's ``POST /generate``, ``/generate_stream`` and ``/`` (also under
     ``/models/{model}``)."""
 
-    inputs: str
+    inputs: Annotated[str, Field(min_length=1)]  # TGI refuses empty inputs too
     parameters: GenerateParameters | None = None
     stream: bool | None = None
 
@@ -303,7 +305,7 @@ def field_path(loc: tuple[int | str, ...]) -> str:
 
 
 def is_branch_name(part: str, before: int | str | None, more: bool) -> bool:
-    if part in ("str", "int", "float", "bool") or part[:1].isupper() or "[" in part:
+    if part in ("str", "int", "float", "bool") or part[:1].isupper() or "[" in part or "-" in part:
         return True
     return isinstance(before, int) and more and part in PART_TYPES
 
