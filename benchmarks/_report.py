@@ -20,9 +20,17 @@ from rich.table import Table
 
 from slurm_llm.bench._machine import describe, machine_info
 
-__all__ = ["RESULTS", "describe", "machine_info", "report_seconds"]
+__all__ = ["RESULTS", "describe", "machine_info", "report_seconds", "save_figure"]
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def save_figure(figure: Any, path: Path, title: str, info: dict[str, Any]) -> None:
+    """Titles a figure with what it shows and the machine it came from, saves it, frees it."""
+    figure.suptitle(f"{title}\n{describe(info)}", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def report_seconds(

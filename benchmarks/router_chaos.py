@@ -57,7 +57,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import RESULTS, describe, machine_info
+from _report import RESULTS, describe, machine_info, save_figure
 from _servers import background
 from _specs import vllm_cpu
 
@@ -597,10 +597,7 @@ def plot(
             fontsize=7,
             va="top",
         )
-    figure.suptitle(f"{title}\n{describe(info)}", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, title, info)
 
 
 if __name__ == "__main__":

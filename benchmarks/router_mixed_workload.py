@@ -73,7 +73,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import RESULTS, describe, machine_info
+from _report import RESULTS, describe, machine_info, save_figure
 from _servers import background
 
 from slurm_llm import Deployment, ModelSpec, deploy
@@ -402,10 +402,7 @@ def plot(path: Path, title: str, info: dict[str, Any], phases: list[Phase], summ
     bars.set_ylabel("seconds")
     bars.set_title("percentiles by request kind")
     bars.legend()
-    figure.suptitle(f"{title}\n{describe(info)}", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, title, info)
 
 
 def run_phases(

@@ -46,7 +46,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import RESULTS, describe, machine_info
+from _report import RESULTS, describe, machine_info, save_figure
 from _servers import answers, background
 
 from slurm_llm import _debian
@@ -592,10 +592,7 @@ def plot(
     memory.set_ylabel("router RSS, MiB")
     memory.set_title("waves of concurrent streams")
     memory.set_ylim(bottom=0)
-    figure.suptitle(f"{title}\n{describe(info)}", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, title, info)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ elsewhere: it must work on a cluster with no internet.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -90,7 +90,6 @@ class Operation:
     streams: bool = False  # may answer text/event-stream
     errors: type[BaseModel] = OpenAIError
     statuses: tuple[int, ...] = (400, 404, 429, 500, 503, 504)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def tgi_operations(prefix: str) -> list[Operation]:

@@ -145,6 +145,14 @@ def cli(*args: str, check: bool = True, timeout: float = 180) -> str:
     return done.stdout + done.stderr
 
 
+# (path, body) of a streamed text and chat completion long enough to kill an engine mid-way.
+COUNTING_STREAMS: list[tuple[str, dict[str, Any]]] = [
+    ("/v1/completions", {"prompt": "Counting: 1, 2, 3, 4,"}),
+    ("/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "Count from 1 to 50 in words."}]}),
+]  # fmt: skip
+
+
 def read_stream(
     router: RouterThread,
     model: str,

@@ -14,7 +14,13 @@ import pytest
 from slurm_llm import Deployment
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
 from slurm_llm.router._state import STATE
-from tests.integration.helpers import deploy_smollm2, post, read_stream, wait_until
+from tests.integration.helpers import (
+    COUNTING_STREAMS,
+    deploy_smollm2,
+    post,
+    read_stream,
+    wait_until,
+)
 
 pytestmark = pytest.mark.llamacpp
 
@@ -78,15 +84,7 @@ def test_a_request_every_engine_fails_is_passed_on_not_retried_and_ejects_nobody
     assert [b.failures for b in router.pool.of(MODEL)] == [0, 0]
 
 
-@pytest.mark.parametrize(
-    ("path", "body"),
-    [
-        ("/v1/completions", {"prompt": "Counting: 1, 2, 3, 4,"}),
-        ("/v1/chat/completions",
-         {"messages": [{"role": "user", "content": "Count from 1 to 50 in words."}]}),
-    ],
-    ids=["text", "chat"],
-)  # fmt: skip
+@pytest.mark.parametrize(("path", "body"), COUNTING_STREAMS, ids=["text", "chat"])
 def test_a_stream_whose_engine_is_killed_continues_on_the_other_replica(
     slurm_llm_home: Path, path: str, body: dict[str, Any]
 ) -> None:

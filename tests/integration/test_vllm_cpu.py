@@ -19,7 +19,13 @@ from slurm_llm import Deployment, ModelSpec, deploy
 from slurm_llm.bench import write_dummy_model
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
 from tests.conftest import REPO
-from tests.integration.helpers import openai_client, read_stream, streamed_pieces, wait_until
+from tests.integration.helpers import (
+    COUNTING_STREAMS,
+    openai_client,
+    read_stream,
+    streamed_pieces,
+    wait_until,
+)
 
 pytestmark = pytest.mark.vllm
 
@@ -89,15 +95,7 @@ def test_vllm_streams_token_by_token(vllm_replica: Deployment) -> None:
     assert len(streamed_pieces(vllm_replica.endpoints[0], "smollm2")) > 3
 
 
-@pytest.mark.parametrize(
-    ("path", "body"),
-    [
-        ("/v1/completions", {"prompt": "Counting: 1, 2, 3, 4,"}),
-        ("/v1/chat/completions",
-         {"messages": [{"role": "user", "content": "Count from 1 to 50 in words."}]}),
-    ],
-    ids=["text", "chat"],
-)  # fmt: skip
+@pytest.mark.parametrize(("path", "body"), COUNTING_STREAMS, ids=["text", "chat"])
 def test_a_vllm_stream_whose_engine_is_killed_continues_on_the_other_replica(
     vllm_replica: Deployment, slurm_llm_home: Path, path: str, body: dict[str, Any]
 ) -> None:
