@@ -48,6 +48,7 @@ class Call:
     body: bytes
     key: str | None = None  # affinity key
     tgi: tuple[str, bytes] | None = None
+    avoid: frozenset[str] = frozenset()  # replicas to try last (those that broke its stream)
 
     def for_backend(self, backend: Backend) -> tuple[str, bytes]:
         if self.tgi is not None and backend.engine == "tgi":
@@ -110,7 +111,7 @@ class Dispatcher:
         self, call: Call, relay: Relay | None, bounded: bool
     ) -> web.StreamResponse | Reply:
         deadline = time.monotonic() + self.config.deadline_s
-        tried: set[str] = set()
+        tried = set(call.avoid)
         suspects: list[Reply] = []  # 5xx answers to this request, each from a replica
         problem = "no replica was routable"
         for attempt in range(self.config.attempts):

@@ -195,7 +195,10 @@ async def stream_with_failover(
         OPT_OUT_HEADER, "on"
     ).lower() not in ("off", "false", "0")
     for _ in range(MAX_CONTINUATIONS):
-        if stream.broken is None or not enabled or "tgi" in stream.engines:
+        if stream.broken is None or not enabled or any(r.engine == "tgi" for r in stream.replicas):
+            break
+        if len(stream.errors) > 1:  # two replicas failed it with errors of their own
+            count(state.metrics, call.model, "request_fault")
             break
         sent = sent_so_far(stream.forwarded)
         if sent.finished:  # it broke after the answer's end, before [DONE]: nothing is missing
@@ -206,6 +209,7 @@ async def stream_with_failover(
             count(state.metrics, call.model, "not_continuable")
             break
         next_call, rewrite = planned
+        next_call = replace(next_call, avoid=frozenset(r.url for r in stream.replicas))
         continued: web.StreamResponse | Reply | None = None
         with contextlib.suppress(RouterError):  # no replica could: it ends with the error event
             continued = await state.dispatcher.stream(next_call, relay_for(rewrite))

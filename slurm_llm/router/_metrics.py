@@ -94,7 +94,8 @@ class RouterMetrics:
         )  # fmt: skip
         self.continuations = Counter(
             f"{prefix}_stream_continuations", "Streams whose replica broke off mid-stream, by "
-            "outcome: continued (on another replica), not_continuable, no_replica.",
+            "outcome: continued (on another replica), not_continuable, no_replica, request_fault "
+            "(two replicas ended it with an error event of their own).",
             ["model", "outcome"], registry=self.registry,
         )  # fmt: skip
         self.rejections = Counter(

@@ -82,7 +82,7 @@ def sse_relay(stream: ClientStream, metrics: RouterMetrics, model: str) -> Relay
         async def relay(
             upstream: aiohttp.ClientResponse, backend: Backend, ended: GiveBack
         ) -> web.StreamResponse:
-            return await stream.relay(upstream, backend.engine, rewrite, seen, ended)
+            return await stream.relay(upstream, backend, rewrite, seen, ended)
 
         return relay
 

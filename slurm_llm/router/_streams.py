@@ -12,15 +12,24 @@ The replica is given back (``ended``) as soon as its stream is over: when its Op
 sends its next request the moment it reads ``[DONE]`` (every closed-loop client does) would
 otherwise find the replica still counted busy, and be sent to the other, already busy, one; a
 client told of a break would find the broken replica still routable.
+
+An engine may also end a stream with an error event of its own and then its ``[DONE]`` (vLLM
+does when its engine core dies mid-answer). That too is a break, after whatever came before it:
+the event is held back so the stream can go on elsewhere, and is what the client gets if it
+cannot. It proves nothing against the replica (the request may be what failed), so the replica
+is given back neither failed nor succeeded; the continuation goes to another one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
+
+from slurm_llm.router._backends import Backend
 
 DONE = b"data: [DONE]"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -51,12 +60,13 @@ class ClientStream:
         self.forwarded: list[bytes] = []
         self.broken: str | None = None
         self.done = False  # the OpenAI [DONE] was forwarded: nothing is left to continue
-        self.engines: list[str] = []  # of the replicas relayed from, in order
+        self.replicas: list[Backend] = []  # relayed from, in order
+        self.errors: list[bytes] = []  # engines' own error events, held back, translated
 
     async def relay(
         self,
         upstream: aiohttp.ClientResponse,
-        engine: str,
+        backend: Backend,
         translate: Callable[[bytes], bytes] = unchanged,
         seen: Callable[[bytes], None] = lambda chunk: None,
         ended: Callable[[bool | None, str], None] = lambda clean, why: None,
@@ -66,7 +76,8 @@ class ClientStream:
         stream is over (it may be told again, later, which it must ignore)."""
         if not self.response.prepared:
             await self.response.prepare(self.request)
-        self.engines.append(engine)
+        self.replicas.append(backend)
+        engine = backend.engine
         self.broken = None
         pending = b""
         try:
@@ -77,6 +88,15 @@ class ClientStream:
                 if cut < len(EVENT_END):
                     continue
                 whole, pending = pending[:cut], pending[cut:]
+                if engine != "tgi" and not self.done:
+                    whole, error = split_at_error(whole)
+                    if error is not None:
+                        if whole and await self._write(translate(whole), ended):
+                            self.forwarded.append(whole)
+                        self.errors.append(translate(error))
+                        self.broken = "EngineError"
+                        ended(None, "")
+                        return self.response
                 if DONE in whole:
                     self.done = True
                     ended(True, "")
@@ -111,9 +131,34 @@ class ClientStream:
         # A client that has its [DONE] may hang up before the stream's end; that is no fault of
         # the replica (aiohttp's ClientConnectionResetError is a ConnectionResetError too).
         with contextlib.suppress(ConnectionResetError):
-            if self.broken is not None:
+            if self.broken == "EngineError":  # the engine's own words, then the stream's end
+                await self.response.write(self.errors[-1] + self.closing)
+            elif self.broken is not None:
                 await self.response.write(self.broken_event(self.broken))
             elif not self.done and self.closing:
                 await self.response.write(self.closing)
             await self.response.write_eof()
         return self.response
+
+
+def split_at_error(whole: bytes) -> tuple[bytes, bytes | None]:
+    """``whole`` (complete events) split before its first error event: what comes before, and
+    that event (None if there is none); what follows an error is dropped."""
+    events = whole.split(EVENT_END)
+    for index, event in enumerate(events):
+        if is_error(event):
+            return b"".join(e + EVENT_END for e in events[:index]), event + EVENT_END
+    return whole, None
+
+
+def is_error(event: bytes) -> bool:
+    """An OpenAI-style error event: ``{"error": ...}``, or vLLM's older ``"object": "error"``."""
+    if not event.startswith(b"data:") or b"error" not in event:
+        return False
+    try:
+        payload = json.loads(event[5:])
+    except json.JSONDecodeError:
+        return False
+    return isinstance(payload, dict) and (
+        "error" in payload or payload.get("object") == "error"
+    ) and not payload.get("choices")

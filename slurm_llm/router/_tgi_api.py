@@ -126,7 +126,7 @@ def tgi_relay(stream: ClientStream, body: dict[str, Any]) -> RelayFor:
             # A continuation asks any replica for an OpenAI completion, translated here.
             native = backend.engine == "tgi" and rewrite is unchanged
             translate = unchanged if native else translator.feed
-            return await stream.relay(upstream, backend.engine, translate, ended=ended)
+            return await stream.relay(upstream, backend, translate, ended=ended)
 
         return relay
 

@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,13 +38,16 @@ from slurm_llm.router._state import STATE
 from tests.unit.test_registry import record
 
 BREAK_AFTER = 3
+ENGINE_ERROR = "EngineCore encountered an issue"
 
 
 class CountingReplica(AppThread):
     """A stand-in OpenAI server that counts; ``breaks`` streams break off after 3 events, and
-    while ``silences[0]`` > 0, a stream (of any replica) falls silent there instead."""
+    while ``silences[0]`` (``engine_errors[0]``) > 0, a stream of any replica falls silent
+    (sends an error event) there instead."""
 
     silences: ClassVar[list[int]] = [0]
+    engine_errors: ClassVar[list[int]] = [0]  # streams to end with an error event and [DONE]
 
     def __init__(self, breaks: int = 1, ends: int = 0) -> None:
         self.breaks = breaks
@@ -85,6 +88,11 @@ class CountingReplica(AppThread):
             if self.ends and sent == BREAK_AFTER:
                 self.ends -= 1
                 return response  # a clean end of the HTTP answer, and no [DONE]
+            if self.engine_errors[0] and sent == BREAK_AFTER:  # as vLLM's when its core dies
+                self.engine_errors[0] -= 1
+                await send(response, {"error": {"message": ENGINE_ERROR, "code": 500}})
+                await response.write(b"data: [DONE]\n\n")
+                return response
             if self.breaks and sent == BREAK_AFTER:
                 self.breaks -= 1
                 assert request.transport is not None
@@ -106,15 +114,23 @@ async def send(response: web.StreamResponse, event: dict[str, Any]) -> None:
     await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
 
 
-@pytest.fixture
-def replicas() -> Iterator[tuple[list[CountingReplica], RouterThread]]:
-    pair = [CountingReplica(), CountingReplica()]
+@contextmanager
+def routed(pair: list[CountingReplica], **config: Any) -> Iterator[RouterThread]:
+    """A router in front of the stand-in replicas (named as one static model, ``m``)."""
     with ExitStack() as stack:
         for replica in pair:
             stack.enter_context(replica)
-        config = RouterConfig(probes=ProbeConfig(interval_s=0))
-        router = RouterThread(static=[("m", r.url) for r in pair], config=config)
-        yield pair, stack.enter_context(router)
+        settings = RouterConfig(probes=ProbeConfig(interval_s=0), **config)
+        yield stack.enter_context(
+            RouterThread(static=[("m", r.url) for r in pair], config=settings)
+        )
+
+
+@pytest.fixture
+def replicas() -> Iterator[tuple[list[CountingReplica], RouterThread]]:
+    pair = [CountingReplica(), CountingReplica()]
+    with routed(pair) as router:
+        yield pair, router
 
 
 def stream(router: RouterThread, path: str, body: dict[str, Any],
@@ -212,13 +228,7 @@ def test_a_stream_that_cannot_mean_the_same_when_continued_ends_with_the_error(
 
 def test_with_every_replica_breaking_the_stream_ends_with_the_error() -> None:
     pair = [CountingReplica(breaks=10), CountingReplica(breaks=10)]
-    with ExitStack() as stack:
-        for replica in pair:
-            stack.enter_context(replica)
-        config = RouterConfig(probes=ProbeConfig(interval_s=0), retry_backoff_s=0.01)
-        router = stack.enter_context(
-            RouterThread(static=[("m", r.url) for r in pair], config=config)
-        )
+    with routed(pair, retry_backoff_s=0.01) as router:
         body = {"model": "m", "prompt": "count:", "max_tokens": 40}
         events = stream(router, "/v1/completions", body)
         text = "".join(c["text"] for e in decoded(events[:-2]) for c in e["choices"])
@@ -269,16 +279,39 @@ def test_a_stream_that_ends_without_done_is_continued() -> None:
     """An OpenAI stream is whole only at its [DONE]: an engine shutting down that closes the
     answer cleanly mid-way has cut it short."""
     pair = [CountingReplica(breaks=0, ends=1), CountingReplica(breaks=0, ends=1)]
-    with ExitStack() as stack:
-        for replica in pair:
-            stack.enter_context(replica)
-        config = RouterConfig(probes=ProbeConfig(interval_s=0))
-        routed = RouterThread(static=[("m", r.url) for r in pair], config=config)
-        router = stack.enter_context(routed)
+    with routed(pair) as router:
         body = {"model": "m", "prompt": "count:", "max_tokens": 5}
         payloads = stream(router, "/v1/completions", body)
     text = "".join(c["text"] for e in decoded(payloads) for c in e["choices"])
     assert text == " 1 2 3 4 5" and payloads[-1] == b"[DONE]"
+
+
+def test_a_stream_an_engine_ends_with_an_error_event_continues_and_nobody_is_ejected() -> None:
+    CountingReplica.engine_errors[0] = 1
+    pair = [CountingReplica(breaks=0), CountingReplica(breaks=0)]
+    with routed(pair) as router:
+        body = {"model": "m", "prompt": "count:", "max_tokens": 8}
+        payloads = stream(router, "/v1/completions", body)
+        assert router.load("m").routable == 2
+    text = "".join(c["text"] for e in decoded(payloads) for c in e["choices"])
+    assert text == " 1 2 3 4 5 6 7 8" and payloads[-1] == b"[DONE]"
+    assert [len(r.bodies) for r in pair] == [1, 1]  # the continuation went to the other one
+    assert continued(router) == 1
+
+
+def test_a_stream_two_engines_end_with_errors_gets_the_engine_s_error_and_nobody_is_ejected() -> (
+    None
+):
+    CountingReplica.engine_errors[0] = 2
+    with routed([CountingReplica(breaks=0), CountingReplica(breaks=0)]) as router:
+        body = {"model": "m", "messages": [{"role": "user", "content": "count:"}], "max_tokens": 9}
+        payloads = stream(router, "/v1/chat/completions", body)
+        assert router.load("m").routable == 2
+    *answer, error = decoded(payloads)
+    text = "".join(c["delta"].get("content", "") for e in answer for c in e["choices"])
+    assert text == " 1 2 3 4 5 6" and error["error"]["message"] == ENGINE_ERROR
+    assert payloads[-1] == b"[DONE]"
+    assert continued(router) == 1 and continued(router, "request_fault") == 1
 
 
 SENT = SentSoFar(" 1 2", 2, "cmpl-1", 7, finished=False, continuable=True)
