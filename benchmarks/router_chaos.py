@@ -62,7 +62,7 @@ from _servers import background
 from _specs import vllm_cpu
 
 from slurm_llm import Deployment, EndpointRecord, ModelSpec, deploy
-from slurm_llm._ports import lease_port
+from slurm_llm.node._ports import lease_port
 
 MODEL = "smollm2"
 LOCAL_FAULTS = ("kill-engine", "kill-launcher", "restart-router")

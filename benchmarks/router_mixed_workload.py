@@ -4,7 +4,7 @@ Two SmolLM2-135M replicas (llama.cpp, one core each) deployed with slurm-llm's o
 and one seeded open-loop workload (Poisson arrivals; 80 % short completions of 8 tokens, 20 %
 long ones of 128, ``ignore_eos`` so each is exactly as long as asked) sent, phase after phase,
 through:
-  least-loaded  ``slurm-llm router`` (its own process), power of two choices, the default;
+  power-of-two  ``slurm-llm router`` (its own process), power of two choices, the default;
   round-robin   ``slurm-llm router --policy round-robin``;
   nginx         slurm-llm's nginx front end (``slurm_llm.nginx``), ``least_conn``.
 Every phase replays exactly the same arrivals against the same replicas; the phases run in two
@@ -13,7 +13,7 @@ rate comes from a calibration at the start: service times of both kinds with eve
 replicas busy (on one core, a batch of two is slower per request than one alone), and the rate
 that keeps the replicas ``--utilisation`` busy by those times.
 
-Goal: p99 end-to-end latency (all requests) lower with least-loaded than with round-robin and
+Goal: p99 end-to-end latency (all requests) lower with power-of-two than with round-robin and
 than with nginx ``least_conn``.
 
 Why the router should win. The router queues centrally: each replica gets at most its engine's
@@ -24,7 +24,7 @@ replica's slots are full, the request waits in the engine's own queue, behind wh
 replica happened to get - a short request can sit there for a whole long generation while the
 other replica frees up. ``least_conn`` counts connections, not the work behind them, so it cannot
 tell one long generation from one short one. Round-robin in the router also queues centrally
-(it skips busy replicas), so least-loaded differs from it only in which *free* replica it picks:
+(it skips busy replicas), so power-of-two differs from it only in which *free* replica it picks:
 the one with fewer requests in flight, whose batch - and so each token - is cheaper.
 
 The knobs that matter: the replica limit must equal the engine's slots (``--slots`` here, used
@@ -36,7 +36,7 @@ its best. Load generator, front ends and replicas share this machine's cores.
 
 Read the p99s with their noise: ~350 requests per front end put p99 on its three or four
 slowest, so the table also gives each round's p99 (the same arrivals each round), a check that
-least-loaded was lowest in every round and not only pooled, and the load average before and
+power-of-two was lowest in every round and not only pooled, and the load average before and
 after (another job on the machine shows there).
 
     python benchmarks/router_mixed_workload.py               # ~9 minutes; shorter phases are noise
@@ -77,19 +77,19 @@ from _report import RESULTS, describe, machine_info, save_figure
 from _servers import background
 
 from slurm_llm import Deployment, ModelSpec, deploy
-from slurm_llm._ports import lease_port
 from slurm_llm.bench import percentile
 from slurm_llm.nginx import NginxConfig, NginxServer
+from slurm_llm.node._ports import lease_port
 
 NAME = "router_mixed_workload"
 DEPLOYMENT = "bench-mixed"
-FRONT_ENDS = ("least-loaded", "round-robin", "nginx")
+FRONT_ENDS = ("power-of-two", "round-robin", "nginx")
 LABELS = {
-    "least-loaded": "router least-loaded",
+    "power-of-two": "router power-of-two",
     "round-robin": "router round-robin",
     "nginx": "nginx least_conn",
 }
-COLOURS = {"least-loaded": "tab:blue", "round-robin": "tab:orange", "nginx": "tab:green"}
+COLOURS = {"power-of-two": "tab:blue", "round-robin": "tab:orange", "nginx": "tab:green"}
 KINDS = ("short", "long", "all")
 QUANTILES = (50, 90, 99)
 PROMPTS = (
@@ -354,21 +354,21 @@ def goals(summary: dict[str, Any], rounds: int) -> dict[str, bool]:
         return float("inf") if value is None else float(value)
 
     def lowest_in(round_no: int) -> bool:
-        """Each round replays the same arrivals: is least-loaded's p99 the lowest in it?"""
+        """Each round replays the same arrivals: is power-of-two's p99 the lowest in it?"""
         p99s = {f: summary[f]["p99_all_by_round_s"][round_no] for f in FRONT_ENDS}
-        others = [p99s[f] for f in FRONT_ENDS if f != "least-loaded"]
-        mine = p99s["least-loaded"]
+        others = [p99s[f] for f in FRONT_ENDS if f != "power-of-two"]
+        mine = p99s["power-of-two"]
         return mine is not None and all(o is None or mine < o for o in others)
 
     errors = sum(sum(summary[f]["errors"].values()) for f in FRONT_ENDS)
     return {
-        "p99 (all) least-loaded < round-robin": p99("least-loaded") < p99("round-robin"),
-        "p99 (all) least-loaded < nginx least_conn": p99("least-loaded") < p99("nginx"),
-        "p99 (short) least-loaded < round-robin": p99("least-loaded", "short")
+        "p99 (all) power-of-two < round-robin": p99("power-of-two") < p99("round-robin"),
+        "p99 (all) power-of-two < nginx least_conn": p99("power-of-two") < p99("nginx"),
+        "p99 (short) power-of-two < round-robin": p99("power-of-two", "short")
         < p99("round-robin", "short"),
-        "p99 (short) least-loaded < nginx least_conn": p99("least-loaded", "short")
+        "p99 (short) power-of-two < nginx least_conn": p99("power-of-two", "short")
         < p99("nginx", "short"),
-        "p99 (all) least-loaded lowest in every round (not just pooled)": all(
+        "p99 (all) power-of-two lowest in every round (not just pooled)": all(
             lowest_in(r) for r in range(rounds)
         ),
         "no errors": errors == 0,
@@ -522,7 +522,7 @@ def main() -> None:
     )
     console.print(table(summary, f"{title}\nend-to-end latency, seconds"))
     met = goals(summary, args.rounds)
-    verdicts = Table(title="Goal: p99 lower with least-loaded than round-robin and nginx")
+    verdicts = Table(title="Goal: p99 lower with power-of-two than round-robin and nginx")
     verdicts.add_column("check")
     verdicts.add_column("result", justify="right")
     for check, ok in met.items():

@@ -50,9 +50,9 @@ from _report import RESULTS, describe, machine_info, save_figure
 from _servers import answers, background
 
 from slurm_llm import _debian
-from slurm_llm._ports import lease_port
 from slurm_llm.bench import percentile
 from slurm_llm.nginx import NginxConfig, NginxServer
+from slurm_llm.node._ports import lease_port
 
 HERE = Path(__file__).parent
 COLUMNS = ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms")

@@ -45,7 +45,6 @@ from _servers import background
 from _specs import VLLM_ENV, VLLM_MODEL, vllm_cpu
 
 from slurm_llm import Deployment, ModelSpec, deploy
-from slurm_llm._ports import lease_port
 from slurm_llm.bench import (
     BenchRun,
     LatencyTargets,
@@ -62,6 +61,7 @@ from slurm_llm.bench import (
 from slurm_llm.bench._cli import levels
 from slurm_llm.bench._report import compare_table, level_table
 from slurm_llm.bench._results import FrontEnd
+from slurm_llm.node._ports import lease_port
 
 SLOTS = 16  # sequences each engine batches; the router sends no more than this to a replica
 

@@ -27,9 +27,9 @@ from _report import describe, machine_info, report_seconds
 
 from slurm_llm import ModelSpec, deploy
 from slurm_llm._errors import EngineError
-from slurm_llm._ports import lease_port
-from slurm_llm._spec import resolve_model_path
 from slurm_llm.engines import LaunchContext, get_engine
+from slurm_llm.node._ports import lease_port
+from slurm_llm.spec._model_spec import resolve_model_path
 
 
 def engine_alone(spec: ModelSpec) -> float:

@@ -83,7 +83,7 @@ if ((${#BROKEN[@]})); then
     pip_quiet uninstall -y "${BROKEN[@]}" || die "uninstalling ${BROKEN[*]} failed"
 fi
 
-# The GGUF -> Hugging Face converter (slurm_llm/_gguf_to_hf.py) needs gguf, transformers and
+# The GGUF -> Hugging Face converter (slurm_llm/spec/_gguf_to_hf.py) needs gguf, transformers and
 # accelerate (transformers refuses to load a GGUF without it).
 for mod_pkg in gguf:gguf transformers:transformers accelerate:accelerate; do
     mod="${mod_pkg%%:*}"

@@ -5,10 +5,17 @@ with deploy(ModelSpec.preset("smollm2-135m"), replicas=2) as d:
     print(d.endpoints)
 """
 
-from slurm_llm._deployment import Deployment, ReplicaStatus, attach, deploy, list_deployments
 from slurm_llm._errors import DeploymentError, EngineError, SlurmLLMError, SpecError
+from slurm_llm._public import present_as_public
 from slurm_llm._registry import EndpointRecord, Registry
-from slurm_llm._spec import ModelSpec, SlurmOptions, preset_files
+from slurm_llm.control._deployment import (
+    Deployment,
+    ReplicaStatus,
+    attach,
+    deploy,
+    list_deployments,
+)
+from slurm_llm.spec._model_spec import ModelSpec, SlurmOptions, preset_files
 
 __version__ = "0.1.0"
 
@@ -29,3 +36,5 @@ __all__ = [
     "list_deployments",
     "preset_files",
 ]
+
+present_as_public(__name__, globals(), __all__)

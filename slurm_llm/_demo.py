@@ -16,9 +16,9 @@ import aiohttp
 from rich.console import Console
 from rich.table import Table
 
-from slurm_llm._deployment import deploy
 from slurm_llm._registry import pid_alive
-from slurm_llm._spec import ModelSpec
+from slurm_llm.control._deployment import deploy
+from slurm_llm.spec._model_spec import ModelSpec
 
 QUESTIONS = (
     "What is the capital of France?",

@@ -16,17 +16,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from slurm_llm._controller import run_controller
 from slurm_llm._demo import run_demo
-from slurm_llm._deployment import Deployment, attach, deploy, list_deployments
 from slurm_llm._errors import SlurmLLMError, SpecError
-from slurm_llm._smollm2 import gguf_path, prepare_hf_dir
-from slurm_llm._spec import ModelSpec, preset_files
-from slurm_llm.bench import add_bench_command
-from slurm_llm.cluster import add_cluster_commands
-from slurm_llm.nginx import add_nginx_command
-from slurm_llm.router import add_router_command
-from slurm_llm.tribunal import add_verdicts_command
+from slurm_llm.bench._cli import add_bench_command
+from slurm_llm.cluster._cli import add_cluster_commands
+from slurm_llm.control._controller import run_controller
+from slurm_llm.control._deployment import Deployment, attach, deploy, list_deployments
+from slurm_llm.nginx._cli import add_nginx_command
+from slurm_llm.router._cli import add_router_command
+from slurm_llm.spec._model_spec import ModelSpec, preset_files
+from slurm_llm.spec._smollm2 import gguf_path, prepare_hf_dir
+from slurm_llm.tribunal._cli import add_verdicts_command
 
 console = Console()
 errors = Console(stderr=True)

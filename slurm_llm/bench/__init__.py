@@ -1,7 +1,7 @@
 """Benchmarks of any deployment: load sweeps, latency and throughput, saturation points, the
 paper's figures, and paper-sized models with dummy weights."""
 
-from slurm_llm.bench._cli import add_bench_command
+from slurm_llm._public import present_as_public
 from slurm_llm.bench._loadgen import Target
 from slurm_llm.bench._plots import plot_runs
 from slurm_llm.bench._results import (
@@ -35,7 +35,6 @@ __all__ = [
     "Target",
     "TargetInfo",
     "Workload",
-    "add_bench_command",
     "capacity_at_targets",
     "deployment_target",
     "front_end_target",
@@ -50,3 +49,5 @@ __all__ = [
     "workloads",
     "write_dummy_model",
 ]
+
+present_as_public(__name__, globals(), __all__)

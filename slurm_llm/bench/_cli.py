@@ -10,7 +10,6 @@ from typing import Any
 from rich.console import Console
 
 from slurm_llm._errors import SpecError
-from slurm_llm._smollm2 import GGUF_FILENAME
 from slurm_llm.bench._loadgen import Target
 from slurm_llm.bench._plots import plot_runs
 from slurm_llm.bench._report import compare_table, level_table
@@ -19,6 +18,7 @@ from slurm_llm.bench._shapes import LLAMA3_VOCAB, PAPER_SHAPES, SMOLLM2_VOCAB, w
 from slurm_llm.bench._sweep import run_sweep
 from slurm_llm.bench._targets import deployment_target, front_end_target, url_target
 from slurm_llm.bench._workloads import workloads
+from slurm_llm.spec._smollm2 import GGUF_FILENAME
 
 console = Console()
 DEFAULT_CONCURRENCY = "1,2,4,8,16,32,64"

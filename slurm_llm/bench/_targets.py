@@ -13,11 +13,11 @@ import urllib.request
 from pathlib import Path
 
 from slurm_llm._errors import SpecError
-from slurm_llm._front_end_job import read_address
 from slurm_llm._paths import registry_dir
 from slurm_llm._registry import Registry
 from slurm_llm.bench._loadgen import Target
 from slurm_llm.bench._results import FrontEnd, TargetInfo
+from slurm_llm.jobs._front_end_job import read_address
 
 
 def served_models(url: str, headers: dict[str, str]) -> list[str]:

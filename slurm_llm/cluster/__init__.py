@@ -1,6 +1,6 @@
 """A real SLURM cluster on this machine: ``slurm-llm cluster up|down|status``."""
 
-from slurm_llm.cluster._cli import add_cluster_commands
+from slurm_llm._public import present_as_public
 from slurm_llm.cluster._cluster import ClusterStatus, LocalCluster
 from slurm_llm.cluster._config import ClusterConfig, render
 from slurm_llm.cluster._errors import ClusterError
@@ -10,6 +10,7 @@ __all__ = [
     "ClusterError",
     "ClusterStatus",
     "LocalCluster",
-    "add_cluster_commands",
     "render",
 ]
+
+present_as_public(__name__, globals(), __all__)

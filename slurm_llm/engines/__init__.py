@@ -1,6 +1,7 @@
 """One module per inference engine; ``get_engine`` maps a spec's engine name to it."""
 
 from slurm_llm._errors import SpecError
+from slurm_llm._public import present_as_public
 from slurm_llm.engines._base import Engine, LaunchContext
 from slurm_llm.engines.llamacpp import LlamaCppEngine
 from slurm_llm.engines.tgi import TGIEngine
@@ -19,3 +20,5 @@ def get_engine(name: str) -> Engine:
 
 
 __all__ = ["ENGINES", "Engine", "LaunchContext", "get_engine"]
+
+present_as_public(__name__, globals(), __all__)

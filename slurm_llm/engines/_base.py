@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from slurm_llm._errors import EngineError
-from slurm_llm._spec import ModelSpec
+from slurm_llm.spec._model_spec import ModelSpec
 
 
 @dataclass(frozen=True)

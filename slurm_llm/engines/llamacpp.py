@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import ClassVar
 
-from slurm_llm._spec import ModelSpec
 from slurm_llm.engines._base import Engine, LaunchContext
+from slurm_llm.spec._model_spec import ModelSpec
 
 SERVER_MODULE = "slurm_llm.engines.llamacpp_server"
 

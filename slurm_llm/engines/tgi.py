@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from slurm_llm._errors import EngineError
-from slurm_llm._spec import ModelSpec
 from slurm_llm.engines._base import Engine, LaunchContext, post_json
+from slurm_llm.spec._model_spec import ModelSpec
 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from slurm_llm._spec import ModelSpec
 from slurm_llm.engines._base import Engine, LaunchContext
+from slurm_llm.spec._model_spec import ModelSpec
 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 

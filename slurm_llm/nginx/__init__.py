@@ -5,7 +5,7 @@ template shipped in ``nginx/``); ``NginxServer`` runs Debian's nginx with it as 
 child process and reloads it gracefully when the replicas change.
 """
 
-from slurm_llm.nginx._cli import add_nginx_command
+from slurm_llm._public import present_as_public
 from slurm_llm.nginx._config import NginxConfig, render_config, template_dir
 from slurm_llm.nginx._errors import NginxConfigError, NginxError
 from slurm_llm.nginx._follow import follow_registry, registry_upstreams
@@ -17,7 +17,6 @@ __all__ = [
     "NginxConfigError",
     "NginxError",
     "NginxServer",
-    "add_nginx_command",
     "ensure_nginx",
     "follow_registry",
     "launch_nginx",
@@ -25,3 +24,5 @@ __all__ = [
     "render_config",
     "template_dir",
 ]
+
+present_as_public(__name__, globals(), __all__)

@@ -13,14 +13,14 @@ from typing import Any
 
 from rich.console import Console
 
-from slurm_llm._front_end_job import add_submit_arguments, announce, submitted_options
+from slurm_llm._api_keys import load_api_keys
 from slurm_llm._paths import home_dir
+from slurm_llm.jobs._front_end_job import add_submit_arguments, announce, submitted_options
 from slurm_llm.nginx._config import NginxConfig
 from slurm_llm.nginx._errors import NginxError
 from slurm_llm.nginx._follow import follow_registry, registry_upstreams
 from slurm_llm.nginx._job import launch_nginx
 from slurm_llm.nginx._server import NginxServer
-from slurm_llm.router._auth import load_api_keys
 
 console = Console()
 SETTINGS = "slurm-llm.json"

@@ -12,12 +12,12 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from slurm_llm._front_end_job import FrontEndJob, FrontEndMain, submit_front_end
 from slurm_llm._paths import home_dir
-from slurm_llm._spec import SlurmOptions
+from slurm_llm.jobs._front_end_job import FrontEndJob, FrontEndMain, submit_front_end
 from slurm_llm.nginx._config import Balancing, NginxConfig
 from slurm_llm.nginx._follow import follow_registry, registry_upstreams
 from slurm_llm.nginx._server import NginxServer
+from slurm_llm.spec._model_spec import SlurmOptions
 
 
 class NginxMain(FrontEndMain):

@@ -2,12 +2,12 @@
 load-aware balancing, admission control, health probes, metrics and API keys; run in-process
 (``RouterThread``), in the foreground (``serve``) or as a job of its own (``launch_router``)."""
 
-from slurm_llm._front_end_job import FrontEndJob
+from slurm_llm._api_keys import load_api_keys
+from slurm_llm._public import present_as_public
+from slurm_llm.jobs._front_end_job import FrontEndJob
 from slurm_llm.router._admission import ModelLoad
 from slurm_llm.router._app import build_app
-from slurm_llm.router._auth import load_api_keys
 from slurm_llm.router._backends import Backend, BackendPool
-from slurm_llm.router._cli import add_router_command
 from slurm_llm.router._config import RouterConfig
 from slurm_llm.router._job import launch_router
 from slurm_llm.router._policies import POLICIES
@@ -23,9 +23,10 @@ __all__ = [
     "ProbeConfig",
     "RouterConfig",
     "RouterThread",
-    "add_router_command",
     "build_app",
     "launch_router",
     "load_api_keys",
     "serve",
 ]
+
+present_as_public(__name__, globals(), __all__)

@@ -5,32 +5,11 @@ comparison nor the key list leaks through timing."""
 from __future__ import annotations
 
 import hmac
-import os
-from pathlib import Path
 
-from slurm_llm._errors import SlurmLLMError
 from slurm_llm.router._errors import RouterError
 
-KEYS_ENV = "SLURM_LLM_API_KEYS"  # comma-separated
 # For load balancers and liveness checks, and the API's description (no secret in it).
 OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs"})
-
-
-def load_api_keys(
-    path: Path | None = None, environ: dict[str, str] | None = None
-) -> frozenset[str]:
-    """Keys from a file (one per line, ``#`` starts a comment) and from ``SLURM_LLM_API_KEYS``."""
-    keys: set[str] = set()
-    if path is not None:
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise SlurmLLMError(f"cannot read the API key file {path}: {exc.strerror}") from exc
-        keys.update(line.split("#", 1)[0].strip() for line in text.splitlines())
-    env = os.environ if environ is None else environ
-    keys.update(key.strip() for key in env.get(KEYS_ENV, "").split(","))
-    keys.discard("")
-    return frozenset(keys)
 
 
 def presented_key(authorization: str | None, api_key_header: str | None) -> str | None:

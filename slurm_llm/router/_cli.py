@@ -8,9 +8,9 @@ from typing import Any
 
 from rich.console import Console
 
+from slurm_llm._api_keys import load_api_keys
 from slurm_llm._errors import SlurmLLMError
-from slurm_llm._front_end_job import add_submit_arguments, announce, submitted_options
-from slurm_llm.router._auth import load_api_keys
+from slurm_llm.jobs._front_end_job import add_submit_arguments, announce, submitted_options
 from slurm_llm.router._config import RouterConfig
 from slurm_llm.router._job import launch_router
 from slurm_llm.router._policies import POLICIES
@@ -90,7 +90,7 @@ def add_router_command(commands: Any) -> None:
         "--backend", type=parse_backend, action="append", default=[], metavar="MODEL=URL",
         help="a server started by other means (repeatable); without --deployment, only these",
     )  # fmt: skip
-    router.add_argument("--policy", choices=POLICIES, default="least-loaded")
+    router.add_argument("--policy", choices=POLICIES, default="power-of-two")
     router.add_argument(
         "--replica-limit", type=int, default=None,
         help="requests sent to a replica at once (default: its engine's slots; fixed backends 8)",

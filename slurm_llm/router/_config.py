@@ -11,7 +11,7 @@ from slurm_llm.router._probes import ProbeConfig
 
 @dataclass(frozen=True)
 class RouterConfig:
-    policy: PolicyName = "least-loaded"
+    policy: PolicyName = "power-of-two"
     replica_limit: int | None = None  # requests per replica at once; None: its engine's slots
     max_queue: int = 1024  # requests waiting per model before 429
     queue_timeout_s: float = 60.0  # longest wait for a free replica before 503

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slurm_llm._front_end_job import FrontEndJob, FrontEndMain, submit_front_end
 from slurm_llm._paths import home_dir
-from slurm_llm._spec import SlurmOptions
+from slurm_llm.jobs._front_end_job import FrontEndJob, FrontEndMain, submit_front_end
 from slurm_llm.router._config import RouterConfig
 from slurm_llm.router._server import serve
+from slurm_llm.spec._model_spec import SlurmOptions
 
 
 class RouterMain(FrontEndMain):

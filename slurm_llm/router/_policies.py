@@ -1,6 +1,6 @@
 """Which free replica gets a request.
 
-The default, "least-loaded", is power of two choices on outstanding requests: pick two replicas
+The default, "power-of-two", is power of two choices on outstanding requests: pick two replicas
 at random and send to the less loaded one, which avoids the herd that pure least-loaded causes
 when many requests arrive between load updates. "round-robin" is there for comparison (it is
 what most generated nginx configurations do).
@@ -22,15 +22,15 @@ from typing import Literal, Protocol
 
 from slurm_llm.router._backends import Backend
 
-PolicyName = Literal["least-loaded", "round-robin"]
-POLICIES: tuple[PolicyName, ...] = ("least-loaded", "round-robin")
+PolicyName = Literal["power-of-two", "round-robin"]
+POLICIES: tuple[PolicyName, ...] = ("power-of-two", "round-robin")
 
 
 class Policy(Protocol):
     def choose(self, model: str, free: Sequence[Backend]) -> Backend: ...
 
 
-class LeastLoaded:
+class PowerOfTwoChoices:
     def choose(self, model: str, free: Sequence[Backend]) -> Backend:
         if len(free) == 1:
             return free[0]
@@ -50,7 +50,7 @@ class RoundRobin:
 
 
 def make_policy(name: PolicyName) -> Policy:
-    return RoundRobin() if name == "round-robin" else LeastLoaded()
+    return RoundRobin() if name == "round-robin" else PowerOfTwoChoices()
 
 
 def by_affinity(key: str, free: Sequence[Backend]) -> Backend:

@@ -159,6 +159,8 @@ def is_error(event: bytes) -> bool:
         payload = json.loads(event[5:])
     except json.JSONDecodeError:
         return False
-    return isinstance(payload, dict) and (
-        "error" in payload or payload.get("object") == "error"
-    ) and not payload.get("choices")
+    return (
+        isinstance(payload, dict)
+        and ("error" in payload or payload.get("object") == "error")
+        and not payload.get("choices")
+    )

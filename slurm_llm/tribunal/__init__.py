@@ -1,7 +1,7 @@
 """Generate → critique (one critic per law, concurrently) → revise, with a durable verdict log
 and graceful degradation under load."""
 
-from slurm_llm.tribunal._cli import add_verdicts_command
+from slurm_llm._public import present_as_public
 from slurm_llm.tribunal._client import RouterClient, TribunalError, run_tribunal
 from slurm_llm.tribunal._laws import Law, LawBook, law_books
 from slurm_llm.tribunal._log import VerdictLog
@@ -19,8 +19,9 @@ __all__ = [
     "TribunalResult",
     "Verdict",
     "VerdictLog",
-    "add_verdicts_command",
     "law_books",
     "read_verdict",
     "run_tribunal",
 ]
+
+present_as_public(__name__, globals(), __all__)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from slurm_llm._errors import SpecError
 from slurm_llm._paths import shipped_dir, tomls_by_name
-from slurm_llm._toml_files import explain, read_toml
+from slurm_llm.spec._toml_files import explain, read_toml
 
 
 class Law(BaseModel):

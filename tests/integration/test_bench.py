@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from slurm_llm._files import write_atomic
-from slurm_llm._front_end_job import FrontEndAddress, address_path
 from slurm_llm.bench import load_run
 from slurm_llm.cli import main
+from slurm_llm.jobs._front_end_job import FrontEndAddress, address_path
 from slurm_llm.router import RouterThread
 
 pytestmark = pytest.mark.llamacpp

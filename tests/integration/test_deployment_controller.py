@@ -15,7 +15,7 @@ import pytest
 
 from slurm_llm import Registry, attach
 from slurm_llm._registry import pid_alive
-from slurm_llm._replica_job import _local_controller_alive
+from slurm_llm.jobs._replica_job import _local_controller_alive
 from tests.integration.helpers import cli, deploy_smollm2, wait_until
 
 pytestmark = pytest.mark.llamacpp

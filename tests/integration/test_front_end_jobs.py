@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from slurm_llm import Deployment, _debian
-from slurm_llm._front_end_job import address_path
 from slurm_llm.cluster import LocalCluster
+from slurm_llm.jobs._front_end_job import address_path
 from slurm_llm.nginx import launch_nginx
 from slurm_llm.router import launch_router
 from tests.integration.helpers import openai_client

@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from slurm_llm._ports import lease_port
 from slurm_llm.nginx import NginxConfig, NginxError, NginxServer, ensure_nginx
+from slurm_llm.node._ports import lease_port
 from tests.integration.helpers import openai_client
 
 pytestmark = pytest.mark.nginx

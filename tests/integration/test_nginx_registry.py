@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from slurm_llm import Deployment
-from slurm_llm._ports import lease_port
 from slurm_llm.nginx import NginxConfig, NginxServer, follow_registry, registry_upstreams
+from slurm_llm.node._ports import lease_port
 from tests.integration.helpers import deploy_smollm2, openai_client, post, streamed_pieces
 
 pytestmark = [pytest.mark.nginx, pytest.mark.llamacpp]

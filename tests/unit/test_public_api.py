@@ -40,7 +40,6 @@ def test_the_router_api_is_pinned_too() -> None:
         "ProbeConfig",
         "RouterConfig",
         "RouterThread",
-        "add_router_command",
         "build_app",
         "launch_router",
         "load_api_keys",
@@ -56,7 +55,6 @@ def test_the_nginx_api_is_pinned_too() -> None:
         "NginxConfigError",
         "NginxError",
         "NginxServer",
-        "add_nginx_command",
         "ensure_nginx",
         "follow_registry",
         "launch_nginx",
@@ -78,7 +76,6 @@ def test_the_tribunal_api_is_pinned_too() -> None:
         "TribunalResult",
         "Verdict",
         "VerdictLog",
-        "add_verdicts_command",
         "law_books",
         "read_verdict",
         "run_tribunal",
@@ -98,7 +95,6 @@ def test_the_bench_api_is_pinned_too() -> None:
         "Target",
         "TargetInfo",
         "Workload",
-        "add_bench_command",
         "capacity_at_targets",
         "deployment_target",
         "front_end_target",
@@ -115,3 +111,12 @@ def test_the_bench_api_is_pinned_too() -> None:
     ]
     for name in slurm_llm.bench.__all__:
         assert getattr(slurm_llm.bench, name) is not None
+
+
+def test_public_names_present_themselves_under_their_public_module() -> None:
+    assert repr(slurm_llm.Deployment) == "<class 'slurm_llm.Deployment'>"
+    for module in (slurm_llm, slurm_llm.router, slurm_llm.nginx, slurm_llm.tribunal):
+        for name in module.__all__:
+            value = getattr(module, name)
+            if isinstance(value, type) or callable(value):
+                assert value.__module__ == module.__name__, name

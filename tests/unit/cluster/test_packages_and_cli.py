@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from slurm_llm.cluster import ClusterError, LocalCluster, _packages, add_cluster_commands
-from slurm_llm.cluster._cli import cmd_down, cmd_status, cmd_up
+from slurm_llm.cluster import ClusterError, LocalCluster, _packages
+from slurm_llm.cluster._cli import add_cluster_commands, cmd_down, cmd_status, cmd_up
 
 
 def test_without_root_the_error_names_the_packages_and_the_command(

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from slurm_llm import SlurmLLMError
-from slurm_llm.router._auth import check_key, load_api_keys, presented_key
+from slurm_llm._api_keys import load_api_keys
+from slurm_llm.router._auth import check_key, presented_key
 from slurm_llm.router._errors import RouterError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from slurm_llm.router._backends import Backend
-from slurm_llm.router._policies import LeastLoaded, RoundRobin, by_affinity, make_policy
+from slurm_llm.router._policies import PowerOfTwoChoices, RoundRobin, by_affinity, make_policy
 
 
 def replicas(count: int) -> list[Backend]:
@@ -20,23 +20,23 @@ def test_round_robin_takes_every_replica_in_turn() -> None:
     assert picks[:3] == picks[3:6]
 
 
-def test_least_loaded_never_picks_the_busier_of_two() -> None:
+def test_power_of_two_never_picks_the_busier_of_two() -> None:
     idle, busy = replicas(2)
     busy.in_flight = 5
-    assert all(LeastLoaded().choose("m", [idle, busy]) is idle for _ in range(50))
+    assert all(PowerOfTwoChoices().choose("m", [idle, busy]) is idle for _ in range(50))
 
 
-def test_least_loaded_avoids_the_busiest_of_many() -> None:
+def test_power_of_two_avoids_the_busiest_of_many() -> None:
     backends = replicas(4)
     for load, backend in enumerate(backends):
         backend.in_flight = load
-    picks = Counter(LeastLoaded().choose("m", backends).url for _ in range(400))
+    picks = Counter(PowerOfTwoChoices().choose("m", backends).url for _ in range(400))
     assert backends[-1].url not in picks  # it loses every pair it is drawn into
 
 
 def test_policies_by_name() -> None:
     assert isinstance(make_policy("round-robin"), RoundRobin)
-    assert isinstance(make_policy("least-loaded"), LeastLoaded)
+    assert isinstance(make_policy("power-of-two"), PowerOfTwoChoices)
 
 
 def test_affinity_sends_a_key_to_the_same_replica_every_time() -> None:

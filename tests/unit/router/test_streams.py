@@ -3,7 +3,7 @@ that hangs up after reading it is no fault of the replica; a replica that breaks
 before the client reads the error event.
 
 A closed-loop client sends its next request the moment it reads ``[DONE]``; if the router still
-counted the replica busy then, least-loaded would send that request to another, busy replica.
+counted the replica busy then, power-of-two would send that request to another, busy replica.
 Such a client also closes its connection then, before the stream's end: the router once took
 that for a broken replica, ejected it, and sent the request again to the other one.
 The upstream is a stand-in OpenAI server (an aiohttp app named as such): its chat stream holds
