@@ -57,15 +57,21 @@ class SlurmOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
+    partition: str | None = Field(
+        default=None, description="sbatch --partition; the site default if unset"
+    )
+    account: str | None = Field(
+        default=None, description="sbatch --account, the allocation to charge"
+    )
+    qos: str | None = Field(default=None, description="sbatch --qos")
     time_limit: str | None = Field(
         default=None, description="SLURM time syntax, e.g. '04:00:00'; the site default if unset"
     )
-    constraint: str | None = None
-    nodelist: str | None = None
-    exclude: str | None = None
+    constraint: str | None = Field(
+        default=None, description="sbatch --constraint: node features, e.g. 'a100&ib'"
+    )
+    nodelist: str | None = Field(default=None, description="sbatch --nodelist: only these nodes")
+    exclude: str | None = Field(default=None, description="sbatch --exclude: never these nodes")
     extra: dict[str, str] = Field(
         default_factory=dict, description="further sbatch options, e.g. {'reservation': 'llm'}"
     )
@@ -96,8 +102,10 @@ class ModelSpec(BaseModel):
         description="checkpoint directory, GGUF file, hub id, or 'package:<module>/<file>' for "
         "weights shipped inside an installed Python package"
     )
-    engine: EngineName = "vllm"
-    device: Device = "cuda"
+    engine: EngineName = Field(default="vllm", description="the inference server to run")
+    device: Device = Field(
+        default="cuda", description="'cuda' for GPUs, 'cpu' for CPU-only engines and nodes"
+    )
     engine_env: Path | None = Field(
         default=None,
         description="virtual environment or prefix holding the engine (its bin/ has the server "
@@ -106,35 +114,63 @@ class ModelSpec(BaseModel):
     container: str | None = Field(
         default=None, description="Apptainer image to run the engine in (apptainer exec --nv)"
     )
-    replicas: int = Field(default=1, ge=0)
+    replicas: int = Field(
+        default=1, ge=0, description="copies of the model, one job each; deploy(replicas=) wins"
+    )
     nodes: int = Field(
         default=1,
         ge=1,
         description="nodes per replica, for models bigger than a node (vLLM: tensor parallel "
         "within a node, pipeline parallel across nodes); GPU counts are then per node",
     )
-    gpus_per_replica: int | None = Field(default=None, ge=0)
-    tensor_parallel: int | None = Field(default=None, ge=1)
-    cpus_per_replica: int | None = Field(default=None, ge=1)
-    mem_gb: int | None = Field(default=None, ge=1)
-    context_length: int = Field(default=4096, ge=64)
+    gpus_per_replica: int | None = Field(
+        default=None, ge=0, description="GPUs of one replica (per node); derived from the size"
+    )
+    tensor_parallel: int | None = Field(
+        default=None, ge=1, description="tensor-parallel degree; the GPUs of a node by default"
+    )
+    cpus_per_replica: int | None = Field(
+        default=None, ge=1, description="CPU cores of one replica's job; derived when unset"
+    )
+    mem_gb: int | None = Field(
+        default=None, ge=1, description="host memory of one replica's job in GiB; derived"
+    )
+    context_length: int = Field(
+        default=4096, ge=64, description="the longest prompt plus answer, in tokens"
+    )
     max_concurrent_requests: int = Field(
         default=8, ge=1, description="sequences the engine batches at once (llama.cpp slots)"
     )
-    precision: Precision = "bf16"
+    precision: Precision = Field(
+        default="bf16", description="weight precision, for sizing (and the engine's dtype)"
+    )
     quantization: str | None = Field(
         default=None, description="the engine's own quantization method, e.g. 'fp8', 'awq'"
     )
     parameters_b: float | None = Field(default=None, gt=0, description="size in billions")
-    attention_heads: int | None = Field(default=None, ge=1)
-    kv_heads: int | None = Field(default=None, ge=1)
+    attention_heads: int | None = Field(
+        default=None,
+        ge=1,
+        description="the model's attention heads: tensor parallelism divides them",
+    )
+    kv_heads: int | None = Field(
+        default=None, ge=1, description="the model's key/value heads (grouped-query attention)"
+    )
     gpu_memory_gb: float = Field(default=80.0, gt=0, description="memory of one GPU")
     gpus_per_node: int = Field(default=4, ge=1, description="GPUs in one node of the partition")
-    engine_args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    slurm: SlurmOptions = Field(default_factory=SlurmOptions)
+    engine_args: list[str] = Field(
+        default_factory=list, description="further arguments for the engine's server, verbatim"
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="environment of the engine; wins over slurm-llm's own"
+    )
+    slurm: SlurmOptions = Field(
+        default_factory=SlurmOptions, description="where and how long replicas run (below)"
+    )
     max_restarts: int = Field(default=3, ge=0, description="engine crashes survived per job")
-    ready_timeout_s: float = Field(default=900.0, gt=0)
+    ready_timeout_s: float = Field(
+        default=900.0, gt=0, description="seconds an engine may take to answer its first request"
+    )
     handover_s: float = Field(
         default=600.0,
         gt=0,
