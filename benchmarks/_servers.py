@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from slurm_llm._polling import polling
 
 
 def wait_until(
@@ -18,8 +19,7 @@ def wait_until(
     interval: float = 0.05,
 ) -> None:
     """Until ``ready()`` holds (an OSError counts as not yet); fails if ``process`` exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    for _ in polling(timeout, interval):
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited with {process.returncode}")
         try:
@@ -27,7 +27,6 @@ def wait_until(
                 return
         except OSError:
             pass
-        time.sleep(interval)
     raise RuntimeError(f"{what} was not ready within {timeout} s")
 
 

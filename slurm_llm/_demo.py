@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slurm_llm._registry import pid_alive
+from slurm_llm._sse import DONE, data_of
 from slurm_llm.control._deployment import deploy
 from slurm_llm.spec._model_spec import ModelSpec
 
@@ -72,10 +73,10 @@ async def ask_streamed(
     async with session.post(f"{url}/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for raw in response.content:
-            line = raw.decode().strip()
-            if not line.startswith("data:") or line == "data: [DONE]":
+            data = data_of(raw)
+            if data is None or data == DONE:
                 continue
-            delta = json.loads(line.removeprefix("data:"))["choices"][0]["delta"]
+            delta = json.loads(data)["choices"][0]["delta"]
             if content := delta.get("content"):
                 first = first if first is not None else time.perf_counter() - start
                 pieces.append(content)

@@ -3,6 +3,8 @@
 A reader sees the old content, the new one, or none, never half of one: the text goes to a
 temporary file beside the target, is flushed to disk, and is renamed into place; the folder is
 synced too, so a crash cannot undo the rename or resurrect a removed file.
+
+And the other way round: the last lines of a log another process writes, for an error message.
 """
 
 from __future__ import annotations
@@ -59,3 +61,20 @@ def try_lock(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def tail(path: Path, lines: int, missing: str = "") -> str:
+    """The last ``lines`` lines of the text file ``path`` (``missing`` if there is none): what
+    an error message quotes of a log that a server or job writes. Bytes that are not UTF-8 are
+    replaced, as a log may hold anything."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return missing
+    return last_lines(text, lines)
+
+
+def last_lines(text: str, lines: int) -> str:
+    """The last ``lines`` lines of ``text``: the end of a tool's output is where it says what
+    went wrong."""
+    return "\n".join(text.splitlines()[-lines:])

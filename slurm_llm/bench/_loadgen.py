@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+from slurm_llm._sse import DONE, data_of
 from slurm_llm.bench._results import RequestRecord
 
 REFUSALS = (429, 503)
@@ -69,10 +70,10 @@ async def send(
                         f"HTTP {response.status}: {said[:200]}", response.status in REFUSALS
                     )
                 async for line in response.content:
-                    if not line.startswith(b"data:"):
+                    data = data_of(line)
+                    if data is None:
                         continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
+                    if data == DONE:
                         break
                     event = json.loads(data)
                     if "error" in event:

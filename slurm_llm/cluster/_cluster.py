@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from slurm_llm._polling import polling, wait_until
 from slurm_llm.cluster import _hosts
 from slurm_llm.cluster._config import ClusterConfig, default_root, render
 from slurm_llm.cluster._daemons import (
@@ -213,10 +214,9 @@ class LocalCluster:
         """Until every node is in a ``wanted`` state and those in ``fresh`` have registered
         with slurmctld ``since`` then."""
         started = time.monotonic()
-        deadline = started + timeout
         resumed: set[str] = set()
         nodes: dict[str, str] = {}
-        while time.monotonic() < deadline:
+        for _ in polling(timeout, every=0.2):
             nodes = self._node_states()
             if (
                 set(nodes) == set(self.config.node_names)
@@ -236,7 +236,6 @@ class LocalCluster:
             for daemon in self._daemons(self.config):
                 if time.monotonic() - started > START_GRACE_S and daemon.pid() is None:
                     raise ClusterError(f"{daemon.name} stopped:\n{self._log_of(daemon.name)}")
-            time.sleep(0.2)
         reasons = self._ask(["sinfo", "--noheader", "--list-reasons"]).strip()
         bad = [n for n, s in nodes.items() if s not in wanted] or self.config.node_names
         raise ClusterError(
@@ -368,9 +367,7 @@ class LocalCluster:
         if not jobs:
             return
         self._ask(["scancel", "--full", *jobs])
-        deadline = time.monotonic() + timeout
-        while step_daemons(self.config.slurm_conf) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: not step_daemons(self.config.slurm_conf), timeout, every=0.1)
 
     # ---- helpers ----------------------------------------------------------------------------
 

@@ -13,10 +13,12 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from slurm_llm._files import last_lines
+from slurm_llm._polling import wait_until
 
 
 def _read_list(path: Path) -> list[str]:
@@ -85,10 +87,9 @@ def terminate(pids: Iterable[int], timeout: float, remaining: Callable[[], list[
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while (left := remaining()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in left:
+    if wait_until(lambda: not remaining(), timeout, every=0.05):
+        return
+    for pid in remaining():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
@@ -136,7 +137,7 @@ def descendants(pids: Iterable[int]) -> list[int]:
 
 def log_tail(path: Path, lines: int = 20) -> str:
     try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
+        text = path.read_text(errors="replace")
     except FileNotFoundError:
         return f"({path} does not exist)"
-    return f"--- last lines of {path} ---\n" + "\n".join(text)
+    return f"--- last lines of {path} ---\n" + last_lines(text, lines)

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 from slurm_llm._errors import DeploymentError
 from slurm_llm._files import remove_durably, write_atomic
 from slurm_llm._paths import home_dir
+from slurm_llm._polling import polling, wait_until
 from slurm_llm._registry import pid_alive
 from slurm_llm.jobs._executors import make_executor, sbatch_parameters
 from slurm_llm.jobs._slurm_state import SlurmStates
@@ -266,10 +267,8 @@ def stop_controllers(folder: Path, timeout: float = 15.0) -> None:
         if ours and _is_controller_process(record.pid, record.deployment):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(record.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
     with controller_lock(folder) as try_take:
-        while not try_take() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(try_take, timeout, every=0.05)
     remove_durably(record_path(folder))
     for marker in folder.glob("controller.waiting.*"):
         marker.unlink(missing_ok=True)
@@ -424,12 +423,10 @@ def start_controller(
             write_atomic(record_path(folder), pending.model_dump_json())
     else:
         _spawn_detached(deployment.name, home, interval, folder / "controller.log")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    for _ in polling(timeout, every=0.1):
         record = read_record(folder)
         if record is not None and record.started >= asked and record.last_reconcile:
             return record
-        time.sleep(0.1)
     if slurm:
         return pending
     raise DeploymentError(

@@ -32,6 +32,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from slurm_llm._errors import DeploymentError
 from slurm_llm._files import write_atomic
 from slurm_llm._paths import deployments_dir, registry_dir
+from slurm_llm._polling import polling
 from slurm_llm._registry import EndpointRecord, Registry
 from slurm_llm.control._controller import (
     Controller,
@@ -478,12 +479,12 @@ class Deployment:
 
     def _wait_ended(self, jobs: list[JobRef], timeout: float = 30.0) -> None:
         """Until SLURM (or this machine) no longer runs any of the cancelled ``jobs``."""
-        deadline = time.monotonic() + timeout
-        while jobs and time.monotonic() < deadline:
+        if not jobs:
+            return
+        for _ in polling(timeout, every=0.1):
             states = self.scheduler.states(jobs, SLURM_POLL_S)
             if not any(state.active for state in states.values()):
                 return
-            time.sleep(0.1)
 
     # ---- persistence ------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from slurm_llm._errors import DeploymentError
 from slurm_llm._files import remove_durably, write_atomic
 from slurm_llm._paths import home_dir
+from slurm_llm._polling import polling, wait_until
 from slurm_llm.jobs._executors import (
     detached_output,
     local_job_parameters,
@@ -162,8 +163,7 @@ class FrontEndJob:
         """The front end's URL, once it serves: the job writes its address only after the front
         end has answered on it (nginx is first installed on first use, then started), so the
         URL returned takes requests at once."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        for _ in polling(timeout, every=0.1):
             address = read_address(self.name, self.home)
             if address is not None and address.job_id == self.job_id:
                 return address.url
@@ -172,7 +172,6 @@ class FrontEndJob:
                     f"front-end job {self.job_id} ended before it served; its log:\n"
                     f"{(self.job.stdout() or '')[-2000:]}"
                 )
-            time.sleep(0.1)
         raise DeploymentError(
             f"front-end job {self.job_id} did not serve within {timeout:.0f} s: it may still be "
             f"pending (squeue -j {self.job_id}), or installing or starting its server; "
@@ -185,9 +184,7 @@ class FrontEndJob:
 
     def stop(self) -> None:
         self.job.cancel(check=False)
-        deadline = time.monotonic() + 30
-        while not self.job.done() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(self.job.done, 30, every=0.1)
 
     def __enter__(self) -> FrontEndJob:
         return self

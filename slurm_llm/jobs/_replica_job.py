@@ -14,6 +14,7 @@ from pathlib import Path
 
 import submitit
 
+from slurm_llm._files import tail
 from slurm_llm._registry import pid_alive
 from slurm_llm.jobs._executors import ExecutorKind
 from slurm_llm.jobs._slurm_state import ENDED, JobState, SlurmStates
@@ -65,11 +66,7 @@ class ReplicaJob:
             return False
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log yet)"
-        return "\n".join(text.splitlines()[-lines:])
+        return tail(self.log_path, lines, missing="(no log yet)")
 
     def cancel(self) -> None:
         """scancel on SLURM. Locally SIGTERM, which submitit's controller forwards to the

@@ -16,7 +16,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -24,6 +23,8 @@ from pathlib import Path
 from types import TracebackType
 
 from slurm_llm import _debian
+from slurm_llm._files import tail
+from slurm_llm._polling import polling
 from slurm_llm.nginx._config import NginxConfig, render_config
 from slurm_llm.nginx._errors import NginxError
 
@@ -190,9 +191,7 @@ class NginxServer:
         process.wait()
 
     def error_log_tail(self, lines: int = 20) -> str:
-        if not self.error_log.exists():
-            return "(no error log)"
-        return "\n".join(self.error_log.read_text(errors="replace").splitlines()[-lines:])
+        return tail(self.error_log, lines, missing="(no error log)")
 
     def _alive(self) -> int:
         """The master's pid; NginxError (with its log) if it is gone."""
@@ -207,9 +206,8 @@ class NginxServer:
     def _wait_serving(self, config: NginxConfig, timeout: float) -> None:
         """Until ``/health`` answers with this configuration's revision: that it is our nginx
         (not another server on the port) and that a reload has taken effect."""
-        deadline = time.monotonic() + timeout
         seen = "no answer"
-        while time.monotonic() < deadline:
+        for _ in polling(timeout, every=0.02):
             self._alive()
             try:
                 with urllib.request.urlopen(f"{config.url}/health", timeout=1) as answer:
@@ -219,7 +217,6 @@ class NginxServer:
                 seen = f"revision {body.get('revision')}"
             except (OSError, ValueError) as error:
                 seen = str(error)
-            time.sleep(0.02)
         raise NginxError(
             f"nginx did not serve revision {config.revision} at {config.url} within {timeout} s "
             f"(last: {seen}); its error log:\n{self.error_log_tail()}"

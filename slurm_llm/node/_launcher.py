@@ -31,6 +31,7 @@ import submitit
 
 from slurm_llm._errors import EngineError
 from slurm_llm._files import write_atomic
+from slurm_llm._polling import polling, wait_until
 from slurm_llm._registry import HEARTBEAT_INTERVAL_S, EndpointRecord, Registry
 from slurm_llm.engines import Engine, LaunchContext, get_engine
 from slurm_llm.node._cpu_leases import keep_to_own_cores
@@ -280,11 +281,8 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
             address = f"{ctx.host}:{self._rendezvous_lease.port}"
             write_atomic(path, address)
         else:
-            deadline = time.monotonic() + self.spec.ready_timeout_s
-            while not path.exists():
-                if time.monotonic() > deadline:
-                    raise EngineError(f"rank {job.rank}: rank 0 never wrote {path}")
-                time.sleep(0.2)
+            if not wait_until(path.exists, self.spec.ready_timeout_s, every=0.2):
+                raise EngineError(f"rank {job.rank}: rank 0 never wrote {path}")
             address = path.read_text()
         host, _, port = address.rpartition(":")
         return replace(
@@ -312,9 +310,8 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
     def _wait_ready(self, engine: Engine, ctx: LaunchContext) -> int | None:
         """None once a generation succeeds; the exit code if the engine dies first."""
         assert self._engine is not None
-        deadline = time.monotonic() + self.spec.ready_timeout_s
         last_error = "no answer yet"
-        while time.monotonic() < deadline:
+        for _ in polling(self.spec.ready_timeout_s, every=0.05):
             code = self._engine.exit_code()
             if code is not None:
                 return code
@@ -323,7 +320,6 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
                 return None
             except EngineError as exc:
                 last_error = str(exc)
-            time.sleep(0.05)
         raise EngineError(
             f"engine not ready after {self.spec.ready_timeout_s:.0f} s ({last_error}); "
             f"last log lines:\n{self._engine.log_tail()}"

@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from slurm_llm._sse import json_event
 from slurm_llm.router._dispatch import Call, Relay, Reply
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._metrics import RouterMetrics
@@ -76,7 +77,7 @@ def sent_so_far(forwarded: list[bytes]) -> SentSoFar:
 
 def events(data: bytes) -> list[dict[str, Any]]:
     """The JSON objects of the ``data:`` events in ``data`` (other lines are skipped)."""
-    return [p for line in data.splitlines() if (p := decoded(line)) is not None]
+    return [p for line in data.splitlines() if (p := json_event(line)) is not None]
 
 
 CONSTRAINED = ("response_format", "grammar", "json_schema", "guided_json", "guided_regex",
@@ -128,7 +129,7 @@ def continued_events(path: str, sent: SentSoFar) -> Callable[[bytes], bytes]:
     def rewrite(whole: bytes) -> bytes:
         out = []
         for line in whole.split(b"\n\n"):
-            payload = decoded(line)
+            payload = json_event(line)
             if payload is None:
                 out.append(line)
                 continue
@@ -148,17 +149,6 @@ def continued_events(path: str, sent: SentSoFar) -> Callable[[bytes], bytes]:
         return b"\n\n".join(out)
 
     return rewrite
-
-
-def decoded(line: bytes) -> dict[str, Any] | None:
-    """The JSON object of one ``data:`` event, or None for anything else."""
-    if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
-        return None
-    try:
-        payload = json.loads(line[5:])
-    except json.JSONDecodeError:
-        return None
-    return payload if isinstance(payload, dict) else None
 
 
 def only_opens(payload: dict[str, Any]) -> bool:

@@ -23,12 +23,12 @@ is given back neither failed nor succeeded; the continuation goes to another one
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
 
+from slurm_llm._sse import json_event
 from slurm_llm.router._backends import Backend
 
 DONE = b"data: [DONE]"
@@ -153,14 +153,11 @@ def split_at_error(whole: bytes) -> tuple[bytes, bytes | None]:
 
 def is_error(event: bytes) -> bool:
     """An OpenAI-style error event: ``{"error": ...}``, or vLLM's older ``"object": "error"``."""
-    if not event.startswith(b"data:") or b"error" not in event:
+    if b"error" not in event:
         return False
-    try:
-        payload = json.loads(event[5:])
-    except json.JSONDecodeError:
-        return False
+    payload = json_event(event)
     return (
-        isinstance(payload, dict)
+        payload is not None
         and ("error" in payload or payload.get("object") == "error")
         and not payload.get("choices")
     )

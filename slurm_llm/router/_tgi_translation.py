@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from slurm_llm._sse import DONE, data_of
 from slurm_llm.router._schemas import GenerateParameters, GenerateRequest
 
 FINISH_REASONS = {"length": "length", "stop": "eos_token"}  # OpenAI's → TGI's
@@ -87,12 +88,12 @@ class StreamTranslator:
         while b"\n\n" in self.buffer:
             event, self.buffer = self.buffer.split(b"\n\n", 1)
             for line in event.splitlines():
-                if line.startswith(b"data:"):
-                    out.extend(self._translate(line[5:].strip()))
+                if (data := data_of(line)) is not None:
+                    out.extend(self._translate(data))
         return b"".join(out)
 
     def _translate(self, data: bytes) -> list[bytes]:
-        if data == b"[DONE]":
+        if data == DONE:
             return []
         payload = json.loads(data)
         if "error" in payload:

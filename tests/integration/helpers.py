@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import openai
 
-from slurm_llm import Deployment, EndpointRecord, ModelSpec, deploy
+from slurm_llm import Deployment, EndpointRecord, ModelSpec, _polling, deploy
 from slurm_llm.router import RouterThread
 
 _CLIENTS: dict[str, openai.OpenAI] = {}
@@ -116,22 +116,23 @@ def wait_for_record(
     deployment: Deployment, changed: Callable[[EndpointRecord], bool], timeout: float = 60
 ) -> EndpointRecord | None:
     """The first live record of replica 0 for which ``changed`` holds, or None at the timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    for _ in _polling.polling(timeout, every=0.1):
         records = deployment.records()
         if records and changed(records[0]):
             return records[0]
-        time.sleep(0.1)
     return None
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Polls ``condition`` until it holds; fails naming ``what`` at the timeout."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
+def wait_until(
+    condition: Callable[[], object],
+    timeout: float = 10,
+    what: str = "the condition",
+    every: float = 0.1,
+) -> None:
+    """Polls ``condition`` until it holds; fails naming ``what`` at the timeout, so that a test
+    that waits says what it waited for instead of hanging or failing later on a stale state."""
+    if not _polling.wait_until(condition, timeout, every):
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def cli(*args: str, check: bool = True, timeout: float = 180) -> str:

@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -15,7 +15,7 @@ import pytest
 
 from slurm_llm import Deployment, EndpointRecord
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
-from tests.integration.helpers import deploy_smollm2, openai_client, post
+from tests.integration.helpers import deploy_smollm2, openai_client, post, wait_until
 
 pytestmark = pytest.mark.llamacpp
 
@@ -37,15 +37,6 @@ def frozen(record: EndpointRecord) -> Iterator[None]:
         os.kill(record.engine_pid, signal.SIGCONT)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_a_hung_replica_is_probed_out_and_back_in(
     frozen_pair: Deployment, slurm_llm_home: Path
 ) -> None:
@@ -54,14 +45,14 @@ def test_a_hung_replica_is_probed_out_and_back_in(
         hung = frozen_pair.records()[0]
         backend = router.pool.backends[hung.url]
         with frozen(hung):
-            assert wait_until(lambda: backend.probed_down), "two failed probes mark it down"
+            wait_until(lambda: backend.probed_down, what="two failed probes to mark it down")
             before = backend.answered
             for n in range(4):
                 body = {"model": "smollm2", "prompt": f"{n},", "max_tokens": 2}
                 status, _, _ = post(f"{router.url}/v1/completions", body)
                 assert status == 200
             assert backend.answered == before and backend.in_flight == 0
-        assert wait_until(lambda: not backend.probed_down), "one good probe brings it back"
+        wait_until(lambda: not backend.probed_down, what="one good probe to bring it back")
 
 
 @pytest.mark.parametrize("failover", ["on", "off"])

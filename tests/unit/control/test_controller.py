@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ from slurm_llm.control._controller import (
     stop_controllers,
 )
 from slurm_llm.control._deployment import Deployment
+from tests.integration.helpers import wait_until
 from tests.unit.control.fake_scheduler import FakeScheduler
 
 
@@ -46,13 +47,6 @@ class Counting(Deployment):
         return super().reconcile()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def running(controller: Controller) -> threading.Thread:
     thread = threading.Thread(target=controller.run, daemon=True)
     thread.start()
@@ -66,12 +60,12 @@ def test_one_controller_reconciles_and_a_standby_takes_over_when_it_stops(
     a = Controller(first, "thread", interval=0.01)
     b = Controller(second, "thread", interval=0.01)
     threads = [running(a)]
-    wait_until(lambda: first.passes > 0)
+    wait_until(lambda: first.passes > 0, every=0.01)
     threads.append(running(b))
     time.sleep(0.2)  # b has had 20 chances to take over; it must not have
     assert second.passes == 0
     a.stop.set()
-    wait_until(lambda: second.passes > 0)
+    wait_until(lambda: second.passes > 0, every=0.01)
     record = read_record(deployment.folder())
     assert record is not None and record.pid == os.getpid()
     b.stop.set()
@@ -82,7 +76,7 @@ def test_one_controller_reconciles_and_a_standby_takes_over_when_it_stops(
 def test_a_controller_ends_when_its_deployment_is_stopped(deployment: Deployment) -> None:
     controller = Controller(deployment, "thread", interval=0.01)
     thread = running(controller)
-    wait_until(lambda: read_record(deployment.folder()) is not None)
+    wait_until(lambda: read_record(deployment.folder()) is not None, every=0.01)
     deployment.stop(timeout=1)
     thread.join(timeout=5)
     assert not thread.is_alive()
@@ -98,11 +92,13 @@ def test_a_controller_hands_over_once_its_successor_waits(deployment: Deployment
         daemon=True,
     )
     thread.start()
-    wait_until(lambda: read_record(deployment.folder()) is not None)
+    wait_until(lambda: read_record(deployment.folder()) is not None, every=0.01)
     standby = running(successor)
     thread.join(timeout=5)
     assert outcome == ["handed over"]
-    wait_until(lambda: (r := read_record(deployment.folder())) is not None and r.job_id == "8")
+    wait_until(
+        lambda: (r := read_record(deployment.folder())) is not None and r.job_id == "8", every=0.01
+    )
     successor.stop.set()
     standby.join(timeout=5)
 
@@ -116,7 +112,7 @@ def test_a_failing_pass_is_recorded_and_the_loop_goes_on(deployment: Deployment)
     broken = Broken(deployment)
     controller = Controller(broken, "thread", interval=0.01)
     thread = running(controller)
-    wait_until(lambda: broken.passes >= 3)
+    wait_until(lambda: broken.passes >= 3, every=0.01)
     controller.stop.set()
     thread.join(timeout=5)
     said = "reconcile failed: OSError('squeue: slurmctld not responding')"
@@ -153,7 +149,7 @@ def test_stopping_controllers_when_there_are_none_is_harmless(tmp_path: Path) ->
 def test_a_forked_child_does_not_keep_the_controller_lock(deployment: Deployment) -> None:
     controller = Controller(deployment, "thread", interval=0.01)
     thread = running(controller)
-    wait_until(lambda: read_record(deployment.folder()) is not None)
+    wait_until(lambda: read_record(deployment.folder()) is not None, every=0.01)
     started, ready = os.pipe()
     child = os.fork()
     if child == 0:  # a notebook's worker process, living on after the controller stops

@@ -9,16 +9,17 @@ is told it is ready, as a server still starting would.
 from __future__ import annotations
 
 import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from slurm_llm._app_thread import AppThread
+from slurm_llm._polling import polling
 from slurm_llm.jobs._front_end_job import FrontEndMain, answers_health, read_address
+from tests.integration.helpers import wait_until
 
 JOB_ID = "4242"
 
@@ -65,13 +66,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def running(home: Path) -> Iterator[tuple[StandInFrontEnd, threading.Thread]]:
     main = StandInFrontEnd(home)
@@ -99,17 +93,15 @@ def test_the_address_is_published_only_once_the_front_end_answers(
     assert main.entered.wait(timeout=10)
     assert not main.published_before_serving
     # Nobody listens yet (nginx being installed): for a while, no address.
-    deadline = time.monotonic() + 0.3
-    while time.monotonic() < deadline:
+    for _ in polling(0.3, every=0.01):
         assert read_address("stand-in", home) is None
-        time.sleep(0.01)
 
     main.listen.set()  # it listens, but /health answers 503: still starting
-    until(lambda: main.health_requests >= 3)
+    wait_until(lambda: main.health_requests >= 3, what="three health checks", every=0.01)
     assert read_address("stand-in", home) is None
 
     main.ready.set()
-    until(lambda: read_address("stand-in", home) is not None)
+    wait_until(lambda: read_address("stand-in", home) is not None, what="the address", every=0.01)
     address = read_address("stand-in", home)
     assert address is not None
     assert (address.kind, address.job_id) == ("stand-in", JOB_ID)
