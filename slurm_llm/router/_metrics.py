@@ -99,7 +99,8 @@ class RouterMetrics:
             ["model", "outcome"], registry=self.registry,
         )  # fmt: skip
         self.rejections = Counter(
-            f"{prefix}_rejections", "Requests turned away: queue_full, queue_timeout, unhealthy.",
+            f"{prefix}_rejections",
+            "Requests turned away: queue_full, queue_timeout, unhealthy, no_replica.",
             ["model", "reason"], registry=self.registry,
         )  # fmt: skip
         self.tribunal_runs = Counter(

@@ -65,7 +65,7 @@ class SlurmOptions(BaseModel):
     )
     qos: str | None = Field(default=None, description="sbatch --qos")
     time_limit: str | None = Field(
-        default=None, description="SLURM time syntax, e.g. '04:00:00'; the site default if unset"
+        default=None, description="SLURM time syntax, e.g. '04:00:00'; 4 hours (240 min) if unset"
     )
     constraint: str | None = Field(
         default=None, description="sbatch --constraint: node features, e.g. 'a100&ib'"
