@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 from pathlib import Path
 
 import submitit
 
+from slurm_llm import _errors
 from slurm_llm._files import tail
 from slurm_llm._registry import pid_alive
 from slurm_llm.jobs._executors import ExecutorKind
@@ -21,7 +23,10 @@ from slurm_llm.jobs._slurm_state import ENDED, JobState, SlurmStates
 from slurm_llm.node._launcher import READY_MARK
 
 LOG_TAIL_LINES = 15
-_OWN_ERRORS = "slurm_llm._errors."
+# Our errors as a traceback names them: under the public module they present themselves in
+# (``slurm_llm.SpecError``), or where they are defined.
+_OWN_ERROR_NAMES = "|".join(n for n, value in vars(_errors).items() if isinstance(value, type))
+_OWN_ERROR = re.compile(rf"slurm_llm(?:\._errors)?\.(?=(?:{_OWN_ERROR_NAMES}):)")
 
 
 class ReplicaJob:
@@ -92,9 +97,9 @@ def job_states(
 
 def job_error_message(text: str) -> str:
     """Our own error's message out of submitit's traceback text, else the traceback's tail."""
-    start = text.rfind(_OWN_ERRORS)
-    if start >= 0:
-        message = text[start + len(_OWN_ERRORS) :].split("\n----------------------", maxsplit=1)[0]
+    found = list(_OWN_ERROR.finditer(text))
+    if found:
+        message = text[found[-1].end() :].split("\n----------------------", maxsplit=1)[0]
         return message.strip()
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return "\n".join(lines[-LOG_TAIL_LINES:]) if lines else text

@@ -80,4 +80,5 @@ def test_a_stream_that_goes_silent_continues_elsewhere_or_ends_with_an_error_eve
                 rest = [chunk.choices[0] for chunk in chunks if chunk.choices]
                 assert rest[-1].finish_reason == "length"  # all 60 tokens, the rest elsewhere
             assert time.monotonic() - started < 10
-            assert not serving.routable(time.monotonic()), "the silent replica is ejected"
+            # ejected once, and nothing since: its ejection may have run out by now
+            assert serving.failures == 1 and serving.ejected_until > started

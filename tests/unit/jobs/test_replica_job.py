@@ -20,3 +20,9 @@ def test_our_own_error_message_is_extracted_from_submitits_traceback() -> None:
 def test_foreign_errors_keep_the_traceback_tail() -> None:
     text = "Traceback (most recent call last):\n  File 'x'\nMemoryError: out of memory"
     assert job_error_message(text).endswith("MemoryError: out of memory")
+
+
+def test_our_error_is_found_under_its_public_module_too() -> None:
+    """Public errors present themselves as ``slurm_llm.SpecError`` in tracebacks."""
+    text = SUBMITIT_TEXT.replace("slurm_llm._errors.EngineError", "slurm_llm.SpecError")
+    assert job_error_message(text).startswith("SpecError: engine exited with code 1")
