@@ -106,7 +106,9 @@ class Window:
 def spec_for(engine: str) -> ModelSpec:
     if engine == "llamacpp":
         return ModelSpec.preset("smollm2-135m", max_restarts=20)
-    return vllm_cpu(max_restarts=20)
+    # A core of its own per replica: sharing every core, vLLM's own thread binding put both
+    # replicas' threads on the same core, and a restarted engine then stalled before serving.
+    return vllm_cpu(max_restarts=20, cpus_per_replica=1)
 
 
 class Load:
