@@ -23,6 +23,7 @@ from slurm_llm.cluster._cli import add_cluster_commands
 from slurm_llm.control._controller import run_controller
 from slurm_llm.control._deployment import Deployment, attach, deploy, list_deployments
 from slurm_llm.nginx._cli import add_nginx_command
+from slurm_llm.router._accounting_cli import add_accounting_commands
 from slurm_llm.router._cli import add_router_command
 from slurm_llm.spec._model_spec import ModelSpec, preset_files
 from slurm_llm.spec._smollm2 import gguf_path, prepare_hf_dir
@@ -276,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("presets", cmd_presets, "List the shipped model presets.")
     add_cluster_commands(commands)
     add_router_command(commands)
+    add_accounting_commands(commands)
     add_nginx_command(commands)
     add_verdicts_command(commands)
     add_bench_command(commands)

@@ -6,16 +6,25 @@ replica happened to get, long generations included. The queue is bounded per mod
 request waits a bounded time, so overload turns into a fast 429/503 with ``Retry-After``
 instead of a pile of requests that all time out. ``load()`` tells workflows how busy a model is
 so they can shed expensive work before the queue fills.
+
+Waiters are served in order of rank, not of arrival: a request's rank is the time it arrived,
+plus ``batch_aging_s`` for batch-class requests. Interactive requests therefore go ahead of
+batch requests that arrived less than ``batch_aging_s`` before them, and never ahead of one
+that has waited longer: a batch request that arrived at ``t`` is behind only requests that
+arrived before ``t + batch_aging_s``, so it cannot starve however many interactive requests
+follow (``tests/unit/router/test_admission.py`` checks it over random arrivals).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import time
-from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from slurm_llm._api_keys import Priority
 from slurm_llm.router._backends import Backend, BackendPool
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._policies import Policy, by_affinity
@@ -53,11 +62,26 @@ class ModelLoad:
         return (self.in_flight + self.queued) / self.capacity
 
 
+BATCH_AGING_S = 30.0
+_arrivals = itertools.count()  # breaks ties between waiters of one rank: first come first
+
+
 @dataclass(eq=False)
 class Waiter:
     key: str | None
     exclude: Collection[str]
+    rank: float  # arrival, plus the aging handicap for batch requests
+    order: int = field(default_factory=lambda: next(_arrivals))
     future: asyncio.Future[Backend] = field(default_factory=asyncio.Future)
+
+
+def rank_of(arrived: float, priority: Priority, batch_aging_s: float) -> float:
+    return arrived + (batch_aging_s if priority == "batch" else 0.0)
+
+
+def enqueue(queue: list[Waiter], waiter: Waiter) -> None:
+    """Into its place by rank; among equal ranks, after those that came before it."""
+    bisect.insort(queue, waiter, key=lambda w: (w.rank, w.order))
 
 
 def usable(backends: list[Backend], now: float) -> list[Backend]:
@@ -75,12 +99,14 @@ class Admission:
         policy: Policy,
         max_queue: int = 1024,
         queue_timeout_s: float = 60.0,
+        batch_aging_s: float = BATCH_AGING_S,
     ) -> None:
         self.pool = pool
         self.policy = policy
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
-        self.queues: dict[str, deque[Waiter]] = {}
+        self.batch_aging_s = batch_aging_s
+        self.queues: dict[str, list[Waiter]] = {}  # by rank
         pool.on_change = self.dispatch_all
 
     async def acquire(
@@ -89,10 +115,11 @@ class Admission:
         key: str | None = None,
         exclude: Collection[str] = (),
         bounded: bool = True,
+        priority: Priority = "interactive",
     ) -> Backend:
         """A replica reserved for one request (``in_flight`` already counts it); give it back
         with ``release``. ``bounded=False`` lets batch items wait even when the queue is full:
-        their number is bounded by the batch itself."""
+        their number is bounded by the batch itself. ``priority`` places it in the queue."""
         now = time.monotonic()
         backends = self.pool.of(model)
         if not backends:  # its last replica went between the model check and here
@@ -111,7 +138,7 @@ class Admission:
                 "unhealthy",
                 retry_after=5,
             )
-        queue = self.queues.setdefault(model, deque())
+        queue = self.queues.setdefault(model, [])
         if not queue:
             free = [b for b in routable if b.free()]
             if free:
@@ -124,8 +151,8 @@ class Admission:
                 "queue_full",
                 retry_after=self._retry_after(model),
             )
-        waiter = Waiter(key, exclude)
-        queue.append(waiter)
+        waiter = Waiter(key, exclude, rank_of(now, priority, self.batch_aging_s))
+        enqueue(queue, waiter)
         try:
             async with asyncio.timeout(self.queue_timeout_s):
                 return await waiter.future
@@ -151,7 +178,7 @@ class Admission:
         self.dispatch(backend.model)
 
     def dispatch(self, model: str) -> None:
-        """Gives free replicas to waiters, oldest first; a waiter that excludes every free
+        """Gives free replicas to waiters in order of rank; a waiter that excludes every free
         replica (it already failed on them) lets the next one go ahead."""
         queue = self.queues.get(model)
         if not queue:

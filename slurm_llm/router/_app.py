@@ -17,6 +17,7 @@ from dataclasses import asdict
 import aiohttp
 from aiohttp import web
 
+from slurm_llm._usage import UsageLog
 from slurm_llm.router import (
     _batch,
     _map_reduce_api,
@@ -26,11 +27,12 @@ from slurm_llm.router import (
     _tribunal_api,
 )
 from slurm_llm.router._admission import Rejected
-from slurm_llm.router._auth import OPEN_PATHS, check_key, presented_key
+from slurm_llm.router._auth import OPEN_PATHS
 from slurm_llm.router._backends import BackendPool
 from slurm_llm.router._config import RouterConfig
 from slurm_llm.router._dispatch import Dispatcher
 from slurm_llm.router._errors import RouterError
+from slurm_llm.router._metering import CALLER, add_rate_limit_headers
 from slurm_llm.router._metrics import UNKNOWN_MODEL
 from slurm_llm.router._probes import probe_forever
 from slurm_llm.router._state import MODEL, STATE, RouterState
@@ -55,11 +57,8 @@ async def checked(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
     started = time.monotonic()
     try:
-        if state.config.api_keys and request.path not in OPEN_PATHS:
-            given = presented_key(
-                request.headers.get("Authorization"), request.headers.get("X-API-Key")
-            )
-            check_key(given, state.config.api_keys)
+        if request.path not in OPEN_PATHS and (caller := state.callers.identify(request)):
+            request[CALLER] = caller
         response = await handler(request)
     except RouterError as exc:
         if isinstance(exc, Rejected):
@@ -143,6 +142,8 @@ def build_app(pool: BackendPool, config: RouterConfig | None = None) -> web.Appl
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
         session = aiohttp.ClientSession(connector=connector)
         state.dispatcher = Dispatcher(state.admission, session, state.config, state.metrics)
+        if state.config.record_usage:
+            state.usage = UsageLog(state.config.usage_dir)
         pool.refresh()
         tasks = [asyncio.create_task(pool.watch())]
         if state.config.probes.interval_s > 0:
@@ -152,6 +153,9 @@ def build_app(pool: BackendPool, config: RouterConfig | None = None) -> web.Appl
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await session.close()
+        if state.usage is not None:
+            state.usage.close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(add_rate_limit_headers)
     return app

@@ -1,15 +1,24 @@
-"""Optional API keys: ``Authorization: Bearer <key>`` (what the openai client sends) or
-``X-API-Key``. Keys are compared in constant time, and against every key, so neither the
-comparison nor the key list leaks through timing."""
+"""Who is calling: ``Authorization: Bearer <key>`` (what the openai client sends) or
+``X-API-Key``, looked up by the key's hash among the router's identities (``_api_keys``). The
+keys file is re-read when it changes, at most once a second, so keys are added and revoked
+without a restart."""
 
 from __future__ import annotations
 
-import hmac
+import logging
+import time
+from pathlib import Path
 
+from aiohttp import web
+
+from slurm_llm._api_keys import Identities, Identity, flat_identities, read_keys_file
+from slurm_llm._errors import SlurmLLMError
 from slurm_llm.router._errors import RouterError
 
+log = logging.getLogger("slurm_llm.router")
 # For load balancers and liveness checks, and the API's description (no secret in it).
 OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs"})
+RELOAD_EVERY_S = 1.0
 
 
 def presented_key(authorization: str | None, api_key_header: str | None) -> str | None:
@@ -18,17 +27,59 @@ def presented_key(authorization: str | None, api_key_header: str | None) -> str 
     return api_key_header
 
 
-def check_key(presented: str | None, keys: frozenset[str]) -> None:
-    if presented is None:
-        raise RouterError(
-            401,
-            "this router needs an API key: send 'Authorization: Bearer <key>' "
-            "(the openai client's api_key) or 'X-API-Key: <key>'",
-            "authentication_error",
+class Callers:
+    """The identities this router accepts: its flat keys and those of its keys file."""
+
+    def __init__(self, flat_keys: frozenset[str], keys_file: Path | None) -> None:
+        self.flat = flat_identities(sorted(flat_keys), "key")
+        self.keys_file = keys_file
+        self.identities = Identities(self.flat)
+        self.file_stamp: tuple[float, int] | None = None
+        self.checked = 0.0
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-reads the keys file if it changed; a file that does not read keeps the last
+        good identities (and says why), so a typo never locks every user out."""
+        if self.keys_file is None:
+            return
+        try:
+            stat = self.keys_file.stat()
+        except OSError as exc:
+            log.error("cannot read the keys file %s (%s); keeping its last keys", self.keys_file,
+                      exc.strerror)  # fmt: skip
+            return
+        stamp = (stat.st_mtime, stat.st_size)
+        if stamp == self.file_stamp:
+            return
+        try:
+            self.identities = Identities({**self.flat, **read_keys_file(self.keys_file)})
+        except SlurmLLMError as exc:
+            log.error("%s; keeping its last keys", exc)
+            return
+        if self.file_stamp is not None:
+            log.warning("keys reloaded from %s: %d key(s)", self.keys_file, len(self.identities))
+        self.file_stamp = stamp
+
+    def identify(self, request: web.Request) -> Identity | None:
+        """The caller's identity; None when this router needs no key. Raises 401."""
+        now = time.monotonic()
+        if now - self.checked >= RELOAD_EVERY_S:
+            self.checked = now
+            self.reload()
+        if not self.identities:
+            return None
+        given = presented_key(
+            request.headers.get("Authorization"), request.headers.get("X-API-Key")
         )
-    given = presented.encode()
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given, key.encode())
-    if not matched:
-        raise RouterError(401, "the API key is not valid", "authentication_error")
+        if given is None:
+            raise RouterError(
+                401,
+                "this router needs an API key: send 'Authorization: Bearer <key>' "
+                "(the openai client's api_key) or 'X-API-Key: <key>'",
+                "authentication_error",
+            )
+        identity = self.identities.find(given)
+        if identity is None:
+            raise RouterError(401, "the API key is not valid", "authentication_error")
+        return identity

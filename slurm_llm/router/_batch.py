@@ -28,10 +28,11 @@ from aiohttp import web
 
 from slurm_llm.router._dispatch import Call
 from slurm_llm.router._errors import RouterError
+from slurm_llm.router._metering import metered
 from slurm_llm.router._openai_api import count_usage
 from slurm_llm.router._requests import read_json, require_served, validated
 from slurm_llm.router._schemas import ENDPOINT_MODELS, BatchRequest
-from slurm_llm.router._state import MODEL, STATE, RouterState
+from slurm_llm.router._state import MODEL, STATE
 
 
 async def batch(request: web.Request) -> web.Response:
@@ -51,7 +52,7 @@ async def batch(request: web.Request) -> web.Response:
     limits: dict[str, asyncio.Semaphore] = {}
     results = await asyncio.gather(
         *(
-            run_item(state, endpoint, index, item, defaults, limits)
+            run_item(request, endpoint, index, item, defaults, limits)
             for index, item in enumerate(items)
         )
     )
@@ -67,13 +68,15 @@ async def batch(request: web.Request) -> web.Response:
 
 
 async def run_item(
-    state: RouterState,
+    request: web.Request,
     endpoint: str,
     index: int,
     item: object,
     defaults: dict[str, Any],
     limits: dict[str, asyncio.Semaphore],
 ) -> dict[str, Any]:
+    """One item, metered as a request of the caller's own (limits, priority, usage)."""
+    state = request.app[STATE]
     try:
         if not isinstance(item, dict):
             raise RouterError(400, "each request must be a JSON object")
@@ -83,10 +86,13 @@ async def run_item(
             raise RouterError(400, "batch requests cannot be streamed; drop 'stream'")
         if model not in limits:
             limits[model] = asyncio.Semaphore(max(1, state.admission.load(model).capacity))
-        async with limits[model]:
-            reply = await state.dispatcher.send(
-                Call(model, endpoint, json.dumps(merged).encode()), bounded=False
-            )
+        raw = json.dumps(merged).encode()
+        async with limits[model], metered(request, model, endpoint, merged, len(raw)) as meter:
+            call = Call(model, endpoint, raw, priority=meter.priority)
+            reply = await state.dispatcher.send(call, bounded=False)
+            meter.status, meter.replica = reply.status, reply.backend.url
+            if reply.status == 200:
+                meter.read_usage(count_usage(state.metrics, model, reply.body))
     except RouterError as exc:
         return {
             "index": index,
@@ -99,5 +105,4 @@ async def run_item(
         payload = reply.body.decode(errors="replace")
     if reply.status != 200:
         return {"index": index, "status": reply.status, "error": payload}
-    count_usage(state.metrics, model, reply.body)
     return {"index": index, "status": 200, "response": payload}

@@ -8,9 +8,10 @@ from typing import Any
 
 from rich.console import Console
 
-from slurm_llm._api_keys import load_api_keys
+from slurm_llm._api_keys import load_api_keys, read_keys_file
 from slurm_llm._errors import SlurmLLMError
 from slurm_llm.jobs._front_end_job import add_submit_arguments, announce, submitted_options
+from slurm_llm.router._auth import Callers
 from slurm_llm.router._config import RouterConfig
 from slurm_llm.router._job import launch_router
 from slurm_llm.router._policies import POLICIES
@@ -28,9 +29,9 @@ def parse_backend(text: str) -> tuple[str, str]:
 
 
 def config_from(args: argparse.Namespace) -> RouterConfig:
-    keys = load_api_keys(Path(args.api_keys_file) if args.api_keys_file else None)
-    if args.api_keys_file and not keys:
-        raise SlurmLLMError(f"the API key file {args.api_keys_file} holds no key")
+    keys_file = Path(args.api_keys_file).resolve() if args.api_keys_file else None
+    if keys_file is not None and not read_keys_file(keys_file):  # unreadable or invalid: raises
+        raise SlurmLLMError(f"the API key file {keys_file} holds no key")
     return RouterConfig(
         policy=args.policy,
         replica_limit=args.replica_limit,
@@ -39,7 +40,9 @@ def config_from(args: argparse.Namespace) -> RouterConfig:
         deadline_s=args.deadline,
         max_body_bytes=args.max_body_mb * 2**20,
         prefix_affinity_chars=args.prefix_affinity,
-        api_keys=keys,
+        api_keys=load_api_keys(),  # SLURM_LLM_API_KEYS
+        keys_file=keys_file,
+        batch_aging_s=args.batch_aging,
         probes=ProbeConfig(interval_s=args.probe_interval),
         stream_failover=not args.no_stream_failover,
         drain_s=args.drain,
@@ -56,7 +59,8 @@ def cmd_router(args: argparse.Namespace) -> int:
         if args.backend
         else ("every deployment" if args.deployment is None else f"deployment {args.deployment}")
     )
-    keys = f", {len(config.api_keys)} API key(s)" if config.api_keys else ", no API key needed"
+    callers = len(Callers(config.api_keys, config.keys_file).identities)
+    keys = f", {callers} API key(s)" if callers else ", no API key needed"
 
     def serving() -> None:  # once it listens: the address printed can be reached
         console.print(
@@ -105,7 +109,13 @@ def add_router_command(commands: Any) -> None:
     )  # fmt: skip
     router.add_argument(
         "--api-keys-file", default=None,
-        help="one key per line; keys in $SLURM_LLM_API_KEYS (comma-separated) count too",
+        help="named keys with limits (TOML, made by `slurm-llm keys`) or one key per line; "
+        "re-read when it changes; keys in $SLURM_LLM_API_KEYS (comma-separated) count too",
+    )  # fmt: skip
+    router.add_argument(
+        "--batch-aging", type=float, default=30.0, metavar="SECONDS",
+        help="batch-class requests queue as if they arrived this much later than interactive "
+        "ones (and so never starve)",
     )  # fmt: skip
     router.add_argument(
         "--probe-interval", type=float, default=10.0, help="seconds between deep probes; 0: off"

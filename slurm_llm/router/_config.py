@@ -15,6 +15,7 @@ class RouterConfig:
     replica_limit: int | None = None  # requests per replica at once; None: its engine's slots
     max_queue: int = 1024  # requests waiting per model before 429
     queue_timeout_s: float = 60.0  # longest wait for a free replica before 503
+    batch_aging_s: float = 30.0  # batch requests queue as if they came this much later
     attempts: int = 3  # replicas tried for one non-streamed request
     deadline_s: float = 600.0  # a request's whole budget, retries included
     retry_backoff_s: float = 0.05
@@ -26,6 +27,9 @@ class RouterConfig:
     max_batch_items: int = 10_000
     session_header: str = "X-Session-ID"  # requests with the same value go to the same replica
     prefix_affinity_chars: int = 0  # >0: the prompt's first N characters pick the replica
-    api_keys: frozenset[str] = frozenset()  # empty: no key needed
+    api_keys: frozenset[str] = frozenset()  # plain keys; with keys_file empty: no key needed
+    keys_file: Path | None = None  # named keys with limits (or plain ones), reloaded on change
+    usage_dir: Path | None = None  # usage records; None: <home>/usage
+    record_usage: bool = True
     probes: ProbeConfig = field(default_factory=ProbeConfig)
     verdict_log: Path | None = None  # tribunal runs; None: <home>/tribunal/verdicts.jsonl

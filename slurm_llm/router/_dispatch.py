@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 import aiohttp
 from aiohttp import web
 
+from slurm_llm._api_keys import Priority
 from slurm_llm.router._admission import Admission, NoOtherReplica
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._config import RouterConfig
@@ -49,6 +50,7 @@ class Call:
     key: str | None = None  # affinity key
     tgi: tuple[str, bytes] | None = None
     avoid: frozenset[str] = frozenset()  # replicas to try last (those that broke its stream)
+    priority: Priority = "interactive"  # its place in the admission queue
 
     def for_backend(self, backend: Backend) -> tuple[str, bytes]:
         if self.tgi is not None and backend.engine == "tgi":
@@ -178,7 +180,7 @@ class Dispatcher:
 
     async def _acquire(self, call: Call, tried: set[str], bounded: bool) -> Backend:
         started = time.monotonic()
-        backend = await self.admission.acquire(call.model, call.key, tried, bounded)
+        backend = await self.admission.acquire(call.model, call.key, tried, bounded, call.priority)
         self.metrics.queue_wait.labels(call.model).observe(time.monotonic() - started)
         return backend
 

@@ -20,6 +20,7 @@ from slurm_llm.router._admission import usable
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call
 from slurm_llm.router._errors import RouterError
+from slurm_llm.router._metering import priority_of
 from slurm_llm.router._requests import read_json, served_model, validated
 from slurm_llm.router._schemas import MapReduceRequest
 from slurm_llm.router._state import STATE, RouterState
@@ -76,12 +77,12 @@ async def map_reduce(request: web.Request) -> web.Response:
     state = request.app[STATE]
     replicas = usable(state.pool.of(model), time.monotonic()) or state.pool.of(model)
     tokenizer = ReplicaTokenizer(state.dispatcher.session, replicas[0])
+    priority = priority_of(request)  # every chunk's call goes in as the caller's class
 
     async def complete(messages: Messages, max_tokens: int) -> tuple[str, int]:
         payload = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
-        reply = await state.dispatcher.send(
-            Call(model, "/v1/chat/completions", json.dumps(payload).encode())
-        )
+        call = Call(model, "/v1/chat/completions", json.dumps(payload).encode(), priority=priority)
+        reply = await state.dispatcher.send(call)
         if reply.status != 200:
             raise RouterError(502, f"{model!r} answered {reply.status}: {reply.body[:300]!r}")
         answer = json.loads(reply.body)
@@ -96,7 +97,7 @@ async def map_reduce(request: web.Request) -> web.Response:
         raise RouterError(400, str(exc)) from None
     answer: dict[str, Any] = {**asdict(result), "context": job.context}
     if body.tribunal is not None:
-        run = await tribunal_for(state, model, body.tribunal).run(
+        run = await tribunal_for(request, model, body.tribunal).run(
             body.instruction, draft=result.answer
         )
         count(state, run)

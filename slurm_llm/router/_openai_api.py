@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from slurm_llm._sse import json_event
 from slurm_llm.router import _tribunal_api
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call, GiveBack, Relay, Reply
 from slurm_llm.router._failover import RelayFor, openai_plan, stream_with_failover
+from slurm_llm.router._metering import Meter, metered
 from slurm_llm.router._metrics import RouterMetrics
 from slurm_llm.router._requests import affinity_key, read_json, served_model, validated
 from slurm_llm.router._schemas import ENDPOINT_MODELS, ChatCompletionRequest
 from slurm_llm.router._state import STATE
-from slurm_llm.router._streams import DONE, ClientStream
+from slurm_llm.router._streams import DONE, EVENT_END, ClientStream
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -27,18 +30,37 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if isinstance(checked, ChatCompletionRequest) and checked.tribunal is not None:
         return await _tribunal_api.chat_with_tribunal(request, checked)
     state = request.app[STATE]
-    call = Call(model, request.path, raw, affinity_key(request, body))
-    if checked.stream:
-        stream = ClientStream(request, broken_openai, closing=DONE + b"\n\n")
-        relay_for = sse_relay(stream, state.metrics, model)
-        outcome = await stream_with_failover(
-            request, call, stream, relay_for, openai_plan(call, body)
-        )
-        return outcome if isinstance(outcome, web.StreamResponse) else as_response(outcome)
-    reply = await state.dispatcher.send(call)
-    if reply.status == 200:
-        count_usage(state.metrics, model, reply.body)
-    return as_response(reply)
+    async with metered(request, model, request.path, body, len(raw)) as meter:
+        if checked.stream:
+            return await streamed(request, model, raw, body, meter)
+        call = Call(model, request.path, raw, affinity_key(request, body), priority=meter.priority)
+        reply = await state.dispatcher.send(call)
+        meter.status, meter.replica = reply.status, reply.backend.url
+        if reply.status == 200:
+            meter.read_usage(count_usage(state.metrics, model, reply.body))
+        return as_response(reply)
+
+
+async def streamed(
+    request: web.Request, model: str, raw: bytes, body: dict[str, Any], meter: Meter
+) -> web.StreamResponse:
+    """The stream, asked for its usage (for the meter), which the client gets only if it asked
+    too; continued on another replica if its replica breaks off."""
+    options = body.get("stream_options")
+    asked = isinstance(options, dict) and options.get("include_usage") is True
+    if not asked:
+        body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
+        raw = json.dumps(body).encode()
+    call = Call(model, request.path, raw, affinity_key(request, body), priority=meter.priority)
+    stream = ClientStream(request, broken_openai, closing=DONE + b"\n\n")
+    relay_for = sse_relay(stream, request.app[STATE].metrics, model, meter, keep_usage=asked)
+    outcome = await stream_with_failover(request, call, stream, relay_for, openai_plan(call, body))
+    if isinstance(outcome, web.StreamResponse):
+        meter.status = 200
+        meter.replica = stream.replicas[-1].url if stream.replicas else None
+        return outcome
+    meter.status, meter.replica = outcome.status, outcome.backend.url
+    return as_response(outcome)
 
 
 def as_response(reply: Reply) -> web.Response:
@@ -49,14 +71,18 @@ def as_response(reply: Reply) -> web.Response:
     )
 
 
-def count_usage(metrics: RouterMetrics, model: str, payload: bytes) -> None:
+def count_usage(metrics: RouterMetrics, model: str, payload: bytes) -> dict[str, Any]:
+    """The answer's ``usage`` (empty if it has none), counted in the token metrics."""
     try:
         usage = json.loads(payload).get("usage") or {}
     except (json.JSONDecodeError, AttributeError):
-        return
+        return {}
+    if not isinstance(usage, dict):
+        return {}
     for kind in ("prompt", "completion"):
         if isinstance(tokens := usage.get(f"{kind}_tokens"), int):
             metrics.tokens.labels(model, kind).inc(tokens)
+    return usage
 
 
 def broken_openai(error: str) -> bytes:
@@ -65,8 +91,11 @@ def broken_openai(error: str) -> bytes:
     return f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode()
 
 
-def sse_relay(stream: ClientStream, metrics: RouterMetrics, model: str) -> RelayFor:
-    """Passes the OpenAI stream through, timing its first byte and counting its events."""
+def sse_relay(
+    stream: ClientStream, metrics: RouterMetrics, model: str, meter: Meter, keep_usage: bool
+) -> RelayFor:
+    """Passes the OpenAI stream through, timing its first byte and counting its events; the
+    usage event goes to the meter, and to the client only if ``keep_usage``."""
     started = time.monotonic()
     first = True
 
@@ -82,11 +111,35 @@ def sse_relay(stream: ClientStream, metrics: RouterMetrics, model: str) -> Relay
         async def relay(
             upstream: aiohttp.ClientResponse, backend: Backend, ended: GiveBack
         ) -> web.StreamResponse:
-            return await stream.relay(upstream, backend, rewrite, seen, ended)
+            translate = metered_events(rewrite, meter, keep_usage)
+            return await stream.relay(upstream, backend, translate, seen, ended)
 
         return relay
 
     return relay_for
+
+
+def metered_events(
+    rewrite: Callable[[bytes], bytes], meter: Meter, keep_usage: bool
+) -> Callable[[bytes], bytes]:
+    """``rewrite``, then the usage read off the events (as the client would see it, after a
+    continuation's rewriting), and the usage-only event dropped unless the client asked."""
+
+    def translate(whole: bytes) -> bytes:
+        out = rewrite(whole)
+        if b'"usage"' not in out:
+            return out
+        kept = []
+        for event in out.split(EVENT_END):
+            payload = json_event(event)
+            if payload is not None and payload.get("usage"):
+                meter.read_usage(payload["usage"])
+                if not keep_usage and not payload.get("choices"):
+                    continue
+            kept.append(event)
+        return EVENT_END.join(kept)
+
+    return translate
 
 
 async def list_models(request: web.Request) -> web.Response:

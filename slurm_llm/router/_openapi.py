@@ -89,7 +89,7 @@ class Operation:
     answer: type[BaseModel] | str = "A JSON object (the engine's answer, passed on as is)."
     streams: bool = False  # may answer text/event-stream
     errors: type[BaseModel] = OpenAIError
-    statuses: tuple[int, ...] = (400, 404, 429, 500, 503, 504)
+    statuses: tuple[int, ...] = (400, 401, 403, 404, 429, 500, 503, 504)
 
 
 def tgi_operations(prefix: str) -> list[Operation]:
@@ -210,9 +210,12 @@ def operation(op: Operation, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
 
 STATUS_TEXT = {
     400: "The body does not fit the schema; the error names the field.",
+    401: "This router needs an API key, and none or a wrong one was sent.",
+    403: "The key may not use this model; the error names the models it may use.",
     404: "The model is not served here; the error lists what is.",
     413: "The body or the batch is too large.",
-    429: "The model's queue is full; retry after the Retry-After seconds.",
+    429: "The key is over a rate limit or quota, or the model's queue is full; retry after "
+    "the Retry-After seconds (x-ratelimit-* headers say what is left).",
     500: "The engines refused this request again (X-Should-Retry: false; the status is the "
     "engine's): send it changed.",
     503: "No replica could answer; retry after the Retry-After seconds.",

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 from aiohttp import web
 
+from slurm_llm._usage import UsageLog, tokens_used_since
 from slurm_llm.router._admission import Admission
+from slurm_llm.router._auth import Callers
 from slurm_llm.router._backends import BackendPool
 from slurm_llm.router._config import RouterConfig
 from slurm_llm.router._dispatch import Dispatcher
+from slurm_llm.router._limits import Limiter
 from slurm_llm.router._metrics import RouterMetrics
 from slurm_llm.router._policies import make_policy
 
@@ -21,6 +25,9 @@ class RouterState:
     admission: Admission = field(init=False)
     metrics: RouterMetrics = field(init=False)
     dispatcher: Dispatcher = field(init=False)  # set at start-up: it needs the event loop
+    callers: Callers = field(init=False)
+    limiter: Limiter = field(init=False)
+    usage: UsageLog | None = None  # opened at start-up, closed (flushed) at shutdown
 
     def __post_init__(self) -> None:
         self.admission = Admission(
@@ -28,8 +35,11 @@ class RouterState:
             make_policy(self.config.policy),
             self.config.max_queue,
             self.config.queue_timeout_s,
+            self.config.batch_aging_s,
         )
         self.metrics = RouterMetrics(self.admission)
+        self.callers = Callers(self.config.api_keys, self.config.keys_file)
+        self.limiter = Limiter(partial(tokens_used_since, self.config.usage_dir))
 
 
 STATE: web.AppKey[RouterState] = web.AppKey("state", RouterState)

@@ -7,6 +7,7 @@ base URL, ``http://router/models/<model>`` (the client posts to its base URL, or
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -25,6 +26,7 @@ from slurm_llm.router._failover import (
     openai_plan,
     stream_with_failover,
 )
+from slurm_llm.router._metering import metered
 from slurm_llm.router._requests import affinity_key, read_json, served_model, validated
 from slurm_llm.router._schemas import GenerateRequest
 from slurm_llm.router._state import STATE
@@ -73,19 +75,27 @@ async def generate(request: web.Request) -> web.StreamResponse:
     )
     completion = to_completion(checked, model, streamed)
     native = ("/generate_stream" if streamed else "/generate", raw)
-    call = Call(model, "/v1/completions", json.dumps(completion).encode(),
-                affinity_key(request, body), tgi=native)  # fmt: skip
     dispatcher = request.app[STATE].dispatcher
-    if streamed:
-        stream = ClientStream(request, broken_tgi)
-        plan = tgi_plan(call, completion)
-        outcome = await stream_with_failover(request, call, stream, tgi_relay(stream, body), plan)
-        if isinstance(outcome, web.StreamResponse):
-            return outcome
-        reply = outcome
-    else:
-        reply = await dispatcher.send(call)
-    answer = tgi_answer(reply, body)
+    async with metered(request, model, "/generate", completion, len(raw)) as meter:
+        call = Call(model, "/v1/completions", json.dumps(completion).encode(),
+                    affinity_key(request, body), tgi=native, priority=meter.priority)  # fmt: skip
+        if streamed:
+            stream = ClientStream(request, broken_tgi)
+            plan = tgi_plan(call, completion)
+            relay_for = tgi_relay(stream, body)
+            outcome = await stream_with_failover(request, call, stream, relay_for, plan)
+            if isinstance(outcome, web.StreamResponse):
+                meter.status = 200
+                meter.replica = stream.replicas[-1].url if stream.replicas else None
+                return outcome
+            reply = outcome
+        else:
+            reply = await dispatcher.send(call)
+        meter.status, meter.replica = reply.status, reply.backend.url
+        answer = tgi_answer(reply, body)
+        if reply.backend.engine != "tgi":  # an OpenAI completion, translated: its usage
+            with contextlib.suppress(json.JSONDecodeError, AttributeError):
+                meter.read_usage(json.loads(reply.body).get("usage"))
     as_list = request.path in ("/", f"/models/{model}")
     return web.json_response([answer] if as_list else answer)
 

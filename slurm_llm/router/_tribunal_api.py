@@ -18,6 +18,7 @@ from aiohttp import web
 from slurm_llm._errors import SpecError
 from slurm_llm.router._dispatch import Call
 from slurm_llm.router._errors import RouterError
+from slurm_llm.router._metering import priority_of
 from slurm_llm.router._requests import read_json, require_served, served_model, validated
 from slurm_llm.router._schemas import (
     ChatCompletionRequest,
@@ -38,9 +39,10 @@ from slurm_llm.tribunal import (
 from slurm_llm.tribunal._tribunal import Messages
 
 
-def tribunal_for(state: RouterState, generator: str, options: TribunalOptions) -> Tribunal:
-    """The tribunal a request asks for. Only shipped law books: a client names a book, never a
-    file on the router's machine."""
+def tribunal_for(request: web.Request, generator: str, options: TribunalOptions) -> Tribunal:
+    """The tribunal a request asks for, its calls in the caller's class. Only shipped law
+    books: a client names a book, never a file on the router's machine."""
+    state = request.app[STATE]
     if options.laws not in (shipped := law_books()):
         raise RouterError(
             400, f"no law book {options.laws!r}; shipped ones: {', '.join(shipped)}", param="laws"
@@ -58,11 +60,12 @@ def tribunal_for(state: RouterState, generator: str, options: TribunalOptions) -
     if config.critic is not None:
         require_served(state.pool, config.critic)
 
+    priority = priority_of(request)  # the critics and revisions go in as the caller's class
+
     async def complete(model: str, messages: Messages, max_tokens: int) -> str:
         body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
-        reply = await state.dispatcher.send(
-            Call(model, "/v1/chat/completions", json.dumps(body).encode())
-        )
+        call = Call(model, "/v1/chat/completions", json.dumps(body).encode(), priority=priority)
+        reply = await state.dispatcher.send(call)
         if reply.status != 200:
             raise RouterError(502, f"{model!r} answered {reply.status} during the tribunal")
         content = json.loads(reply.body)["choices"][0]["message"]["content"]
@@ -92,7 +95,7 @@ async def tribunal(request: web.Request) -> web.Response:
     checked = validated(TribunalRequest, body)
     model = served_model(request, checked.model)
     state = request.app[STATE]
-    result = await tribunal_for(state, model, checked).run(checked.prompt)
+    result = await tribunal_for(request, model, checked).run(checked.prompt)
     count(state, result)
     return web.json_response(result.to_dict())
 
@@ -108,7 +111,7 @@ async def chat_with_tribunal(request: web.Request, body: ChatCompletionRequest) 
         raise RouterError(400, "a tribunal needs a user message with text to answer")
     state = request.app[STATE]
     model = body.model
-    result = await tribunal_for(state, model, body.tribunal).run(question)
+    result = await tribunal_for(request, model, body.tribunal).run(question)
     count(state, result)
     return web.json_response({
         "id": f"chatcmpl-tribunal-{int(result.started * 1000)}",

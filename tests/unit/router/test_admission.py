@@ -9,8 +9,18 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from slurm_llm.router._admission import Admission, NoOtherReplica, Rejected
+from slurm_llm._api_keys import Priority
+from slurm_llm.router._admission import (
+    Admission,
+    NoOtherReplica,
+    Rejected,
+    Waiter,
+    enqueue,
+    rank_of,
+)
 from slurm_llm.router._backends import BackendPool
 from slurm_llm.router._policies import RoundRobin
 
@@ -228,3 +238,56 @@ def test_the_load_counts_what_a_request_would_be_sent_to() -> None:
     assert gate.load("m").routable == 2
     next(iter(gate.pool.backends.values())).probed_down = True
     assert gate.load("m").routable == 1
+
+
+def test_interactive_requests_go_ahead_of_batch_requests_that_came_shortly_before() -> None:
+    async def scenario() -> None:
+        gate = admission(batch_aging_s=30)
+        held = await gate.acquire("m")
+        order: list[str] = []
+
+        async def wait(name: str, priority: Priority) -> None:
+            backend = await gate.acquire("m", priority=priority)
+            order.append(name)
+            gate.release(backend)
+
+        waiters = [asyncio.create_task(wait("batch", "batch"))]
+        await asyncio.sleep(0.01)
+        waiters.append(asyncio.create_task(wait("chat", "interactive")))
+        await asyncio.sleep(0.01)
+        gate.release(held)
+        await asyncio.gather(*waiters)
+        assert order == ["chat", "batch"]
+
+    run(scenario)
+
+
+arrivals = st.lists(
+    st.tuples(st.floats(0, 120, allow_nan=False), st.sampled_from(["interactive", "batch"])),
+    min_size=1,
+    max_size=40,
+)
+
+
+@given(arrivals, st.floats(0, 60, allow_nan=False))
+def test_no_batch_request_waits_behind_an_interactive_one_that_came_after_its_aging(
+    times: list[tuple[float, Priority]], aging: float
+) -> None:
+    """Whatever the arrivals, a batch request that came at t is served before every
+    interactive request that came after t + aging, and batch requests keep their order."""
+
+    async def served_order() -> list[tuple[float, Priority]]:
+        queue: list[Waiter] = []
+        came: dict[int, tuple[float, Priority]] = {}
+        for arrived, priority in sorted(times, key=lambda arrival: arrival[0]):
+            waiter = Waiter(None, (), rank_of(arrived, priority, aging))
+            came[id(waiter)] = (arrived, priority)
+            enqueue(queue, waiter)
+        return [came[id(waiter)] for waiter in queue]
+
+    order = asyncio.run(served_order())
+    for position, (arrived, priority) in enumerate(order):
+        if priority == "batch":
+            ahead = order[:position]
+            assert all(other <= arrived + aging for other, _ in ahead)
+            assert all(other <= arrived for other, kind in ahead if kind == "batch")

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from slurm_llm import SlurmLLMError
-from slurm_llm._api_keys import load_api_keys
-from slurm_llm.router._auth import check_key, presented_key
+from slurm_llm._api_keys import KeysFile, load_api_keys
+from slurm_llm.router._auth import Callers, presented_key
 from slurm_llm.router._errors import RouterError
 
 
@@ -31,13 +33,45 @@ def test_the_bearer_header_wins_over_x_api_key() -> None:
     assert presented_key("Basic abc", None) is None
 
 
+def request(headers: dict[str, str]) -> web.Request:
+    return make_mocked_request("POST", "/v1/completions", headers=headers)
+
+
 def test_a_missing_key_says_how_to_send_one() -> None:
     with pytest.raises(RouterError, match="Authorization: Bearer") as caught:
-        check_key(None, frozenset({"k"}))
+        Callers(frozenset({"k"}), None).identify(request({}))
     assert caught.value.status == 401
 
 
 def test_a_wrong_key_is_refused_and_a_right_one_passes() -> None:
+    callers = Callers(frozenset({"k1", "k3"}), None)
     with pytest.raises(RouterError, match="not valid"):
-        check_key("k2", frozenset({"k1", "k3"}))
-    check_key("k3", frozenset({"k1", "k3"}))
+        callers.identify(request({"Authorization": "Bearer k2"}))
+    identity = callers.identify(request({"X-API-Key": "k3"}))
+    assert identity is not None and identity.name == "key-2"
+
+
+def test_a_router_without_keys_lets_everyone_in_anonymously() -> None:
+    assert Callers(frozenset(), None).identify(request({})) is None
+
+
+def test_keys_added_and_revoked_in_the_file_apply_without_a_restart(tmp_path: Path) -> None:
+    keys = KeysFile(tmp_path / "keys.toml")
+    alice = keys.add("alice", account="physics")
+    callers = Callers(frozenset(), keys.path)
+    assert callers.identify(request({"X-API-Key": alice})).account == "physics"  # type: ignore[union-attr]
+    bob = keys.add("bob")
+    keys.revoke("alice")
+    callers.checked = 0.0  # as if a second had passed
+    assert callers.identify(request({"X-API-Key": bob})) is not None
+    with pytest.raises(RouterError, match="not valid"):
+        callers.identify(request({"X-API-Key": alice}))
+
+
+def test_a_keys_file_broken_by_hand_keeps_the_last_good_keys(tmp_path: Path) -> None:
+    keys = KeysFile(tmp_path / "keys.toml")
+    alice = keys.add("alice")
+    callers = Callers(frozenset(), keys.path)
+    keys.path.write_text(keys.path.read_text() + "\n[keys.bob]\nhash = 'not a hash'\n")
+    callers.checked = 0.0
+    assert callers.identify(request({"X-API-Key": alice})) is not None

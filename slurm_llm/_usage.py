@@ -1,0 +1,118 @@
+"""Usage records: one line per request a router answered, who asked, which model and replica,
+the tokens, the time it took and how it ended; read back by ``slurm-llm usage`` and by the
+router's daily and monthly quotas.
+
+Each router process appends to a file of its own under ``<home>/usage/`` (JSON lines), so the
+files live on the shared storage slurm-llm already needs and no two writers share a file: no
+lock, and no database whose locking breaks on a network filesystem (SQLite's WAL mode does).
+Records are buffered and written, then fsynced, once a second by a thread of their own, so the
+hot path only appends to a list. A ``kill -9`` loses at most the last second of records; a
+line cut short by it is skipped when the files are read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+from slurm_llm._paths import home_dir
+
+FLUSH_EVERY_S = 1.0
+ANONYMOUS = "-"  # the key name of requests to a router that needs no key
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    at: float  # seconds since the epoch, when the answer ended
+    key: str  # the key's name, never the key
+    account: str | None
+    model: str
+    endpoint: str
+    priority: str
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    replica: str | None  # the URL that answered (the last one, after a failover)
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def usage_dir(home: Path | None = None) -> Path:
+    return home_dir(home) / "usage"
+
+
+class UsageLog:
+    """This process's usage file, written once a second."""
+
+    def __init__(self, folder: Path | None = None, flush_every_s: float = FLUSH_EVERY_S) -> None:
+        self.folder = folder or usage_dir()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        started = time.strftime("%Y%m%d-%H%M%S")
+        self.path = self.folder / f"{socket.gethostname()}-{os.getpid()}-{started}.jsonl"
+        self.flush_every_s = flush_every_s
+        self._pending: list[UsageRecord] = []
+        self._lock = threading.Lock()  # the event loop appends, the flusher takes
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._flush_forever, name="usage-log", daemon=True)
+        self._thread.start()
+
+    def record(self, record: UsageRecord) -> None:
+        with self._lock:
+            self._pending.append(record)
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        text = "".join(json.dumps(asdict(r), separators=(",", ":")) + "\n" for r in pending)
+        with self.path.open("a") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.flush()
+
+    def _flush_forever(self) -> None:
+        while not self._stop.wait(self.flush_every_s):
+            self.flush()
+
+
+def read_usage(folder: Path | None = None, since: float = 0.0) -> Iterator[UsageRecord]:
+    """Every record at or after ``since``, from every router's file; lines cut short by a crash
+    are skipped."""
+    for path in sorted((folder or usage_dir()).glob("*.jsonl")):
+        with path.open() as lines:
+            for line in lines:
+                try:
+                    record = UsageRecord(**json.loads(line))
+                except (json.JSONDecodeError, TypeError):
+                    continue
+                if record.at >= since:
+                    yield record
+
+
+def tokens_by_key(records: Iterable[UsageRecord]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for record in records:
+        totals[record.key] = totals.get(record.key, 0) + record.tokens
+    return totals
+
+
+def tokens_used_since(folder: Path | None, since: datetime) -> dict[str, int]:
+    """Tokens per key name since ``since``: where a router's daily and monthly quotas start
+    after a restart."""
+    return tokens_by_key(read_usage(folder, since.timestamp()))

@@ -1,0 +1,191 @@
+"""Per-key rate limits and quotas, enforced before a request waits for a replica.
+
+Each key may have requests per minute, tokens per minute, concurrent requests, and token quotas
+per day and per month (UTC). Minute limits are sliding windows over the last 60 s: a log of
+the key's recent requests with their tokens, so a burst cannot double the rate at a window's
+edge. Tokens are counted before the answer exists, from the request (its prompt's bytes / 4,
+plus ``max_tokens``, or ``DEFAULT_ANSWER_TOKENS`` when it sets none), and settled on the
+answer's real ``usage`` once it is known; a request that fails is settled at what it used.
+
+Daily and monthly quotas must hold across restarts, so they start from the usage log
+(``slurm_llm._usage``) and then count on in memory. Everything on the hot path is a dict
+lookup and a deque, under the event loop (one owner, no lock).
+
+A refusal is a 429 whose ``Retry-After`` is when the limit that was hit frees enough room:
+the oldest request leaving the window, or the next day or month. Every answer to a key with
+limits carries OpenAI's ``x-ratelimit-*`` headers for requests and tokens per minute.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from slurm_llm._api_keys import Identity
+from slurm_llm.router._errors import RouterError
+
+WINDOW_S = 60.0
+DEFAULT_ANSWER_TOKENS = 256  # counted up front for a request without max_tokens
+BYTES_PER_TOKEN = 4  # a prompt's tokens, guessed before the engine counts them
+
+
+class LimitHit(RouterError):
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(429, message, "rate_limit_exceeded", max(1, math.ceil(retry_after)))
+
+
+@dataclass(eq=False)
+class Spent:
+    """One admitted request's entry in its key's minute window."""
+
+    at: float
+    tokens: int
+
+
+@dataclass
+class KeyState:
+    window: deque[Spent] = field(default_factory=deque)
+    window_tokens: int = 0
+    aged_to: float = 0.0  # entries at or before this have left the window
+    in_flight: int = 0
+    day: str = ""
+    day_tokens: int = 0
+    month: str = ""
+    month_tokens: int = 0
+
+
+@dataclass
+class Grant:
+    """What ``admit`` let through; ``settle`` it once with the tokens really used."""
+
+    identity: Identity
+    spent: Spent
+    settled: bool = False
+
+
+def estimated_tokens(body_bytes: int, max_tokens: object) -> int:
+    answer = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None
+    return body_bytes // BYTES_PER_TOKEN + (answer or DEFAULT_ANSWER_TOKENS)
+
+
+class Limiter:
+    def __init__(
+        self,
+        used_since: Callable[[datetime], Mapping[str, int]] = lambda since: {},
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``used_since(when)``: tokens used per key name since then, from the usage log (for
+        quotas that outlive a restart); ``clock``: seconds since the epoch."""
+        self.used_since = used_since
+        self.clock = clock
+        self.keys: dict[str, KeyState] = {}
+
+    def admit(self, identity: Identity, tokens: int) -> Grant:
+        """Counts one request of ``identity`` that may use ``tokens``, or raises ``LimitHit``."""
+        now = self.clock()
+        state = self._state(identity, now)
+        self._check(identity, state, tokens, now)
+        spent = Spent(now, tokens)
+        state.window.append(spent)
+        state.window_tokens += tokens
+        state.in_flight += 1
+        state.day_tokens += tokens
+        state.month_tokens += tokens
+        return Grant(identity, spent)
+
+    def settle(self, grant: Grant, tokens: int) -> None:
+        """The request is over and used ``tokens``: the estimate is replaced by them."""
+        if grant.settled:
+            return
+        grant.settled = True
+        state = self.keys[grant.identity.name]
+        change = tokens - grant.spent.tokens
+        grant.spent.tokens = tokens
+        if grant.spent.at > state.aged_to:  # still in the window
+            state.window_tokens += change
+        state.day_tokens += change
+        state.month_tokens += change
+        state.in_flight -= 1
+
+    def headers(self, identity: Identity) -> dict[str, str]:
+        """OpenAI's ``x-ratelimit-*`` headers for the key's minute limits."""
+        now = self.clock()
+        state = self._state(identity, now)
+        out: dict[str, str] = {}
+        reset = f"{max(0.0, state.window[0].at + WINDOW_S - now):.1f}s" if state.window else "0s"
+        if (rpm := identity.requests_per_minute) is not None:
+            out["x-ratelimit-limit-requests"] = str(rpm)
+            out["x-ratelimit-remaining-requests"] = str(max(0, rpm - len(state.window)))
+            out["x-ratelimit-reset-requests"] = reset
+        if (tpm := identity.tokens_per_minute) is not None:
+            out["x-ratelimit-limit-tokens"] = str(tpm)
+            out["x-ratelimit-remaining-tokens"] = str(max(0, tpm - state.window_tokens))
+            out["x-ratelimit-reset-tokens"] = reset
+        return out
+
+    def _check(self, identity: Identity, state: KeyState, tokens: int, now: float) -> None:
+        name = identity.name
+        if (limit := identity.concurrent_requests) is not None and state.in_flight >= limit:
+            raise LimitHit(f"key {name!r} already has {limit} requests in flight, its limit", 1)
+        if (rpm := identity.requests_per_minute) is not None and len(state.window) >= rpm:
+            wait = state.window[len(state.window) - rpm].at + WINDOW_S - now
+            raise LimitHit(f"key {name!r} is over its {rpm} requests per minute", wait)
+        if (tpm := identity.tokens_per_minute) is not None:
+            if tokens > tpm:
+                raise RouterError(
+                    400,
+                    f"this request may use {tokens} tokens, more than key {name!r} may use in "
+                    f"a minute ({tpm}): lower max_tokens or shorten the prompt",
+                )
+            if (over := state.window_tokens + tokens - tpm) > 0:
+                wait = self._frees(state, over, now)
+                raise LimitHit(f"key {name!r} is over its {tpm} tokens per minute", wait)
+        when = datetime.fromtimestamp(now, UTC)
+        for quota, used, period, ends in (
+            (identity.tokens_per_day, state.day_tokens, "day", next_day(when)),
+            (identity.tokens_per_month, state.month_tokens, "month", next_month(when)),
+        ):
+            if quota is not None and used + tokens > quota:
+                raise LimitHit(
+                    f"key {name!r} has used {used} of its {quota} tokens this {period} (UTC)",
+                    (ends - when).total_seconds(),
+                )
+
+    def _frees(self, state: KeyState, needed: int, now: float) -> float:
+        """Seconds until the window's oldest entries free ``needed`` tokens."""
+        freed = 0
+        for spent in state.window:
+            freed += spent.tokens
+            if freed >= needed:
+                return spent.at + WINDOW_S - now
+        return WINDOW_S
+
+    def _state(self, identity: Identity, now: float) -> KeyState:
+        """The key's state, its window aged to ``now`` and its day and month current; a key
+        seen first (or first since a restart) starts from the usage log."""
+        state = self.keys.setdefault(identity.name, KeyState())
+        state.aged_to = now - WINDOW_S
+        while state.window and state.window[0].at <= state.aged_to:
+            state.window_tokens -= state.window.popleft().tokens
+        when = datetime.fromtimestamp(now, UTC)
+        day, month = when.strftime("%Y-%m-%d"), when.strftime("%Y-%m")
+        if state.day != day and identity.tokens_per_day:
+            start = when.replace(hour=0, minute=0, second=0, microsecond=0)
+            state.day, state.day_tokens = day, self.used_since(start).get(identity.name, 0)
+        if state.month != month and identity.tokens_per_month:
+            start = when.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            state.month, state.month_tokens = month, self.used_since(start).get(identity.name, 0)
+        return state
+
+
+def next_day(when: datetime) -> datetime:
+    return when.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+
+
+def next_month(when: datetime) -> datetime:
+    first = when.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (first + timedelta(days=32)).replace(day=1)

@@ -1,0 +1,105 @@
+"""What a caller may do and what they used.
+
+The middleware identifies the caller (``_auth.Callers``). Around each model request,
+``metered`` then checks that the key may use the model (403 naming it), counts the request
+against the key's limits (``_limits``), and once the answer is over settles the limits on the
+tokens really used and appends a usage record (``slurm_llm._usage``). The answer's ``usage`` is
+read from a plain answer's body, or from a stream's last event: streams are asked for it
+(``stream_options.include_usage``) and the event is dropped again if the client did not ask
+for it itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from slurm_llm._api_keys import Identity, Priority
+from slurm_llm._usage import ANONYMOUS, UsageRecord
+from slurm_llm.router._errors import RouterError
+from slurm_llm.router._limits import Grant, estimated_tokens
+from slurm_llm.router._state import STATE
+
+CALLER: web.RequestKey[Identity] = web.RequestKey("caller", Identity)
+PRIORITY_HEADER = "X-Priority"
+
+
+def priority_of(request: web.Request) -> Priority:
+    """The caller's class, or ``batch`` when the request asks for it: a request may lower its
+    own class, never raise it."""
+    caller = request.get(CALLER)
+    own: Priority = caller.priority if caller is not None else "interactive"
+    return "batch" if request.headers.get(PRIORITY_HEADER, "").lower() == "batch" else own
+
+
+@dataclass
+class Meter:
+    """One model request's accounting, filled in as its answer arrives."""
+
+    model: str
+    endpoint: str
+    priority: Priority
+    status: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    replica: str | None = None
+
+    def read_usage(self, usage: object) -> None:
+        if isinstance(usage, dict):
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            self.prompt_tokens = prompt if isinstance(prompt, int) else self.prompt_tokens
+            if isinstance(completion, int):
+                self.completion_tokens = completion
+
+
+@contextlib.asynccontextmanager
+async def metered(
+    request: web.Request, model: str, endpoint: str, body: dict[str, Any], body_bytes: int
+) -> AsyncIterator[Meter]:
+    state = request.app[STATE]
+    caller = request.get(CALLER)
+    if caller is not None and not caller.may_use(model):
+        allowed = ", ".join(caller.models)
+        raise RouterError(
+            403, f"key {caller.name!r} may not use model {model!r} (it may use: {allowed})",
+            "permission_denied",
+        )  # fmt: skip
+    grant: Grant | None = None
+    if caller is not None:
+        grant = state.limiter.admit(caller, estimated_tokens(body_bytes, body.get("max_tokens")))
+    meter = Meter(model, endpoint, priority_of(request))
+    started = time.monotonic()
+    try:
+        yield meter
+    finally:
+        if grant is not None:
+            state.limiter.settle(grant, meter.prompt_tokens + meter.completion_tokens)
+        if state.usage is not None:
+            state.usage.record(
+                UsageRecord(
+                    at=time.time(),
+                    key=caller.name if caller is not None else ANONYMOUS,
+                    account=caller.account if caller is not None else None,
+                    model=model,
+                    endpoint=endpoint,
+                    priority=meter.priority,
+                    status=meter.status,
+                    prompt_tokens=meter.prompt_tokens,
+                    completion_tokens=meter.completion_tokens,
+                    latency_s=time.monotonic() - started,
+                    replica=meter.replica,
+                )
+            )
+
+
+async def add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the caller's ``x-ratelimit-*`` headers on every answer,
+    streamed ones included (their headers go out before the first event)."""
+    caller = request.get(CALLER)
+    if caller is not None:
+        response.headers.update(request.app[STATE].limiter.headers(caller))

@@ -1,0 +1,104 @@
+"""Per-key limits: sliding minute windows, concurrency, daily and monthly quotas that start from
+the usage log; each refusal says when to come back. A fake clock makes time explicit."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from slurm_llm._api_keys import Identity, hash_key
+from slurm_llm.router._errors import RouterError
+from slurm_llm.router._limits import Limiter, LimitHit, estimated_tokens
+
+NOON = datetime(2026, 12, 1, 12, 0, tzinfo=UTC).timestamp()
+
+
+class Clock:
+    def __init__(self, now: float = NOON) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def key(**limits: int) -> Identity:
+    return Identity(name="alice", hash=hash_key("k"), **limits)
+
+
+def test_a_key_over_its_requests_per_minute_waits_until_the_oldest_leaves_the_window() -> None:
+    clock = Clock()
+    limiter, alice = Limiter(clock=clock), key(requests_per_minute=3)
+    for second in (0, 10, 20):
+        clock.now = NOON + second
+        limiter.settle(limiter.admit(alice, 1), 1)
+    clock.now = NOON + 30
+    with pytest.raises(LimitHit) as hit:
+        limiter.admit(alice, 1)
+    assert hit.value.status == 429 and hit.value.retry_after == 30  # the first leaves at 60
+    clock.now = NOON + 60.5
+    limiter.admit(alice, 1)
+
+
+def test_tokens_are_counted_up_front_and_settled_on_what_was_used() -> None:
+    clock = Clock()
+    limiter, alice = Limiter(clock=clock), key(tokens_per_minute=1000)
+    grant = limiter.admit(alice, 900)  # the estimate: most of the minute's tokens
+    with pytest.raises(LimitHit):
+        limiter.admit(alice, 200)
+    limiter.settle(grant, 100)  # it used far less
+    limiter.admit(alice, 800)
+    assert limiter.headers(alice)["x-ratelimit-remaining-tokens"] == "100"
+
+
+def test_a_request_larger_than_the_minute_s_tokens_can_never_pass_and_says_so() -> None:
+    with pytest.raises(RouterError, match="lower max_tokens") as caught:
+        Limiter(clock=Clock()).admit(key(tokens_per_minute=100), 500)
+    assert caught.value.status == 400
+
+
+def test_concurrent_requests_are_bounded_until_one_ends() -> None:
+    limiter, alice = Limiter(clock=Clock()), key(concurrent_requests=2)
+    first, _ = limiter.admit(alice, 1), limiter.admit(alice, 1)
+    with pytest.raises(LimitHit, match="2 requests in flight"):
+        limiter.admit(alice, 1)
+    limiter.settle(first, 1)
+    limiter.admit(alice, 1)
+
+
+def test_a_daily_quota_starts_from_the_usage_log_and_resets_at_midnight_utc() -> None:
+    clock = Clock()
+    asked: list[datetime] = []
+
+    def used_since(since: datetime) -> dict[str, int]:
+        asked.append(since)
+        return {"alice": 950 if since.day == 1 else 0}
+
+    limiter, alice = Limiter(used_since, clock), key(tokens_per_day=1000)
+    with pytest.raises(LimitHit, match="used 950 of its 1000 tokens this day") as hit:
+        limiter.admit(alice, 100)
+    assert asked == [datetime(2026, 12, 1, tzinfo=UTC)]
+    assert hit.value.retry_after == 12 * 3600  # until midnight UTC
+    clock.now = NOON + 12 * 3600 + 1  # the next day: the log says what was used since
+    limiter.admit(alice, 100)
+    assert asked[-1] == datetime(2026, 12, 2, tzinfo=UTC)
+
+
+def test_the_rate_limit_headers_say_what_is_left() -> None:
+    clock = Clock()
+    limiter, alice = Limiter(clock=clock), key(requests_per_minute=10, tokens_per_minute=500)
+    limiter.settle(limiter.admit(alice, 100), 40)
+    clock.now += 15
+    assert limiter.headers(alice) == {
+        "x-ratelimit-limit-requests": "10",
+        "x-ratelimit-remaining-requests": "9",
+        "x-ratelimit-reset-requests": "45.0s",
+        "x-ratelimit-limit-tokens": "500",
+        "x-ratelimit-remaining-tokens": "460",
+        "x-ratelimit-reset-tokens": "45.0s",
+    }
+
+
+def test_a_request_is_estimated_from_its_bytes_and_max_tokens() -> None:
+    assert estimated_tokens(400, 50) == 150
+    assert estimated_tokens(400, None) == 100 + 256

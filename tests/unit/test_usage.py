@@ -1,0 +1,49 @@
+"""Usage records: written once a second by their own thread, read back from every router's
+file, a line cut short by a crash skipped."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from slurm_llm._usage import UsageLog, UsageRecord, read_usage, tokens_used_since
+
+
+def record(key: str, at: float, prompt: int = 10, completion: int = 5) -> UsageRecord:
+    return UsageRecord(at=at, key=key, account="physics", model="m", endpoint="/v1/completions",
+                       priority="interactive", status=200, prompt_tokens=prompt,
+                       completion_tokens=completion, latency_s=0.5, replica="http://r")  # fmt: skip
+
+
+def test_records_reach_the_file_within_the_flush_interval(tmp_path: Path) -> None:
+    log = UsageLog(tmp_path, flush_every_s=0.05)
+    log.record(record("alice", time.time()))
+    deadline = time.monotonic() + 5
+    while not list(read_usage(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [r.key for r in read_usage(tmp_path)] == ["alice"]
+    log.record(record("bob", time.time()))
+    log.close()  # flushes what is pending
+    assert [r.key for r in read_usage(tmp_path)] == ["alice", "bob"]
+
+
+def test_every_router_s_file_is_read_and_a_torn_line_skipped(tmp_path: Path) -> None:
+    for router in ("a", "b"):
+        log = UsageLog(tmp_path, flush_every_s=60)
+        log.path = tmp_path / f"{router}.jsonl"
+        log.record(record(f"key-{router}", 100.0))
+        log.close()
+    with (tmp_path / "b.jsonl").open("a") as torn:
+        torn.write('{"at": 101.0, "key": "cut sho')
+    assert sorted(r.key for r in read_usage(tmp_path)) == ["key-a", "key-b"]
+
+
+def test_tokens_since_a_moment_per_key(tmp_path: Path) -> None:
+    log = UsageLog(tmp_path, flush_every_s=60)
+    midnight = datetime(2026, 12, 1, tzinfo=UTC)
+    log.record(record("alice", midnight.timestamp() - 1, 100, 100))  # yesterday
+    log.record(record("alice", midnight.timestamp() + 1, 10, 5))
+    log.record(record("bob", midnight.timestamp() + 2, 1, 1))
+    log.close()
+    assert tokens_used_since(tmp_path, midnight) == {"alice": 15, "bob": 2}
