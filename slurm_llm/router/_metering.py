@@ -22,7 +22,7 @@ from aiohttp import web
 from slurm_llm._api_keys import Identity, Priority
 from slurm_llm._usage import ANONYMOUS, UsageRecord
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._limits import Grant, estimated_tokens
+from slurm_llm.router._limits import Grant, LimitHit, estimated_tokens
 from slurm_llm.router._state import STATE
 
 CALLER: web.RequestKey[Identity] = web.RequestKey("caller", Identity)
@@ -71,19 +71,32 @@ async def metered(
         )  # fmt: skip
     grant: Grant | None = None
     if caller is not None:
-        grant = state.limiter.admit(caller, estimated_tokens(body_bytes, body.get("max_tokens")))
+        try:
+            grant = state.limiter.admit(
+                caller, estimated_tokens(body_bytes, body.get("max_tokens"))
+            )
+        except LimitHit:
+            state.metrics.rejections.labels(model, "key_limit").inc()
+            raise
     meter = Meter(model, endpoint, priority_of(request))
     started = time.monotonic()
     try:
         yield meter
+    except RouterError as exc:  # no replica, a timeout: recorded with the status the client got
+        meter.status = exc.status
+        raise
     finally:
         if grant is not None:
             state.limiter.settle(grant, meter.prompt_tokens + meter.completion_tokens)
+        name = caller.name if caller is not None else ANONYMOUS
+        state.metrics.key_requests.labels(name, str(meter.status)).inc()
+        state.metrics.key_tokens.labels(name, "prompt").inc(meter.prompt_tokens)
+        state.metrics.key_tokens.labels(name, "completion").inc(meter.completion_tokens)
         if state.usage is not None:
             state.usage.record(
                 UsageRecord(
                     at=time.time(),
-                    key=caller.name if caller is not None else ANONYMOUS,
+                    key=name,
                     account=caller.account if caller is not None else None,
                     model=model,
                     endpoint=endpoint,

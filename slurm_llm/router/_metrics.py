@@ -100,8 +100,18 @@ class RouterMetrics:
         )  # fmt: skip
         self.rejections = Counter(
             f"{prefix}_rejections",
-            "Requests turned away: queue_full, queue_timeout, unhealthy, no_replica.",
+            "Requests turned away: queue_full, queue_timeout, unhealthy, no_replica, key_limit.",
             ["model", "reason"], registry=self.registry,
+        )  # fmt: skip
+        # Labelled by the key's name from the keys file: the operator bounds the label set,
+        # never a client (an unknown key is refused before it is counted).
+        self.key_requests = Counter(
+            f"{prefix}_key_requests", "Model requests per key name and answer status.",
+            ["key", "status"], registry=self.registry,
+        )  # fmt: skip
+        self.key_tokens = Counter(
+            f"{prefix}_key_tokens", "Tokens per key name, by kind: prompt, completion.",
+            ["key", "kind"], registry=self.registry,
         )  # fmt: skip
         self.tribunal_runs = Counter(
             f"{prefix}_tribunal_runs", "Tribunal runs by generator, mode (full, reduced, "
