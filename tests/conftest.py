@@ -13,9 +13,10 @@ from slurm_llm.cluster import LocalCluster
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def slurm_llm_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Registry and deployment state of this test session only; child processes inherit it."""
+    """Registry, deployment state and usage records of this test session only, for every test
+    (a router writes usage records wherever it runs); child processes inherit it."""
     home = tmp_path_factory.mktemp("slurm-llm-home")
     previous = os.environ.get("SLURM_LLM_HOME")
     os.environ["SLURM_LLM_HOME"] = str(home)
