@@ -67,7 +67,7 @@ async def streams(args: argparse.Namespace) -> dict[str, Any]:
     errors: dict[str, int] = {}
     deadline = time.perf_counter() + args.duration
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=auth(args)) as session:
 
         async def client() -> None:
             while time.perf_counter() < deadline:
@@ -94,7 +94,7 @@ async def streams(args: argparse.Namespace) -> dict[str, Any]:
 async def hold(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=auth(args)) as session:
         outcomes = await asyncio.gather(
             *(
                 one_stream(session, args.url, args.chunks, args.timeout, args.model)
@@ -114,6 +114,10 @@ async def hold(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def auth(args: argparse.Namespace) -> dict[str, str]:
+    return {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("mode", choices=["streams", "hold"])
@@ -123,6 +127,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--chunks", type=int, default=8, help="chunks the upstream sends")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument("--api-key", help="sent as Authorization: Bearer KEY with every request")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

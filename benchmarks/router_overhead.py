@@ -15,9 +15,12 @@ The differences to direct are what each proxy adds. Phases, each bounded in time
 
 With ``--baseline REF`` (a commit), the router as it was at REF runs beside today's (from a git
 worktree, its own process) and takes part in phases 1 and 2 as ``router@REF``: a change's cost
-is read side by side, in one run, on the same noisy machine.
+is read side by side, in one run, on the same noisy machine. With ``--with-keys``, a second
+router of today's takes part as ``router+keys``: named keys from a keys file, a key with
+minute limits and a daily quota far above what the run sends (so every request is counted and
+settled, none refused), and usage records; every path is sent that key (the others ignore it).
 
-    python benchmarks/router_overhead.py [--baseline REF]
+    python benchmarks/router_overhead.py [--baseline REF] [--with-keys]
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from _report import RESULTS, describe, machine_info, save_figure
 from _servers import answers, background
 
 from slurm_llm import _debian
+from slurm_llm._api_keys import KeysFile
 from slurm_llm.bench import percentile
 from slurm_llm.nginx import NginxConfig, NginxServer
 from slurm_llm.node._ports import lease_port
@@ -152,6 +156,7 @@ def phase_streams(
     concurrency: int,
     chunks: int,
     console: Console,
+    key: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     samples: dict[str, dict[str, Any]] = {
         path: {"ttft": [], "e2e": [], "errors": {}} for path in urls
@@ -165,6 +170,7 @@ def phase_streams(
                 concurrency=concurrency,
                 duration=duration,
                 chunks=chunks,
+                **({"api_key": key} if key else {}),
             )
             samples[path]["ttft"] += result["ttft"]
             samples[path]["e2e"] += result["e2e"]
@@ -180,10 +186,17 @@ def phase_streams(
 
 
 def phase_throughput(
-    urls: dict[str, str], rounds: int, seconds: int, connections: int, work: Path, console: Console
+    urls: dict[str, str],
+    rounds: int,
+    seconds: int,
+    connections: int,
+    work: Path,
+    console: Console,
+    key: str | None = None,
 ) -> dict[str, list[dict[str, float]]]:
     script = work / "post.lua"
-    script.write_text(WRK_SCRIPT)
+    header = f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else ""
+    script.write_text(WRK_SCRIPT + header)
     runs: dict[str, list[dict[str, float]]] = {path: [] for path in urls}
     for round_no in range(rounds):
         for path in rotated(list(urls), round_no):
@@ -288,6 +301,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--waves", type=int, default=3)
     parser.add_argument("--baseline", help="a commit whose router runs beside today's")
+    parser.add_argument("--with-keys", action="store_true",
+                        help="also a router with named keys, limits and usage records")  # fmt: skip
     return parser.parse_args()
 
 
@@ -301,6 +316,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="router-overhead-") as tmp, ExitStack() as stack:
         work = Path(tmp)
+        os.environ["SLURM_LLM_HOME"] = str(work)  # the routers' usage records stay in here
         ports = [stack.enter_context(lease_port("127.0.0.1")).port for _ in range(4)]
         mock_port, slow_port, router_port, nginx_port = ports
         mock = f"http://127.0.0.1:{mock_port}"
@@ -360,19 +376,22 @@ def main() -> None:
         }
         if baseline_url:
             urls[f"router@{args.baseline}"] = baseline_url
+        key = None
+        if args.with_keys:
+            urls["router+keys"], key = keyed_router(stack, router_argv, backends, work)
         console.print(
             f"[bold]1. streams[/bold]: {args.concurrency} concurrent, {args.chunks} chunks "
             f"{args.chunk_delay * 1000:.0f} ms apart, "
             f"{args.stream_seconds:.0f} s per path and round"
         )
         samples = phase_streams(
-            urls, args.rounds, args.stream_seconds, args.concurrency, args.chunks, console
+            urls, args.rounds, args.stream_seconds, args.concurrency, args.chunks, console, key
         )
         console.print(
             f"[bold]2. throughput[/bold]: wrk, {args.wrk_connections} connections, non-streamed"
         )
         throughput = phase_throughput(
-            urls, args.rounds, args.wrk_seconds, args.wrk_connections, work, console
+            urls, args.rounds, args.wrk_seconds, args.wrk_connections, work, console, key
         )
         console.print(
             f"[bold]3. connections[/bold]: {args.connections} streams at once through the router "
@@ -422,6 +441,20 @@ def router_process(
     url = f"http://127.0.0.1:{port}/health"
     with background([*argv, *options], answers(url), log, env=env) as process:
         yield process
+
+
+def keyed_router(
+    stack: ExitStack, argv: list[str], backends: list[str], work: Path
+) -> tuple[str, str]:
+    """A router with a keys file, and a key whose limits the run never reaches: every request
+    is counted and settled, none refused. Its chat URL and the key."""
+    keys = KeysFile(work / "keys.toml")
+    key = keys.add("bench", requests_per_minute=10**9, tokens_per_minute=10**12,
+                   tokens_per_day=10**15)  # fmt: skip
+    port = stack.enter_context(lease_port("127.0.0.1")).port
+    keyed = [*backends, "--api-keys-file", str(keys.path)]
+    stack.enter_context(router_process(argv, port, keyed, work / "keys-router.log"))
+    return f"http://127.0.0.1:{port}/v1/chat/completions", key
 
 
 @contextmanager
@@ -523,6 +556,19 @@ def report(
         goals[f"router added TTFT p50 <= {base}'s + 0.5 ms"] = (
             added["router"]["ttft_p50_ms"] <= added[base]["ttft_p50_ms"] + 0.5
         )
+    keys_cost: dict[str, float] = {}
+    if args.with_keys:  # the router is one process: its time per request is 1 / its req/s
+        keys_cost = {
+            "us_per_request_non_streamed": (1 / req_s["router+keys"] - 1 / req_s["router"]) * 1e6,
+            "added_ttft_p50_ms": streams["router+keys"]["ttft_p50_ms"]
+            - streams["router"]["ttft_p50_ms"],
+        }
+        cost_us, added_ms = keys_cost["us_per_request_non_streamed"], keys_cost["added_ttft_p50_ms"]
+        console.print(
+            f"Named keys, limits and their headers cost {cost_us:.0f} µs per non-streamed request"
+            f" (from req/s), {added_ms:+.2f} ms TTFT p50 on streams, against the router without"
+            " keys (both record usage)"
+        )
     table = Table(title="Goals (2-core machine; load generator, proxies and upstream share it)")
     table.add_column("goal")
     table.add_column("result", justify="right")
@@ -552,6 +598,7 @@ def report(
                 "connections": {k: v for k, v in connections.items() if k != "timeline"},
                 "router_rss_timeline": connections["timeline"],
                 "goals": goals,
+                "keys_cost": keys_cost,
                 "router_log_tail": router_log,
                 "elapsed_s": elapsed,
             },

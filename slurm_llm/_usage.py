@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -75,7 +75,8 @@ class UsageLog:
             pending, self._pending = self._pending, []
         if not pending:
             return
-        text = "".join(json.dumps(asdict(r), separators=(",", ":")) + "\n" for r in pending)
+        # vars(), not asdict(): the fields are plain values, and asdict deep-copies each one
+        text = "".join(json.dumps(vars(r), separators=(",", ":")) + "\n" for r in pending)
         with self.path.open("a") as out:
             out.write(text)
             out.flush()
