@@ -27,7 +27,9 @@ tokens_per_month = 10000000
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -99,15 +101,17 @@ def read_keys_file(path: Path) -> dict[str, Identity]:
         text = path.read_text()
     except OSError as exc:
         raise SlurmLLMError(f"cannot read the API key file {path}: {exc.strerror}") from exc
+    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    if not any(line.startswith("[") for line in lines):  # no table: the flat form
+        return flat_identities([line for line in lines if line], "line")
     try:
         table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
-        table = {}
-    if "keys" not in table:
-        flat = (line.split("#", 1)[0].strip() for line in text.splitlines())
-        return flat_identities([key for key in flat if key], "line")
+    except tomllib.TOMLDecodeError as exc:
+        raise SlurmLLMError(f"the API key file {path} is not valid TOML: {exc}") from None
+    if not isinstance(table.get("keys", {}), dict):
+        raise SlurmLLMError(f"the API key file {path} needs a [keys.<name>] table per key")
     try:
-        return {name: Identity(name=name, **entry) for name, entry in table["keys"].items()}
+        return {name: Identity(name=name, **entry) for name, entry in table.get("keys", {}).items()}
     except (ValidationError, TypeError) as exc:
         raise SlurmLLMError(f"the API key file {path} is not valid: {exc}") from None
 
@@ -165,6 +169,8 @@ class KeysFile:
 
     def add(self, name: str, **settings: object) -> str:
         """Adds ``name`` and returns its key: the only time the key is shown."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]*", name):
+            raise SlurmLLMError(f"{name!r} cannot name a key: use letters, digits and . _ @ -")
         key = new_key()
         created = datetime.now(UTC).isoformat(timespec="seconds")
         with locked(self._lock_path()):
@@ -215,8 +221,8 @@ def toml_key(name: str) -> str:
 
 
 def toml_value(value: object) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, str):  # a JSON string is a TOML basic string, every character escaped
+        return json.dumps(value)
     if isinstance(value, tuple | list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return str(value)

@@ -13,6 +13,7 @@ line cut short by it is skipped when the files are read.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from slurm_llm._paths import home_dir
 
+log = logging.getLogger("slurm_llm.usage")
 FLUSH_EVERY_S = 1.0
 ANONYMOUS = "-"  # the key name of requests to a router that needs no key
 
@@ -71,10 +73,20 @@ class UsageLog:
             self._pending.append(record)
 
     def flush(self) -> None:
+        """Writes what is pending; a write that fails (a full disk, a stale NFS handle) keeps
+        the records for the next try and says so, rather than ending the flushing."""
         with self._lock:
             pending, self._pending = self._pending, []
         if not pending:
             return
+        try:
+            self._write(pending)
+        except OSError as exc:
+            log.error("cannot write usage records to %s (%s); retrying", self.path, exc)
+            with self._lock:
+                self._pending[:0] = pending
+
+    def _write(self, pending: list[UsageRecord]) -> None:
         # vars(), not asdict(): the fields are plain values, and asdict deep-copies each one
         text = "".join(json.dumps(vars(r), separators=(",", ":")) + "\n" for r in pending)
         with self.path.open("a") as out:
@@ -96,6 +108,8 @@ def read_usage(folder: Path | None = None, since: float = 0.0) -> Iterator[Usage
     """Every record at or after ``since``, from every router's file; lines cut short by a crash
     are skipped."""
     for path in sorted((folder or usage_dir()).glob("*.jsonl")):
+        if path.stat().st_mtime < since:  # last written before the period: nothing in it
+            continue
         with path.open() as lines:
             for line in lines:
                 try:

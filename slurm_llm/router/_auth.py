@@ -33,8 +33,11 @@ class Callers:
     def __init__(self, flat_keys: frozenset[str], keys_file: Path | None) -> None:
         self.flat = flat_identities(sorted(flat_keys), "key")
         self.keys_file = keys_file
+        # Keys were configured: a key is required even when none is active (all revoked), so
+        # revoking the last one closes the router rather than opening it.
+        self.required = bool(flat_keys) or keys_file is not None
         self.identities = Identities(self.flat)
-        self.file_stamp: tuple[float, int] | None = None
+        self.file_stamp: tuple[int, int, int, int] | None = None
         self.checked = 0.0
         self.reload()
 
@@ -49,7 +52,7 @@ class Callers:
             log.error("cannot read the keys file %s (%s); keeping its last keys", self.keys_file,
                       exc.strerror)  # fmt: skip
             return
-        stamp = (stat.st_mtime, stat.st_size)
+        stamp = (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino)
         if stamp == self.file_stamp:
             return
         try:
@@ -67,7 +70,7 @@ class Callers:
         if now - self.checked >= RELOAD_EVERY_S:
             self.checked = now
             self.reload()
-        if not self.identities:
+        if not self.required:
             return None
         given = presented_key(
             request.headers.get("Authorization"), request.headers.get("X-API-Key")

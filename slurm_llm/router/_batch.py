@@ -28,7 +28,7 @@ from aiohttp import web
 
 from slurm_llm.router._dispatch import Call
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._metering import metered
+from slurm_llm.router._metering import CALLER, metered
 from slurm_llm.router._openai_api import count_usage
 from slurm_llm.router._requests import read_json, require_served, validated
 from slurm_llm.router._schemas import ENDPOINT_MODELS, BatchRequest
@@ -84,8 +84,11 @@ async def run_item(
         model = require_served(state.pool, validated(ENDPOINT_MODELS[endpoint], merged).model)
         if merged.get("stream"):
             raise RouterError(400, "batch requests cannot be streamed; drop 'stream'")
-        if model not in limits:
-            limits[model] = asyncio.Semaphore(max(1, state.admission.load(model).capacity))
+        if model not in limits:  # the replicas' capacity, or the key's own concurrency limit
+            caller = request.get(CALLER)
+            own = caller.concurrent_requests if caller is not None else None
+            capacity = max(1, state.admission.load(model).capacity)
+            limits[model] = asyncio.Semaphore(min(capacity, own or capacity))
         raw = json.dumps(merged).encode()
         async with limits[model], metered(request, model, endpoint, merged, len(raw)) as meter:
             call = Call(model, endpoint, raw, priority=meter.priority)

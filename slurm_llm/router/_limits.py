@@ -64,12 +64,20 @@ class Grant:
 
     identity: Identity
     spent: Spent
+    day: str  # the day and month it was counted in
+    month: str
     settled: bool = False
 
 
-def estimated_tokens(body_bytes: int, max_tokens: object) -> int:
-    answer = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None
-    return body_bytes // BYTES_PER_TOKEN + (answer or DEFAULT_ANSWER_TOKENS)
+def estimated_tokens(body_bytes: int, body: Mapping[str, object]) -> int:
+    """The prompt's bytes / 4, plus the longest answer asked for, times the answers asked
+    for (``n``, ``best_of``)."""
+    limits = [body.get(f) for f in ("max_tokens", "max_completion_tokens")]
+    answer = max((v for v in limits if isinstance(v, int) and v > 0), default=DEFAULT_ANSWER_TOKENS)
+    answers = max(
+        (v for v in (body.get("n"), body.get("best_of")) if isinstance(v, int)), default=1
+    )
+    return body_bytes // BYTES_PER_TOKEN + answer * max(answers, 1)
 
 
 class Limiter:
@@ -95,7 +103,7 @@ class Limiter:
         state.in_flight += 1
         state.day_tokens += tokens
         state.month_tokens += tokens
-        return Grant(identity, spent)
+        return Grant(identity, spent, state.day, state.month)
 
     def settle(self, grant: Grant, tokens: int) -> None:
         """The request is over and used ``tokens``: the estimate is replaced by them."""
@@ -107,8 +115,10 @@ class Limiter:
         grant.spent.tokens = tokens
         if grant.spent.at > state.aged_to:  # still in the window
             state.window_tokens += change
-        state.day_tokens += change
-        state.month_tokens += change
+        # A request admitted before midnight and settled after: today's count (read back from
+        # the usage log, which does not have it yet) gets all of it.
+        state.day_tokens += change if grant.day == state.day else tokens
+        state.month_tokens += change if grant.month == state.month else tokens
         state.in_flight -= 1
 
     def headers(self, identity: Identity) -> dict[str, str]:

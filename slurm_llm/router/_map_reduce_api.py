@@ -20,7 +20,7 @@ from slurm_llm.router._admission import usable
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._metering import priority_of
+from slurm_llm.router._metering import metered, priority_of
 from slurm_llm.router._requests import read_json, served_model, validated
 from slurm_llm.router._schemas import MapReduceRequest
 from slurm_llm.router._state import STATE, RouterState
@@ -71,9 +71,16 @@ def context_of(state: RouterState, model: str, body: MapReduceRequest) -> int:
 
 
 async def map_reduce(request: web.Request) -> web.Response:
-    _, raw_body = await read_json(request)
+    raw, raw_body = await read_json(request)
     body = validated(MapReduceRequest, raw_body)
     model = served_model(request, body.model)
+    async with metered(request, model, request.path, raw_body, len(raw)) as meter:
+        answered = await run_map_reduce(request, body, model)
+        meter.status = answered.status
+        return answered
+
+
+async def run_map_reduce(request: web.Request, body: MapReduceRequest, model: str) -> web.Response:
     state = request.app[STATE]
     replicas = usable(state.pool.of(model), time.monotonic()) or state.pool.of(model)
     tokenizer = ReplicaTokenizer(state.dispatcher.session, replicas[0])

@@ -48,13 +48,26 @@ class Meter:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     replica: str | None = None
+    counted: bool = False  # an engine's usage was read
 
     def read_usage(self, usage: object) -> None:
         if isinstance(usage, dict):
+            self.counted = True
             prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
             self.prompt_tokens = prompt if isinstance(prompt, int) else self.prompt_tokens
             if isinstance(completion, int):
                 self.completion_tokens = completion
+
+
+def check_access(request: web.Request, model: str) -> None:
+    """403 naming the models the caller's key may use, if ``model`` is not one of them."""
+    caller = request.get(CALLER)
+    if caller is not None and not caller.may_use(model):
+        allowed = ", ".join(caller.models)
+        raise RouterError(
+            403, f"key {caller.name!r} may not use model {model!r} (it may use: {allowed})",
+            "permission_denied",
+        )  # fmt: skip
 
 
 @contextlib.asynccontextmanager
@@ -63,18 +76,12 @@ async def metered(
 ) -> AsyncIterator[Meter]:
     state = request.app[STATE]
     caller = request.get(CALLER)
-    if caller is not None and not caller.may_use(model):
-        allowed = ", ".join(caller.models)
-        raise RouterError(
-            403, f"key {caller.name!r} may not use model {model!r} (it may use: {allowed})",
-            "permission_denied",
-        )  # fmt: skip
+    check_access(request, model)
     grant: Grant | None = None
+    estimate = estimated_tokens(body_bytes, body)
     if caller is not None:
         try:
-            grant = state.limiter.admit(
-                caller, estimated_tokens(body_bytes, body.get("max_tokens"))
-            )
+            grant = state.limiter.admit(caller, estimate)
         except LimitHit:
             state.metrics.rejections.labels(model, "key_limit").inc()
             raise
@@ -86,8 +93,9 @@ async def metered(
         meter.status = exc.status
         raise
     finally:
-        if grant is not None:
-            state.limiter.settle(grant, meter.prompt_tokens + meter.completion_tokens)
+        if grant is not None:  # no usage read (a stream left early, a TGI stream): the estimate
+            used = meter.prompt_tokens + meter.completion_tokens
+            state.limiter.settle(grant, used if meter.counted else estimate)
         name = caller.name if caller is not None else ANONYMOUS
         state.metrics.key_requests.labels(name, str(meter.status)).inc()
         state.metrics.key_tokens.labels(name, "prompt").inc(meter.prompt_tokens)

@@ -27,10 +27,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
     raw, body = await read_json(request)
     checked = validated(ENDPOINT_MODELS[request.path], body)
     model = served_model(request, checked.model)
-    if isinstance(checked, ChatCompletionRequest) and checked.tribunal is not None:
-        return await _tribunal_api.chat_with_tribunal(request, checked)
     state = request.app[STATE]
     async with metered(request, model, request.path, body, len(raw)) as meter:
+        if isinstance(checked, ChatCompletionRequest) and checked.tribunal is not None:
+            answered = await _tribunal_api.chat_with_tribunal(request, checked)
+            meter.status = answered.status
+            return answered
         if checked.stream:
             return await streamed(request, model, raw, body, meter)
         call = Call(model, request.path, raw, affinity_key(request, body), priority=meter.priority)

@@ -18,7 +18,7 @@ from aiohttp import web
 from slurm_llm._errors import SpecError
 from slurm_llm.router._dispatch import Call
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._metering import priority_of
+from slurm_llm.router._metering import check_access, metered, priority_of
 from slurm_llm.router._requests import read_json, require_served, served_model, validated
 from slurm_llm.router._schemas import (
     ChatCompletionRequest,
@@ -59,6 +59,7 @@ def tribunal_for(request: web.Request, generator: str, options: TribunalOptions)
         raise RouterError(400, f"bad tribunal options: {exc}") from None
     if config.critic is not None:
         require_served(state.pool, config.critic)
+        check_access(request, config.critic)  # the key must be allowed the critic's model too
 
     priority = priority_of(request)  # the critics and revisions go in as the caller's class
 
@@ -91,11 +92,13 @@ def count(state: RouterState, result: TribunalResult) -> None:
 
 
 async def tribunal(request: web.Request) -> web.Response:
-    _, body = await read_json(request)
+    raw, body = await read_json(request)
     checked = validated(TribunalRequest, body)
     model = served_model(request, checked.model)
     state = request.app[STATE]
-    result = await tribunal_for(request, model, checked).run(checked.prompt)
+    async with metered(request, model, request.path, body, len(raw)) as meter:
+        result = await tribunal_for(request, model, checked).run(checked.prompt)
+        meter.status = 200
     count(state, result)
     return web.json_response(result.to_dict())
 

@@ -63,3 +63,12 @@ def test_a_keys_file_with_a_wrong_field_says_so(tmp_path: Path) -> None:
     path.write_text(f'[keys.alice]\nhash = "{hash_key("k")}"\nrequests_per_hour = 5\n')
     with pytest.raises(SlurmLLMError, match="requests_per_hour"):
         load_identities(path, {})
+
+
+def test_names_are_plain_and_any_account_text_reads_back(tmp_path: Path) -> None:
+    keys = KeysFile(tmp_path / "keys.toml")
+    with pytest.raises(SlurmLLMError, match="cannot name a key"):
+        keys.add("a\nb")
+    key = keys.add("alice.smith@physics", account='line\nbreak "quoted" \x7f')
+    identity = load_identities(keys.path, {}).find(key)
+    assert identity is not None and identity.account == 'line\nbreak "quoted" \x7f'

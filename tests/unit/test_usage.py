@@ -47,3 +47,13 @@ def test_tokens_since_a_moment_per_key(tmp_path: Path) -> None:
     log.record(record("bob", midnight.timestamp() + 2, 1, 1))
     log.close()
     assert tokens_used_since(tmp_path, midnight) == {"alice": 15, "bob": 2}
+
+
+def test_a_failed_write_keeps_the_records_for_the_next_flush(tmp_path: Path) -> None:
+    log = UsageLog(tmp_path, flush_every_s=60)
+    log.path = tmp_path / "missing" / "usage.jsonl"  # its folder is not there: the write fails
+    log.record(record("alice", 100.0))
+    log.flush()
+    (tmp_path / "missing").mkdir()
+    log.close()
+    assert [r.key for r in read_usage(tmp_path / "missing")] == ["alice"]

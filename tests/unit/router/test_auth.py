@@ -68,10 +68,29 @@ def test_keys_added_and_revoked_in_the_file_apply_without_a_restart(tmp_path: Pa
         callers.identify(request({"X-API-Key": alice}))
 
 
-def test_a_keys_file_broken_by_hand_keeps_the_last_good_keys(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "mistake",
+    ["\n[keys.bob]\nhash = 'not a hash'\n", "\n[keys.carol\npriority = batch\n"],
+    ids=["a wrong value", "a TOML syntax error"],
+)
+def test_a_keys_file_broken_by_hand_keeps_the_last_good_keys(tmp_path: Path, mistake: str) -> None:
     keys = KeysFile(tmp_path / "keys.toml")
     alice = keys.add("alice")
     callers = Callers(frozenset(), keys.path)
-    keys.path.write_text(keys.path.read_text() + "\n[keys.bob]\nhash = 'not a hash'\n")
+    keys.path.write_text(keys.path.read_text() + mistake)
+    stamp = callers.file_stamp
     callers.checked = 0.0
     assert callers.identify(request({"X-API-Key": alice})) is not None
+    assert callers.file_stamp == stamp, "the broken file was not taken"
+    with pytest.raises(RouterError, match="not valid"):  # its lines did not become keys
+        callers.identify(request({"X-API-Key": "[keys.carol"}))
+
+
+def test_revoking_the_last_key_closes_the_router_it_does_not_open_it(tmp_path: Path) -> None:
+    keys = KeysFile(tmp_path / "keys.toml")
+    keys.add("alice")
+    callers = Callers(frozenset(), keys.path)
+    keys.revoke("alice")
+    callers.checked = 0.0
+    with pytest.raises(RouterError, match="needs an API key"):
+        callers.identify(request({}))

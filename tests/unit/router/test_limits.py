@@ -99,6 +99,18 @@ def test_the_rate_limit_headers_say_what_is_left() -> None:
     }
 
 
-def test_a_request_is_estimated_from_its_bytes_and_max_tokens() -> None:
-    assert estimated_tokens(400, 50) == 150
-    assert estimated_tokens(400, None) == 100 + 256
+def test_a_request_is_estimated_from_its_bytes_and_the_answers_it_asks_for() -> None:
+    assert estimated_tokens(400, {"max_tokens": 50}) == 150
+    assert estimated_tokens(400, {}) == 100 + 256
+    assert estimated_tokens(400, {"max_completion_tokens": 80, "max_tokens": 10, "n": 3}) == 340
+    assert estimated_tokens(0, {"max_tokens": 10, "best_of": 4, "n": 2}) == 40
+
+
+def test_a_request_admitted_before_midnight_and_settled_after_counts_for_the_new_day() -> None:
+    clock = Clock(NOON + 12 * 3600 - 1)  # a second before midnight UTC
+    limiter, alice = Limiter(lambda since: {}, clock), key(tokens_per_day=10_000)
+    grant = limiter.admit(alice, 2000)
+    clock.now += 2  # the next day, which the usage log says is empty
+    limiter.admit(alice, 1)
+    limiter.settle(grant, 100)
+    assert limiter.keys["alice"].day_tokens == 101  # not 1 + (100 - 2000)
