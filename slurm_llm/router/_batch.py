@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from aiohttp import web
 
-from slurm_llm.router._dispatch import Call
+from slurm_llm.router._dispatch import Call, Reply
 from slurm_llm.router._errors import RouterError
+from slurm_llm.router._limits import LimitHit
 from slurm_llm.router._metering import CALLER, metered
 from slurm_llm.router._openai_api import count_usage
 from slurm_llm.router._requests import read_json, require_served, validated
@@ -89,13 +91,7 @@ async def run_item(
             own = caller.concurrent_requests if caller is not None else None
             capacity = max(1, state.admission.load(model).capacity)
             limits[model] = asyncio.Semaphore(min(capacity, own or capacity))
-        raw = json.dumps(merged).encode()
-        async with limits[model], metered(request, model, endpoint, merged, len(raw)) as meter:
-            call = Call(model, endpoint, raw, priority=meter.priority)
-            reply = await state.dispatcher.send(call, bounded=False)
-            meter.status, meter.replica = reply.status, reply.backend.url
-            if reply.status == 200:
-                meter.read_usage(count_usage(state.metrics, model, reply.body))
+        reply = await send_item(request, model, endpoint, merged, limits[model])
     except RouterError as exc:
         return {
             "index": index,
@@ -109,3 +105,32 @@ async def run_item(
     if reply.status != 200:
         return {"index": index, "status": reply.status, "error": payload}
     return {"index": index, "status": 200, "response": payload}
+
+
+async def send_item(
+    request: web.Request,
+    model: str,
+    endpoint: str,
+    merged: dict[str, Any],
+    limit: asyncio.Semaphore,
+) -> Reply:
+    """The item's answer. An item over one of its key's limits waits for the Retry-After and
+    tries again, within the request deadline: a batch is work to get through, not a burst to
+    refuse, and its items are the key's own requests."""
+    state = request.app[STATE]
+    raw = json.dumps(merged).encode()
+    deadline = time.monotonic() + state.config.deadline_s
+    while True:
+        try:
+            async with limit, metered(request, model, endpoint, merged, len(raw)) as meter:
+                call = Call(model, endpoint, raw, priority=meter.priority)
+                reply = await state.dispatcher.send(call, bounded=False)
+                meter.status, meter.replica = reply.status, reply.backend.url
+                if reply.status == 200:
+                    meter.read_usage(count_usage(state.metrics, model, reply.body))
+                return reply
+        except LimitHit as hit:
+            wait = hit.retry_after or 1
+            if time.monotonic() + wait > deadline:
+                raise
+            await asyncio.sleep(wait)
