@@ -95,15 +95,11 @@ class Identities:
 
 
 def read_keys_file(path: Path) -> dict[str, Identity]:
-    """Every identity in a keys file (revoked ones included), by name. A file that is not
-    TOML with a ``[keys]`` table is read in the flat form, one key per line."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SlurmLLMError(f"cannot read the API key file {path}: {exc.strerror}") from exc
-    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    if not any(line.startswith("[") for line in lines):  # no table: the flat form
-        return flat_identities([line for line in lines if line], "line")
+    """Every identity in a keys file (revoked ones included), by name; a file without a table
+    is read in the flat form, one key per line."""
+    text = key_file_text(path)
+    if (plain := plain_keys(text)) is not None:
+        return flat_identities(plain, "line")
     try:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -114,6 +110,28 @@ def read_keys_file(path: Path) -> dict[str, Identity]:
         return {name: Identity(name=name, **entry) for name, entry in table.get("keys", {}).items()}
     except (ValidationError, TypeError) as exc:
         raise SlurmLLMError(f"the API key file {path} is not valid: {exc}") from None
+
+
+def key_file_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise SlurmLLMError(f"cannot read the API key file {path}: {exc.strerror}") from exc
+
+
+def plain_keys(text: str) -> list[str] | None:
+    """The keys of a flat key file (one per line, ``#`` starts a comment); None for a TOML
+    keys file, which has a table line."""
+    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    if any(line.startswith("[") for line in lines):
+        return None
+    return [line for line in lines if line]
+
+
+def env_keys(environ: Mapping[str, str] | None) -> list[str]:
+    """The keys of ``SLURM_LLM_API_KEYS`` (comma-separated)."""
+    env = os.environ if environ is None else environ
+    return [key.strip() for key in env.get(KEYS_ENV, "").split(",") if key.strip()]
 
 
 def flat_identities(keys: list[str], origin: str) -> dict[str, Identity]:
@@ -127,9 +145,7 @@ def load_identities(
 ) -> Identities:
     """The identities of a keys file (either form) and of ``SLURM_LLM_API_KEYS``."""
     found = read_keys_file(path) if path is not None else {}
-    env = os.environ if environ is None else environ
-    from_env = [key.strip() for key in env.get(KEYS_ENV, "").split(",") if key.strip()]
-    found.update(flat_identities(from_env, KEYS_ENV))
+    found.update(flat_identities(env_keys(environ), KEYS_ENV))
     return Identities(found)
 
 
@@ -138,21 +154,15 @@ def load_api_keys(
 ) -> frozenset[str]:
     """The plain keys of a flat key file and of ``SLURM_LLM_API_KEYS``, for nginx, which
     compares keys itself; a hashed keys file has none to give it."""
-    keys: set[str] = set()
+    keys = set(env_keys(environ))
     if path is not None:
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise SlurmLLMError(f"cannot read the API key file {path}: {exc.strerror}") from exc
-        if "hash" in text and "[keys" in text:
+        plain = plain_keys(key_file_text(path))
+        if plain is None:
             raise SlurmLLMError(
                 f"{path} holds hashed keys, which nginx cannot check; use the router for named "
                 "keys with limits, or give nginx a file of plain keys"
             )
-        keys.update(line.split("#", 1)[0].strip() for line in text.splitlines())
-    env = os.environ if environ is None else environ
-    keys.update(key.strip() for key in env.get(KEYS_ENV, "").split(","))
-    keys.discard("")
+        keys.update(plain)
     return frozenset(keys)
 
 
