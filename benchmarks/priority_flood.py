@@ -100,9 +100,8 @@ async def chat(
                 phase.chat_errors += 1
                 return
             async for line in answer.content:
-                if line.startswith(b"data:") and b'"content"' in line and first is None:
-                    first = time.perf_counter() - began
-                if line.startswith(b"data:") and b'"content"' in line:
+                if line.startswith(b"data:") and b'"content"' in line:  # a token event
+                    first = first if first is not None else time.perf_counter() - began
                     phase.chat_tokens += 1
     except aiohttp.ClientError:
         phase.chat_errors += 1
