@@ -125,7 +125,7 @@ async def send_item(
             async with limit, metered(request, model, endpoint, merged, len(raw)) as meter:
                 call = Call(model, endpoint, raw, priority=meter.priority)
                 reply = await state.dispatcher.send(call, bounded=False)
-                meter.status, meter.replica = reply.status, reply.backend.url
+                meter.answered(reply)
                 if reply.status == 200:
                     meter.read_usage(count_usage(state.metrics, model, reply.body))
                 return reply

@@ -21,9 +21,11 @@ from aiohttp import web
 
 from slurm_llm._api_keys import Identity, Priority
 from slurm_llm._usage import ANONYMOUS, UsageRecord
+from slurm_llm.router._dispatch import Reply
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._limits import Grant, LimitHit, estimated_tokens
 from slurm_llm.router._state import STATE
+from slurm_llm.router._streams import ClientStream
 
 CALLER: web.RequestKey[Identity] = web.RequestKey("caller", Identity)
 PRIORITY_HEADER = "X-Priority"
@@ -49,6 +51,15 @@ class Meter:
     completion_tokens: int = 0
     replica: str | None = None
     counted: bool = False  # an engine's usage was read
+
+    def answered(self, reply: Reply) -> None:
+        """A replica's whole answer (not streamed): its status and who gave it."""
+        self.status, self.replica = reply.status, reply.backend.url
+
+    def streamed(self, stream: ClientStream) -> None:
+        """A stream relayed to its end: the replica that sent its last part."""
+        self.status = 200
+        self.replica = stream.replicas[-1].url if stream.replicas else None
 
     def read_usage(self, usage: object) -> None:
         if isinstance(usage, dict):

@@ -37,7 +37,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             return await streamed(request, model, raw, body, meter)
         call = Call(model, request.path, raw, affinity_key(request, body), priority=meter.priority)
         reply = await state.dispatcher.send(call)
-        meter.status, meter.replica = reply.status, reply.backend.url
+        meter.answered(reply)
         if reply.status == 200:
             meter.read_usage(count_usage(state.metrics, model, reply.body))
         return as_response(reply)
@@ -58,10 +58,9 @@ async def streamed(
     relay_for = sse_relay(stream, request.app[STATE].metrics, model, meter, keep_usage=asked)
     outcome = await stream_with_failover(request, call, stream, relay_for, openai_plan(call, body))
     if isinstance(outcome, web.StreamResponse):
-        meter.status = 200
-        meter.replica = stream.replicas[-1].url if stream.replicas else None
+        meter.streamed(stream)
         return outcome
-    meter.status, meter.replica = outcome.status, outcome.backend.url
+    meter.answered(outcome)
     return as_response(outcome)
 
 

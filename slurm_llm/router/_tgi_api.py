@@ -85,13 +85,12 @@ async def generate(request: web.Request) -> web.StreamResponse:
             relay_for = tgi_relay(stream, body)
             outcome = await stream_with_failover(request, call, stream, relay_for, plan)
             if isinstance(outcome, web.StreamResponse):
-                meter.status = 200
-                meter.replica = stream.replicas[-1].url if stream.replicas else None
+                meter.streamed(stream)
                 return outcome
             reply = outcome
         else:
             reply = await dispatcher.send(call)
-        meter.status, meter.replica = reply.status, reply.backend.url
+        meter.answered(reply)
         answer = tgi_answer(reply, body)
         if reply.backend.engine != "tgi":  # an OpenAI completion, translated: its usage
             with contextlib.suppress(json.JSONDecodeError, AttributeError):
