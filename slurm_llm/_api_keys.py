@@ -84,9 +84,6 @@ class Identities:
     def __init__(self, identities: Mapping[str, Identity] = {}) -> None:
         self.by_hash = {i.hash: i for i in identities.values() if i.revoked is None}
 
-    def __bool__(self) -> bool:
-        return bool(self.by_hash)
-
     def __len__(self) -> int:
         return len(self.by_hash)
 

@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -120,14 +120,10 @@ def read_usage(folder: Path | None = None, since: float = 0.0) -> Iterator[Usage
                     yield record
 
 
-def tokens_by_key(records: Iterable[UsageRecord]) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for record in records:
-        totals[record.key] = totals.get(record.key, 0) + record.tokens
-    return totals
-
-
 def tokens_used_since(folder: Path | None, since: datetime) -> dict[str, int]:
     """Tokens per key name since ``since``: where a router's daily and monthly quotas start
     after a restart."""
-    return tokens_by_key(read_usage(folder, since.timestamp()))
+    totals: dict[str, int] = {}
+    for record in read_usage(folder, since.timestamp()):
+        totals[record.key] = totals.get(record.key, 0) + record.tokens
+    return totals
