@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,14 @@ def test_names_are_plain_and_any_account_text_reads_back(tmp_path: Path) -> None
     key = keys.add("alice.smith@physics", account='line\nbreak "quoted" \x7f')
     identity = load_identities(keys.path, {}).find(key)
     assert identity is not None and identity.account == 'line\nbreak "quoted" \x7f'
+
+
+def test_keys_added_at_once_by_several_writers_are_all_kept(tmp_path: Path) -> None:
+    """Each change is a read-modify-write under the file's lock: none replaces another's."""
+    keys = KeysFile(tmp_path / "keys.toml")
+    with ThreadPoolExecutor(8) as pool:
+        added = list(pool.map(lambda n: (f"user{n}", KeysFile(keys.path).add(f"user{n}")),
+                              range(16)))  # fmt: skip
+    identities = load_identities(keys.path, {})
+    assert sorted(keys.identities()) == sorted(name for name, _ in added)
+    assert all(identities.find(key) is not None for _, key in added)
