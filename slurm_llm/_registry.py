@@ -47,6 +47,9 @@ class EndpointRecord(BaseModel):
     # rest itself, so a waiting request goes to whichever replica frees up first.
     slots: int | None = None
     context: int | None = None  # tokens one request may use, prompt and answer together
+    # The engine orders its queue by each request's ``priority`` (vLLM's priority scheduling),
+    # so the router passes the caller's class on.
+    request_priority: bool = False
 
 
 class Registry:

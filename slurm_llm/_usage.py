@@ -43,6 +43,10 @@ class UsageRecord:
     completion_tokens: int
     latency_s: float
     replica: str | None  # the URL that answered (the last one, after a failover)
+    # The deployment and SLURM job of that replica, which the chargeback report joins with the
+    # jobs' GPU-hours; None for a fixed backend (and in records from before they were kept).
+    deployment: str | None = None
+    job: str | None = None
 
     @property
     def tokens(self) -> int:

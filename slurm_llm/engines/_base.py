@@ -51,6 +51,11 @@ class Engine(ABC):
         """Tokens one request may use (prompt and answer), which long-input workflows split by."""
         return spec.context_length
 
+    def takes_priority(self, spec: ModelSpec) -> bool:
+        """Whether the server orders its queue by each request's ``priority`` field (and
+        accepts one); the router then passes the caller's class on."""
+        return False
+
     def environment(self, spec: ModelSpec, ctx: LaunchContext) -> dict[str, str]:
         """Variables added to the job's environment; the spec's own ``env`` wins."""
         env = {"CUDA_VISIBLE_DEVICES": ",".join(ctx.gpus)} if ctx.gpus else {}

@@ -27,6 +27,10 @@ class VLLMEngine(Engine):
         ]  # fmt: skip
         if spec.quantization:
             args += ["--quantization", spec.quantization]
+        if not _policy_given(spec):
+            # Interactive requests ahead of batch ones inside the engine too; ties are served
+            # in order of arrival, as with vLLM's default (fcfs).
+            args += ["--scheduling-policy", "priority"]
         if ctx.nodes > 1:
             # Tensor parallel within a node (fast links), pipeline parallel across nodes.
             args += [
@@ -40,6 +44,9 @@ class VLLMEngine(Engine):
                 args.append("--headless")  # only rank 0 serves HTTP
         return args
 
+    def takes_priority(self, spec: ModelSpec) -> bool:
+        return not _policy_given(spec) or _engine_arg(spec, "--scheduling-policy") == "priority"
+
     def environment(self, spec: ModelSpec, ctx: LaunchContext) -> dict[str, str]:
         # VLLM_HOST_IP keeps vLLM's internal sockets on the address we serve from.
         env = {"VLLM_HOST_IP": ctx.host, "VLLM_NO_USAGE_STATS": "1"}
@@ -47,3 +54,18 @@ class VLLMEngine(Engine):
             env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, (spec.memory_gb - 2) // 2))
             env["OMP_NUM_THREADS"] = str(ctx.cpus)
         return {**env, **super().environment(spec, ctx)}
+
+
+def _policy_given(spec: ModelSpec) -> bool:
+    return _engine_arg(spec, "--scheduling-policy") is not None
+
+
+def _engine_arg(spec: ModelSpec, flag: str) -> str | None:
+    """The value ``engine_args`` gives ``flag`` (``--flag value`` or ``--flag=value``)."""
+    args = spec.engine_args
+    for i, arg in enumerate(args):
+        if arg == flag:
+            return args[i + 1] if i + 1 < len(args) else ""
+        if arg.startswith(flag + "="):
+            return arg.partition("=")[2]
+    return None

@@ -35,6 +35,7 @@ from slurm_llm._polling import polling, wait_until
 from slurm_llm._registry import HEARTBEAT_INTERVAL_S, EndpointRecord, Registry
 from slurm_llm.engines import Engine, LaunchContext, get_engine
 from slurm_llm.node._cpu_leases import keep_to_own_cores
+from slurm_llm.node._job_ledger import JobLedger, JobSpan, job_spans_dir
 from slurm_llm.node._ports import PortLease, lease_port
 from slurm_llm.spec._model_spec import ModelSpec, resolve_model_path, time_limit_min
 
@@ -170,14 +171,17 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
         self._engine: EngineProcess | None = None
         self._record: EndpointRecord | None = None
         self._rendezvous_lease: PortLease | None = None
+        self._ledger: JobLedger | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Only the configuration travels in the pickle; processes belong to one job's life.
-        runtime = ("_engine", "_record", "_rendezvous_lease")
+        runtime = ("_engine", "_record", "_rendezvous_lease", "_ledger")
         return {k: v for k, v in self.__dict__.items() if k not in runtime}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _engine=None, _record=None, _rendezvous_lease=None)
+        self.__dict__.update(
+            state, _engine=None, _record=None, _rendezvous_lease=None, _ledger=None
+        )
 
     def __call__(self, replica: int) -> None:
         job = JobInfo.current()
@@ -189,11 +193,13 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the cleanup finish
             self._shutdown()
+            self._close_ledger()
 
     def checkpoint(self, replica: int) -> submitit.helpers.DelayedSubmission:
         """Preemption or wall-time: free the GPUs and the record now, come back after requeue."""
         print(f"[slurm-llm] replica {replica} checkpointing for requeue", flush=True)
         self._shutdown()
+        self._close_ledger()
         return submitit.helpers.DelayedSubmission(self, replica)
 
     def _serve(self, replica: int, job: JobInfo) -> None:
@@ -203,6 +209,7 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
         model_path = resolve_model_path(spec.model)
         gpus = self._gpus()
         cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or spec.cpus)
+        self._open_ledger(job, cpus)
         if spec.device == "cpu" and (core_lease := keep_to_own_cores(cpus)):
             print(f"[slurm-llm] replica {replica} on CPU cores {core_lease.cores}", flush=True)
         host = serving_host()
@@ -265,6 +272,7 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
             log_path=job.log_path,
             slots=spec.max_concurrent_requests,
             context=get_engine(spec.engine).request_context(spec),
+            request_priority=get_engine(spec.engine).takes_priority(spec),
         )
         registry.publish(self._record)
         seconds = self._record.ready - started
@@ -336,6 +344,21 @@ class ReplicaLauncher(submitit.helpers.Checkpointable):
                 registry.publish(self._record)
                 next_beat = time.monotonic() + HEARTBEAT_INTERVAL_S
         return code
+
+    def _open_ledger(self, job: JobInfo, cpus: int) -> None:
+        """Starts this job's span in the ledger: what it holds, whether the engine uses it or
+        not (a CPU engine in a GPU allocation still keeps the GPUs from others)."""
+        now = time.time()
+        span = JobSpan(job.job_id, self.deployment, job.node, job.rank, len(visible_gpus()),
+                       cpus, started=now, ended=now)  # fmt: skip
+        # The registry's home holds the ledger too: the launcher knows its home by the registry.
+        self._ledger = JobLedger(job_spans_dir(Path(self.registry_root).parent), span)
+        self._ledger.start()
+
+    def _close_ledger(self) -> None:
+        ledger, self._ledger = self._ledger, None
+        if ledger is not None:
+            ledger.stop()
 
     def _shutdown(self) -> None:
         """Withdraw first (clients stop coming), then stop the engine; safe to call twice."""

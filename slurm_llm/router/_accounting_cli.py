@@ -1,4 +1,5 @@
-"""``slurm-llm keys`` (named API keys with limits) and ``slurm-llm usage`` (who used what)."""
+"""``slurm-llm keys`` (named API keys with limits), ``slurm-llm usage`` (who used what) and
+``slurm-llm chargeback`` (the GPU-hours behind it)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from rich.table import Table
 from slurm_llm._api_keys import KeysFile
 from slurm_llm._errors import SlurmLLMError
 from slurm_llm._paths import home_dir
-from slurm_llm._usage import UsageRecord, read_usage
+from slurm_llm._usage import UsageRecord, read_usage, usage_dir
+from slurm_llm.router._chargeback import CHARGE_GROUPS, chargeback_report
 
 console = Console()
 LIMITS = ("requests_per_minute", "tokens_per_minute", "concurrent_requests", "tokens_per_day",
@@ -110,6 +112,37 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chargeback(args: argparse.Namespace) -> int:
+    folder = Path(args.dir) if args.dir else usage_dir()
+    until = parse_since(args.until) if args.until else time.time()
+    report = chargeback_report(folder, parse_since(args.since), until, args.by)
+    rows = [{args.by: c.group, "tokens": c.tokens, "gpu_hours": round(c.gpu_hours, 6),
+             "cpu_hours": round(c.cpu_hours, 6)} for c in report.charges]  # fmt: skip
+    if args.csv:
+        writer = csv.DictWriter(
+            sys.stdout, fieldnames=[args.by, "tokens", "gpu_hours", "cpu_hours"]
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+        return 0
+    period = f"since {args.since}" + (f" until {args.until}" if args.until else "")
+    table = Table("deployment", "hours from", "jobs", "GPU-hours", "CPU-hours", "tokens",
+                  title=f"deployments {period}")  # fmt: skip
+    for d in report.deployments:
+        table.add_row(d.deployment, d.source, str(d.jobs), f"{d.gpu_hours:.4f}",
+                      f"{d.cpu_hours:.4f}", str(d.tokens))  # fmt: skip
+    console.print(table)
+    table = Table(
+        args.by, "tokens", "GPU-hours", "CPU-hours", title=f"chargeback by {args.by} {period}"
+    )
+    for c in report.charges:
+        table.add_row(c.group, str(c.tokens), f"{c.gpu_hours:.4f}", f"{c.cpu_hours:.4f}")
+    console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    return 0
+
+
 def add_accounting_commands(commands: Any) -> None:
     """Adds ``keys`` and ``usage`` to the main CLI's sub-commands."""
     keys = commands.add_parser("keys", help="add, list and revoke named API keys with limits")
@@ -129,6 +162,15 @@ def add_accounting_commands(commands: Any) -> None:
     usage.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
     usage.add_argument("--dir", help="the usage folder (default: $SLURM_LLM_HOME/usage)")
     usage.set_defaults(handler=cmd_usage)
+    charge = commands.add_parser(
+        "chargeback", help="each deployment's GPU- and CPU-hours shared out by token use"
+    )
+    charge.add_argument("--since", default="30d", help="7d, 12h, or a date (default: 30d)")
+    charge.add_argument("--until", help="a date or time (UTC); default: now")
+    charge.add_argument("--by", choices=list(CHARGE_GROUPS), default="account")
+    charge.add_argument("--csv", action="store_true", help="CSV on stdout instead of tables")
+    charge.add_argument("--dir", help="the usage folder (default: $SLURM_LLM_HOME/usage)")
+    charge.set_defaults(handler=cmd_chargeback)
 
 
 def checked_keys(args: argparse.Namespace) -> int:

@@ -38,6 +38,9 @@ class Backend:
     engine: str = "vllm"
     limit: int = DEFAULT_SLOTS  # requests sent at once; more wait in the router's queue
     context: int | None = None  # tokens one request may use, when the record says
+    deployment: str | None = None  # whose job it is, for usage records (None: a fixed URL)
+    job: str | None = None
+    request_priority: bool = False  # the engine schedules by each request's ``priority``
     in_flight: int = 0
     answered: int = 0  # requests this replica answered, for balancing checks and metrics
     failures: int = 0  # consecutive passive failures
@@ -129,11 +132,14 @@ class BackendPool:
                 changed = True
         for url, record in records.items():
             known = self.backends.get(url)
-            if known is None or known.model != record.model:
+            # A new job may come up at an old job's address: it is a new backend.
+            if known is None or (known.model, known.job) != (record.model, record.job_id):
                 limit = self.replica_limit or record.slots or DEFAULT_SLOTS
                 self.backends[url] = Backend(
-                    url, record.model, record.engine, limit, record.context
-                )
+                    url, record.model, record.engine, limit, record.context,
+                    deployment=record.deployment, job=record.job_id,
+                    request_priority=record.request_priority,
+                )  # fmt: skip
                 changed = True
         if changed:
             self._index()

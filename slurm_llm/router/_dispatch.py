@@ -23,6 +23,7 @@ router's own cost per request small.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -55,7 +56,23 @@ class Call:
     def for_backend(self, backend: Backend) -> tuple[str, bytes]:
         if self.tgi is not None and backend.engine == "tgi":
             return self.tgi
+        if backend.request_priority:
+            return self.path, with_engine_priority(self.body, self.priority)
         return self.path, self.body
+
+
+# vLLM's priority scheduling serves lower values first; a client's own ``priority`` is replaced,
+# so no client can rank itself above its key's class.
+ENGINE_PRIORITY: dict[Priority, int] = {"interactive": 0, "batch": 1}
+
+
+def with_engine_priority(body: bytes, priority: Priority) -> bytes:
+    """The body with the caller's class as the engine's ``priority``: re-encoded, for engines
+    that take it only (the others get the client's bytes as sent)."""
+    fields = json.loads(body)
+    if not isinstance(fields, dict):  # the engine refuses it, whatever we add
+        return body
+    return json.dumps({**fields, "priority": ENGINE_PRIORITY[priority]}).encode()
 
 
 @dataclass(frozen=True)

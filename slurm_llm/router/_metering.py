@@ -21,6 +21,7 @@ from aiohttp import web
 
 from slurm_llm._api_keys import Identity, Priority
 from slurm_llm._usage import ANONYMOUS, UsageRecord
+from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Reply
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._limits import Grant, LimitHit, estimated_tokens
@@ -49,17 +50,17 @@ class Meter:
     status: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    replica: str | None = None
+    replica: Backend | None = None  # the one that answered (the last, after a failover)
     counted: bool = False  # an engine's usage was read
 
     def answered(self, reply: Reply) -> None:
         """A replica's whole answer (not streamed): its status and who gave it."""
-        self.status, self.replica = reply.status, reply.backend.url
+        self.status, self.replica = reply.status, reply.backend
 
     def streamed(self, stream: ClientStream) -> None:
         """A stream relayed to its end: the replica that sent its last part."""
         self.status = 200
-        self.replica = stream.replicas[-1].url if stream.replicas else None
+        self.replica = stream.replicas[-1] if stream.replicas else None
 
     def read_usage(self, usage: object) -> None:
         if isinstance(usage, dict):
@@ -112,6 +113,7 @@ async def metered(
         state.metrics.key_tokens.labels(name, "prompt").inc(meter.prompt_tokens)
         state.metrics.key_tokens.labels(name, "completion").inc(meter.completion_tokens)
         if state.usage is not None:
+            replica = meter.replica
             state.usage.record(
                 UsageRecord(
                     at=time.time(),
@@ -124,7 +126,9 @@ async def metered(
                     prompt_tokens=meter.prompt_tokens,
                     completion_tokens=meter.completion_tokens,
                     latency_s=time.monotonic() - started,
-                    replica=meter.replica,
+                    replica=replica.url if replica else None,
+                    deployment=replica.deployment if replica else None,
+                    job=replica.job if replica else None,
                 )
             )
 

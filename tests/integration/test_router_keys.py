@@ -118,6 +118,7 @@ def test_usage_records_match_the_engine_s_usage_plain_and_streamed(
     ]
     assert records[2].completion_tokens == 3 and records[2].prompt_tokens > 0
     assert all(r.account == "physics" and r.status == 200 and r.replica for r in records)
+    assert all(r.deployment == "shared-smollm2" and r.job for r in records)  # for chargeback
     assert [r.endpoint for r in records] == ["/v1/completions", "/v1/chat/completions",
                                              "/v1/chat/completions"]  # fmt: skip
     report = cli("usage", "--dir", str(tmp_path / "usage"), "--by", "key", "--csv")

