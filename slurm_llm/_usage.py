@@ -131,3 +131,28 @@ def tokens_used_since(folder: Path | None, since: datetime) -> dict[str, int]:
     for record in read_usage(folder, since.timestamp()):
         totals[record.key] = totals.get(record.key, 0) + record.tokens
     return totals
+
+
+class TokensUsedSince:
+    """``tokens_used_since`` read once per period start for every key, not once per key: the
+    router asks it on the event loop when a key is first seen in a day or month, which must
+    not mean a scan of the usage files for each key of a busy morning.
+
+    Reusing one scan for a key first seen later is exact: a key this router has not counted
+    since the period began has no record of this router's after the scan either.
+    """
+
+    KEEP = 4  # period starts remembered: today and this month, with room for a rollover
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.scans = 0
+        self._totals: dict[datetime, dict[str, int]] = {}
+
+    def __call__(self, since: datetime) -> dict[str, int]:
+        if since not in self._totals:
+            self.scans += 1
+            self._totals[since] = tokens_used_since(self.folder, since)
+            for oldest in sorted(self._totals)[: -self.KEEP]:
+                del self._totals[oldest]
+        return self._totals[since]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 
 from aiohttp import web
 
-from slurm_llm._usage import UsageLog, tokens_used_since
+from slurm_llm._usage import TokensUsedSince, UsageLog
 from slurm_llm.router._admission import Admission
 from slurm_llm.router._auth import Callers
 from slurm_llm.router._backends import BackendPool
@@ -39,7 +38,7 @@ class RouterState:
         )
         self.metrics = RouterMetrics(self.admission)
         self.callers = Callers(self.config.api_keys, self.config.keys_file)
-        self.limiter = Limiter(partial(tokens_used_since, self.config.usage_dir))
+        self.limiter = Limiter(TokensUsedSince(self.config.usage_dir))
 
 
 STATE: web.AppKey[RouterState] = web.AppKey("state", RouterState)

@@ -4,10 +4,12 @@ the usage log; each refusal says when to come back. A fake clock makes time expl
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from slurm_llm._api_keys import Identity, hash_key
+from slurm_llm._usage import TokensUsedSince, UsageLog, UsageRecord
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._limits import Limiter, LimitHit, estimated_tokens
 
@@ -114,3 +116,20 @@ def test_a_request_admitted_before_midnight_and_settled_after_counts_for_the_new
     limiter.admit(alice, 1)
     limiter.settle(grant, 100)
     assert limiter.keys["alice"].day_tokens == 101  # not 1 + (100 - 2000)
+
+
+def test_the_usage_files_are_read_once_per_period_not_once_per_key(tmp_path: Path) -> None:
+    log = UsageLog(tmp_path, flush_every_s=60)
+    # not the 1st, so the day and the month start apart; in the past, as the files' times are
+    nov_15 = datetime(2026, 11, 15, 12, tzinfo=UTC).timestamp()
+    log.record(UsageRecord(nov_15 - 60, "bob", None, "m", "/v1/completions", "interactive", 200,
+                           600, 300, 0.1, None))  # fmt: skip
+    log.close()
+    used = TokensUsedSince(tmp_path)
+    limiter = Limiter(used, Clock(nov_15))
+    quotas = {"tokens_per_day": 1000, "tokens_per_month": 10_000}
+    for name in ("alice", "bob", "carol"):
+        limiter.admit(Identity(name=name, hash=hash_key(name), **quotas), 50)
+    assert used.scans == 2  # today's and this month's, for all three keys
+    with pytest.raises(LimitHit, match="'bob' has used 950 of its 1000"):
+        limiter.admit(Identity(name="bob", hash=hash_key("bob"), **quotas), 100)
