@@ -12,6 +12,7 @@ line cut short by it is skipped when the files are read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -77,8 +78,9 @@ class UsageLog:
             self._pending.append(record)
 
     def flush(self) -> None:
-        """Writes what is pending; a write that fails (a full disk, a stale NFS handle) keeps
-        the records for the next try and says so, rather than ending the flushing."""
+        """Writes what is pending; a write that fails (a full disk, a stale NFS handle) is cut
+        back to where it began and keeps the records for the next try, so none is lost or
+        written twice, and says so, rather than ending the flushing."""
         with self._lock:
             pending, self._pending = self._pending, []
         if not pending:
@@ -92,11 +94,22 @@ class UsageLog:
 
     def _write(self, pending: list[UsageRecord]) -> None:
         # vars(), not asdict(): the fields are plain values, and asdict deep-copies each one
-        text = "".join(json.dumps(vars(r), separators=(",", ":")) + "\n" for r in pending)
-        with self.path.open("a") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
+        data = "".join(json.dumps(vars(r), separators=(",", ":")) + "\n" for r in pending)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.fstat(fd).st_size  # this process is the file's only writer
+            try:
+                view = memoryview(data.encode())
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError:
+                # Lines written before the failure would be written again by the retry.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         self._stop.set()

@@ -3,6 +3,8 @@ file, a line cut short by a crash skipped."""
 
 from __future__ import annotations
 
+import resource
+import signal
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,3 +59,23 @@ def test_a_failed_write_keeps_the_records_for_the_next_flush(tmp_path: Path) -> 
     (tmp_path / "missing").mkdir()
     log.close()
     assert [r.key for r in read_usage(tmp_path / "missing")] == ["alice"]
+
+
+def test_a_write_cut_short_is_undone_so_the_retry_writes_each_record_once(tmp_path: Path) -> None:
+    """The file-size limit makes the kernel write part of the records and then refuse (EFBIG),
+    as a full disk does."""
+    log = UsageLog(tmp_path, flush_every_s=60)
+    log.record(record("alice", 100.0))
+    log.flush()
+    log.record(record("bob", 101.0))
+    log.record(record("carol", 102.0))
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (log.path.stat().st_size + 100, limits[1]))
+        log.flush()  # writes 100 bytes of bob's line, then fails
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    log.close()
+    assert [r.key for r in read_usage(tmp_path)] == ["alice", "bob", "carol"]
