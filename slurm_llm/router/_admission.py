@@ -21,7 +21,7 @@ import asyncio
 import bisect
 import itertools
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from slurm_llm._api_keys import Priority
@@ -100,8 +100,11 @@ class Admission:
         max_queue: int = 1024,
         queue_timeout_s: float = 60.0,
         batch_aging_s: float = BATCH_AGING_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` gives a waiter's arrival time, which ranks it (a seam for tests)."""
         self.pool = pool
+        self.clock = clock
         self.policy = policy
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
@@ -151,7 +154,7 @@ class Admission:
                 "queue_full",
                 retry_after=self._retry_after(model),
             )
-        waiter = Waiter(key, exclude, rank_of(now, priority, self.batch_aging_s))
+        waiter = Waiter(key, exclude, rank_of(self.clock(), priority, self.batch_aging_s))
         enqueue(queue, waiter)
         try:
             async with asyncio.timeout(self.queue_timeout_s):

@@ -17,9 +17,6 @@ from slurm_llm.router._admission import (
     Admission,
     NoOtherReplica,
     Rejected,
-    Waiter,
-    enqueue,
-    rank_of,
 )
 from slurm_llm.router._backends import BackendPool
 from slurm_llm.router._policies import RoundRobin
@@ -274,20 +271,33 @@ def test_no_batch_request_waits_behind_an_interactive_one_that_came_after_its_ag
     times: list[tuple[float, Priority]], aging: float
 ) -> None:
     """Whatever the arrivals, a batch request that came at t is served before every
-    interactive request that came after t + aging, and batch requests keep their order."""
+    interactive request that came after t + aging, batch requests keep their order, and every
+    request is served: the requests wait for one busy replica through ``acquire``, and each
+    served one frees it for ``dispatch`` to give to the next."""
+    clock = [0.0]
+    served: list[tuple[float, Priority]] = []
 
-    async def served_order() -> list[tuple[float, Priority]]:
-        queue: list[Waiter] = []
-        came: dict[int, tuple[float, Priority]] = {}
+    async def served_order() -> None:
+        gate = admission(batch_aging_s=aging, clock=lambda: clock[0])
+        held = await gate.acquire("m")
+
+        async def wait(arrived: float, priority: Priority) -> None:
+            backend = await gate.acquire("m", priority=priority)
+            served.append((arrived, priority))
+            gate.release(backend)
+
+        waiting = []
         for arrived, priority in sorted(times, key=lambda arrival: arrival[0]):
-            waiter = Waiter(None, (), rank_of(arrived, priority, aging))
-            came[id(waiter)] = (arrived, priority)
-            enqueue(queue, waiter)
-        return [came[id(waiter)] for waiter in queue]
+            clock[0] = arrived
+            waiting.append(asyncio.create_task(wait(arrived, priority)))
+            await asyncio.sleep(0)  # it queues before the next one arrives
+        gate.release(held)
+        await asyncio.gather(*waiting)
 
-    order = asyncio.run(served_order())
-    for position, (arrived, priority) in enumerate(order):
+    asyncio.run(served_order())
+    assert sorted(served) == sorted(times)
+    for position, (arrived, priority) in enumerate(served):
         if priority == "batch":
-            ahead = order[:position]
+            ahead = served[:position]
             assert all(other <= arrived + aging for other, _ in ahead)
             assert all(other <= arrived for other, kind in ahead if kind == "batch")
