@@ -1,16 +1,19 @@
 """Interactive chats while a bulk job floods the same replicas: what priority classes buy.
 
-Two llama.cpp SmolLM2 replicas (a core and ``--slots`` slots each) behind ``slurm-llm router``
-(its own process, named keys). Interactive traffic: short streamed chats, seeded Poisson
-arrivals at ``--chat-rate`` per second, from the key ``chat`` (class interactive). The flood:
-``--batches`` concurrent ``/v1/batch`` calls, one after another, each of as many items as the
-replicas have slots, so about ``batches`` times the replicas' capacity is always asked for.
-Four phases of ``--phase-s`` seconds, side by side in one run:
+Two llama.cpp SmolLM2 replicas (a core and ``--slots`` slots each) behind two
+``slurm-llm router`` processes (named keys; one with ``--interactive-reserve``, one without,
+used one at a time). Interactive traffic: short streamed chats, seeded Poisson arrivals at
+``--chat-rate`` per second, from the key ``chat`` (class interactive). The flood:
+``--batches`` concurrent ``/v1/batch`` calls, one after another, each of twice as many items as
+a replica has slots, so about ``batches`` times the replicas' capacity is always asked for.
+Five phases of ``--phase-s`` seconds, side by side in one run:
 
-  no flood           interactive traffic alone
-  flood alone        the flood alone: the batch throughput the replicas give
-  flood, no priority the flood from a key of class interactive, with the chats
-  flood, priority    the flood from a key of class batch, with the chats
+  no flood                  interactive traffic alone
+  flood alone               the flood alone: the batch throughput the replicas give
+  flood, no priority        the flood from a key of class interactive, with the chats
+  flood, priority           the flood from a key of class batch, with the chats
+  flood, priority, reserve  the same through the router that keeps ``--interactive-reserve``
+                            slots per replica from batch work while chats come
 
 Reported per phase: interactive TTFT and end-to-end latency (p50, p99) and the flood's
 completed items and tokens per second. Goals (issue 15): with priority, interactive p99 TTFT
@@ -18,7 +21,7 @@ within 1.5x of no flood, while the flood still gets at least 80 % of the capacit
 interactive traffic leaves free (its tokens/s with the chats against its tokens/s alone, scaled
 by the share of the replicas' time the chats did not take).
 
-    python benchmarks/priority_flood.py            # about 5 minutes
+    python benchmarks/priority_flood.py            # about 6 minutes
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ from slurm_llm.node._ports import lease_port
 
 DEPLOYMENT = "bench-flood"
 MODEL = "smollm2"
-PHASES = ("no flood", "flood alone", "flood, no priority", "flood, priority")
+PHASES = ("no flood", "flood alone", "flood, no priority", "flood, priority",
+          "flood, priority, reserve")  # fmt: skip
+WITH_PRIORITY = ("flood, priority", "flood, priority, reserve")
 CHATS = ("Say hello.", "Name a colour.", "What is 2 + 2?", "Name a fruit.", "Say goodbye.")
 
 
@@ -163,7 +168,7 @@ async def run_phase(name: str, url: str, keys: dict[str, str], args: argparse.Na
         work.append(
             flood(
                 url,
-                keys["bulk-low" if name == "flood, priority" else "bulk-same"],
+                keys["bulk-low" if name in WITH_PRIORITY else "bulk-same"],
                 phase,
                 args,
                 stop,
@@ -175,7 +180,9 @@ async def run_phase(name: str, url: str, keys: dict[str, str], args: argparse.Na
 
 
 @contextmanager
-def router(home: Path, keys_file: Path, slots: int, aging: float, log: Path) -> Iterator[str]:
+def router(
+    home: Path, keys_file: Path, args: argparse.Namespace, reserve: int, log: Path
+) -> Iterator[str]:
     cli = Path(sys.executable).parent / "slurm-llm"
     argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "slurm_llm"]
     lease = lease_port("127.0.0.1")
@@ -186,7 +193,7 @@ def router(home: Path, keys_file: Path, slots: int, aging: float, log: Path) -> 
         "--deployment",
         DEPLOYMENT,
         "--replica-limit",
-        str(slots),
+        str(args.slots),
         "--probe-interval",
         "0",
         "--max-queue",
@@ -196,7 +203,9 @@ def router(home: Path, keys_file: Path, slots: int, aging: float, log: Path) -> 
         "--api-keys-file",
         str(keys_file),
         "--batch-aging",
-        str(aging),
+        str(args.aging),
+        "--interactive-reserve",
+        str(reserve),
     ]
     url = f"http://127.0.0.1:{lease.port}"
 
@@ -231,9 +240,9 @@ def summary(phases: list[Phase]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def goals(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def goals(figures: dict[str, dict[str, Any]], phase: str) -> dict[str, Any]:
     quiet, alone = figures["no flood"], figures["flood alone"]
-    with_priority = figures["flood, priority"]
+    with_priority = figures[phase]
     ttft_ratio = (with_priority["ttft_p99_s"] or 0) / (quiet["ttft_p99_s"] or float("inf"))
     # The share of the replicas' token output the chats took when alone, of what the flood
     # alone shows they can give: what is left is the flood's fair share.
@@ -250,7 +259,8 @@ def goals(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--slots", type=int, default=2, help="slots per replica")
+    parser.add_argument("--slots", type=int, default=3, help="slots per replica")
+    parser.add_argument("--reserve", type=int, default=1, help="the router's --interactive-reserve")
     parser.add_argument("--chat-rate", type=float, default=1.0, help="chats per second")
     parser.add_argument("--chat-tokens", type=int, default=8)
     parser.add_argument("--flood-tokens", type=int, default=32)
@@ -276,14 +286,16 @@ def main() -> None:
         console.print(f"deploying 2 llama.cpp replicas, {args.slots} slots each ...")
         with (
             deploy(spec, replicas=2, executor="local", name=DEPLOYMENT, progress=False),
-            router(home, keys.path, args.slots, args.aging, home / "router.log") as url,
+            router(home, keys.path, args, 0, home / "router.log") as plain,
+            router(home, keys.path, args, args.reserve, home / "reserve.log") as reserving,
         ):
             phases = []
             for name in PHASES:
                 console.print(f"  {name} ({args.phase_s:g} s) ...")
+                url = reserving if name.endswith("reserve") else plain
                 phases.append(asyncio.run(run_phase(name, url, secrets, args)))
     figures = summary(phases)
-    verdict = goals(figures)
+    verdict = {phase: goals(figures, phase) for phase in WITH_PRIORITY}
     table = Table(title="Interactive chats and a /v1/batch flood, by phase")
     for column in (
         "phase",
@@ -326,7 +338,7 @@ def main() -> None:
             indent=1,
         )
     )
-    figure, (ttft, flood_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (ttft, flood_axis) = plt.subplots(1, 2, figsize=(12, 4))
     names = list(figures)
     ttft.bar(
         [n.replace(", ", ",\n") for n in names],

@@ -13,6 +13,12 @@ batch requests that arrived less than ``batch_aging_s`` before them, and never a
 that has waited longer: a batch request that arrived at ``t`` is behind only requests that
 arrived before ``t + batch_aging_s``, so it cannot starve however many interactive requests
 follow (``tests/unit/router/test_admission.py`` checks it over random arrivals).
+
+Ranking decides who gets the next free slot, but an interactive request that reaches the head
+of the queue still waits for one of the flood's answers to end. ``interactive_reserve`` keeps
+that many slots of each replica out of batch-class hands while interactive requests are coming
+(one arrived within ``RESERVE_WINDOW_S``), so a chat finds a slot at once; with no interactive
+traffic, batch work uses every slot. A replica always leaves batch work at least one slot.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class ModelLoad:
 
 
 BATCH_AGING_S = 30.0
+RESERVE_WINDOW_S = 30.0  # interactive traffic this recent keeps the reserve in force
 _arrivals = itertools.count()  # breaks ties between waiters of one rank: first come first
 
 
@@ -71,6 +78,7 @@ class Waiter:
     key: str | None
     exclude: Collection[str]
     rank: float  # arrival, plus the aging handicap for batch requests
+    priority: Priority = "interactive"
     order: int = field(default_factory=lambda: next(_arrivals))
     future: asyncio.Future[Backend] = field(default_factory=asyncio.Future)
 
@@ -101,10 +109,16 @@ class Admission:
         queue_timeout_s: float = 60.0,
         batch_aging_s: float = BATCH_AGING_S,
         clock: Callable[[], float] = time.monotonic,
+        interactive_reserve: int = 0,
     ) -> None:
-        """``clock`` gives a waiter's arrival time, which ranks it (a seam for tests)."""
+        """``clock`` gives a waiter's arrival time, which ranks it (a seam for tests);
+        ``interactive_reserve``: slots per replica batch work leaves to interactive traffic."""
+        if interactive_reserve < 0:
+            raise ValueError(f"interactive_reserve must be 0 or more, not {interactive_reserve}")
         self.pool = pool
         self.clock = clock
+        self.interactive_reserve = interactive_reserve
+        self._last_interactive: dict[str, float] = {}  # model -> when one last arrived
         self.policy = policy
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
@@ -141,9 +155,12 @@ class Admission:
                 "unhealthy",
                 retry_after=5,
             )
+        arrived = self.clock()
+        if priority == "interactive":
+            self._last_interactive[model] = arrived
         queue = self.queues.setdefault(model, [])
         if not queue:
-            free = [b for b in routable if b.free()]
+            free = [b for b in routable if b.in_flight < self._limit(b, priority)]
             if free:
                 return self._take(model, free, key)
         if bounded and len(queue) >= self.max_queue:
@@ -154,8 +171,11 @@ class Admission:
                 "queue_full",
                 retry_after=self._retry_after(model),
             )
-        waiter = Waiter(key, exclude, rank_of(self.clock(), priority, self.batch_aging_s))
+        waiter = Waiter(key, exclude, rank_of(arrived, priority, self.batch_aging_s), priority)
         enqueue(queue, waiter)
+        # Waiters ahead of it may be unable to take what is free (batch work facing the
+        # reserve, retries excluding a replica): it need not wait for the next release.
+        self.dispatch(model)
         try:
             async with asyncio.timeout(self.queue_timeout_s):
                 return await waiter.future
@@ -182,29 +202,50 @@ class Admission:
 
     def dispatch(self, model: str) -> None:
         """Gives free replicas to waiters in order of rank; a waiter that excludes every free
-        replica (it already failed on them) lets the next one go ahead."""
+        replica (it already failed on them), or a batch one facing the reserve, lets the next
+        one go ahead."""
         queue = self.queues.get(model)
         if not queue:
             return
         free_now = [b for b in usable(self.pool.of(model), time.monotonic()) if b.free()]
-        for waiter in list(queue):
-            if not free_now:
-                return
+        # A class none of the free slots takes: its later waiters, who may use no more
+        # replicas than the first (only fewer, by excluding some), are passed over at once.
+        blocked: set[Priority] = set()
+        for waiter in list(queue) if free_now else ():
             if waiter.future.done():
                 queue.remove(waiter)
                 continue
-            free = [b for b in free_now if b.url not in waiter.exclude]
+            if waiter.priority in blocked:
+                continue
+            free = [
+                b for b in free_now
+                if b.url not in waiter.exclude and b.in_flight < self._limit(b, waiter.priority)
+            ]  # fmt: skip
             if not free:
+                if not waiter.exclude:
+                    blocked.add(waiter.priority)
                 continue
             queue.remove(waiter)
             backend = self._take(model, free, waiter.key)
             waiter.future.set_result(backend)
             if not backend.free():
                 free_now.remove(backend)
+            if not free_now:
+                return
 
     def dispatch_all(self) -> None:
         for model in list(self.queues):
             self.dispatch(model)
+
+    def _limit(self, backend: Backend, priority: Priority) -> int:
+        """Requests of ``priority`` that may be in flight on ``backend``: its limit, less the
+        reserve for batch work while interactive requests are coming (never below 1)."""
+        if priority == "interactive" or not self.interactive_reserve:
+            return backend.limit
+        last = self._last_interactive.get(backend.model)
+        if last is None or self.clock() - last > RESERVE_WINDOW_S:
+            return backend.limit
+        return max(1, backend.limit - self.interactive_reserve)
 
     def _take(self, model: str, free: list[Backend], key: str | None) -> Backend:
         backend = by_affinity(key, free) if key else self.policy.choose(model, free)

@@ -28,6 +28,14 @@ def parse_backend(text: str) -> tuple[str, str]:
     return model, url.rstrip("/")
 
 
+def slots(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of slots (0 or more), got {text!r}"
+        )
+    return int(text)
+
+
 def config_from(args: argparse.Namespace) -> RouterConfig:
     keys_file = Path(args.api_keys_file).resolve() if args.api_keys_file else None
     if keys_file is not None and not read_keys_file(keys_file):  # unreadable or invalid: raises
@@ -43,6 +51,7 @@ def config_from(args: argparse.Namespace) -> RouterConfig:
         api_keys=load_api_keys(),  # SLURM_LLM_API_KEYS
         keys_file=keys_file,
         batch_aging_s=args.batch_aging,
+        interactive_reserve=args.interactive_reserve,
         probes=ProbeConfig(interval_s=args.probe_interval),
         stream_failover=not args.no_stream_failover,
         drain_s=args.drain,
@@ -116,6 +125,12 @@ def add_router_command(commands: Any) -> None:
         "--batch-aging", type=float, default=30.0, metavar="SECONDS",
         help="batch-class requests queue as if they arrived this much later than interactive "
         "ones (and so never starve)",
+    )  # fmt: skip
+    router.add_argument(
+        "--interactive-reserve", type=slots, default=0, metavar="SLOTS",
+        help="slots of each replica that batch-class requests leave free while interactive "
+        "requests are coming (one in the last 30 s), so a chat need not wait for a batch "
+        "answer to end; batch work keeps at least one slot",
     )  # fmt: skip
     router.add_argument(
         "--probe-interval", type=float, default=10.0, help="seconds between deep probes; 0: off"

@@ -16,6 +16,7 @@ class RouterConfig:
     max_queue: int = 1024  # requests waiting per model before 429
     queue_timeout_s: float = 60.0  # longest wait for a free replica before 503
     batch_aging_s: float = 30.0  # batch requests queue as if they came this much later
+    interactive_reserve: int = 0  # slots per replica batch work leaves to interactive traffic
     attempts: int = 3  # replicas tried for one non-streamed request
     deadline_s: float = 600.0  # a request's whole budget, retries included
     retry_backoff_s: float = 0.05

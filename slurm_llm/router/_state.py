@@ -35,6 +35,7 @@ class RouterState:
             self.config.max_queue,
             self.config.queue_timeout_s,
             self.config.batch_aging_s,
+            interactive_reserve=self.config.interactive_reserve,
         )
         self.metrics = RouterMetrics(self.admission)
         self.callers = Callers(self.config.api_keys, self.config.keys_file)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from slurm_llm._api_keys import Priority
 from slurm_llm.router._admission import (
+    RESERVE_WINDOW_S,
     Admission,
     NoOtherReplica,
     Rejected,
@@ -257,6 +258,48 @@ def test_interactive_requests_go_ahead_of_batch_requests_that_came_shortly_befor
         assert order == ["chat", "batch"]
 
     run(scenario)
+
+
+def test_batch_work_leaves_the_reserve_to_interactive_requests_while_they_come() -> None:
+    async def scenario() -> None:
+        clock = [0.0]
+        gate = admission(limit=3, interactive_reserve=1, clock=lambda: clock[0])
+        gate.release(await gate.acquire("m"))  # a chat came: the reserve is in force
+        batch = [await gate.acquire("m", priority="batch") for _ in range(2)]
+        waiting = asyncio.create_task(gate.acquire("m", priority="batch"))
+        await asyncio.sleep(0.01)
+        assert not waiting.done() and gate.load("m").in_flight == 2
+        chat = await asyncio.wait_for(gate.acquire("m"), 1)  # at once, past the batch waiter
+        assert gate.load("m").in_flight == 3
+        clock[0] = RESERVE_WINDOW_S + 1  # no chat since: batch work may have every slot
+        gate.release(chat)
+        gate.release(await asyncio.wait_for(waiting, 1))
+        for backend in batch:
+            gate.release(backend)
+
+    run(scenario)
+
+
+def test_without_interactive_traffic_batch_work_uses_every_slot() -> None:
+    async def scenario() -> None:
+        gate = admission(limit=3, interactive_reserve=1)
+        for _ in range(3):
+            await asyncio.wait_for(gate.acquire("m", priority="batch"), 1)
+
+    run(scenario)
+
+
+def test_the_reserve_never_takes_the_last_slot_from_batch_work() -> None:
+    async def scenario() -> None:
+        gate = admission(limit=2, interactive_reserve=5)
+        gate.release(await gate.acquire("m"))
+        await asyncio.wait_for(gate.acquire("m", priority="batch"), 1)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(gate.acquire("m", priority="batch"), 0.05)
+
+    run(scenario)
+    with pytest.raises(ValueError, match="0 or more"):
+        admission(interactive_reserve=-1)
 
 
 arrivals = st.lists(
