@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -20,6 +21,8 @@ from aiohttp import web
 from slurm_llm._usage import UsageLog
 from slurm_llm.router import (
     _batch,
+    _batches_api,
+    _files_api,
     _map_reduce_api,
     _openai_api,
     _openapi,
@@ -123,13 +126,17 @@ def finite(value: float) -> float | None:
     return None if math.isinf(value) else value
 
 
-def build_app(pool: BackendPool, config: RouterConfig | None = None) -> web.Application:
-    state = RouterState(config or RouterConfig(), pool)
+def build_app(
+    pool: BackendPool, config: RouterConfig | None = None, home: Path | None = None
+) -> web.Application:
+    state = RouterState(config or RouterConfig(), pool, home)
     app = web.Application(client_max_size=state.config.max_body_bytes, middlewares=[checked])
     app[STATE] = state
     _openai_api.add_routes(app)
     _tgi_api.add_routes(app)
     app.router.add_post("/v1/batch", _batch.batch)
+    _files_api.add_routes(app)
+    _batches_api.add_routes(app)
     app.router.add_post("/v1/tribunal", _tribunal_api.tribunal)
     app.router.add_post("/v1/map_reduce", _map_reduce_api.map_reduce)
     app.router.add_get("/v1/load", load)
@@ -143,7 +150,7 @@ def build_app(pool: BackendPool, config: RouterConfig | None = None) -> web.Appl
         session = aiohttp.ClientSession(connector=connector)
         state.dispatcher = Dispatcher(state.admission, session, state.config, state.metrics)
         if state.config.record_usage:
-            state.usage = UsageLog(state.config.usage_dir)
+            state.usage = UsageLog(state.usage_dir)
         pool.refresh()
         tasks = [asyncio.create_task(pool.watch())]
         if state.config.probes.interval_s > 0:
@@ -157,5 +164,6 @@ def build_app(pool: BackendPool, config: RouterConfig | None = None) -> web.Appl
             state.usage.close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(_batches_api.batch_runs)  # inside the dispatcher's life
     app.on_response_prepare.append(add_rate_limit_headers)
     return app

@@ -64,6 +64,11 @@ class Callers:
             log.warning("keys reloaded from %s: %d key(s)", self.keys_file, len(self.identities))
         self.file_stamp = stamp
 
+    def named(self, name: str) -> Identity | None:
+        """The active identity called ``name`` (a durable batch's owner, as its lines are
+        sent long after the request that made it); None when revoked or gone."""
+        return self.identities.by_name.get(name)
+
     def identify(self, request: web.Request) -> Identity | None:
         """The caller's identity; None when this router needs no key. Raises 401."""
         now = time.monotonic()

@@ -163,5 +163,9 @@ class BackendPool:
         last = self._last_served.get(model)
         return last is not None and time.monotonic() - last < within_s
 
+    def known_models(self) -> frozenset[str]:
+        """The models served now or lately (their replicas may be being replaced)."""
+        return frozenset(self._by_model) | {m for m in self._last_served if self.served_lately(m)}
+
     def of(self, model: str) -> list[Backend]:
         return self._by_model.get(model, [])

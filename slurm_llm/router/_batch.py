@@ -21,20 +21,22 @@ An item may name its own ``model``. Answer: ``{"object": "batch", "results": [{"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
 
 from aiohttp import web
 
+from slurm_llm._api_keys import Identity, Priority
 from slurm_llm.router._dispatch import Call, Reply
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._limits import LimitHit
-from slurm_llm.router._metering import CALLER, metered
+from slurm_llm.router._metering import CALLER, check_access, metered_call, priority_of
 from slurm_llm.router._openai_api import count_usage
 from slurm_llm.router._requests import read_json, require_served, validated
 from slurm_llm.router._schemas import ENDPOINT_MODELS, BatchRequest
-from slurm_llm.router._state import MODEL, STATE
+from slurm_llm.router._state import MODEL, STATE, RouterState
 
 
 async def batch(request: web.Request) -> web.Response:
@@ -114,15 +116,34 @@ async def send_item(
     merged: dict[str, Any],
     limit: asyncio.Semaphore,
 ) -> Reply:
-    """The item's answer. An item over one of its key's limits waits for the Retry-After and
-    tries again, within the request deadline: a batch is work to get through, not a burst to
-    refuse, and its items are the key's own requests."""
-    state = request.app[STATE]
-    raw = json.dumps(merged).encode()
+    caller = request.get(CALLER)
+    check_access(caller, model)
+    return await send_metered(
+        request.app[STATE], caller, priority_of(request), model, endpoint, merged, limit
+    )
+
+
+async def send_metered(
+    state: RouterState,
+    caller: Identity | None,
+    priority: Priority,
+    model: str,
+    endpoint: str,
+    body: dict[str, Any],
+    limit: asyncio.Semaphore | None = None,
+) -> Reply:
+    """One request of a batch (``/v1/batch`` items, durable batches' lines), metered as
+    ``caller``'s. A request over one of its key's limits waits for the Retry-After and tries
+    again, within the request deadline: a batch is work to get through, not a burst to refuse,
+    and its requests are the key's own."""
+    raw = json.dumps(body).encode()
     deadline = time.monotonic() + state.config.deadline_s
     while True:
         try:
-            async with limit, metered(request, model, endpoint, merged, len(raw)) as meter:
+            async with (
+                limit or contextlib.nullcontext(),
+                metered_call(state, caller, priority, model, endpoint, body, len(raw)) as meter,
+            ):
                 call = Call(model, endpoint, raw, priority=meter.priority)
                 reply = await state.dispatcher.send(call, bounded=False)
                 meter.answered(reply)

@@ -26,6 +26,7 @@ class RouterConfig:
     drain_s: float = 30.0  # at SIGTERM: how long requests in flight may take to finish
     max_body_bytes: int = 4 * 2**20
     max_batch_items: int = 10_000
+    max_file_bytes: int = 2 * 2**30  # an upload to /v1/files (streamed to disk)
     session_header: str = "X-Session-ID"  # requests with the same value go to the same replica
     prefix_affinity_chars: int = 0  # >0: the prompt's first N characters pick the replica
     api_keys: frozenset[str] = frozenset()  # plain keys; with keys_file empty: no key needed

@@ -25,7 +25,7 @@ from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Reply
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._limits import Grant, LimitHit, estimated_tokens
-from slurm_llm.router._state import STATE
+from slurm_llm.router._state import STATE, RouterState
 from slurm_llm.router._streams import ClientStream
 
 CALLER: web.RequestKey[Identity] = web.RequestKey("caller", Identity)
@@ -71,9 +71,8 @@ class Meter:
                 self.completion_tokens = completion
 
 
-def check_access(request: web.Request, model: str) -> None:
+def check_access(caller: Identity | None, model: str) -> None:
     """403 naming the models the caller's key may use, if ``model`` is not one of them."""
-    caller = request.get(CALLER)
     if caller is not None and not caller.may_use(model):
         allowed = ", ".join(caller.models)
         raise RouterError(
@@ -82,13 +81,30 @@ def check_access(request: web.Request, model: str) -> None:
         )  # fmt: skip
 
 
-@contextlib.asynccontextmanager
-async def metered(
+def metered(
     request: web.Request, model: str, endpoint: str, body: dict[str, Any], body_bytes: int
-) -> AsyncIterator[Meter]:
-    state = request.app[STATE]
+) -> contextlib.AbstractAsyncContextManager[Meter]:
+    """A client's model request, metered as its key's (see ``metered_call``)."""
     caller = request.get(CALLER)
-    check_access(request, model)
+    check_access(caller, model)
+    return metered_call(
+        request.app[STATE], caller, priority_of(request), model, endpoint, body, body_bytes
+    )
+
+
+@contextlib.asynccontextmanager
+async def metered_call(
+    state: RouterState,
+    caller: Identity | None,
+    priority: Priority,
+    model: str,
+    endpoint: str,
+    body: dict[str, Any],
+    body_bytes: int,
+) -> AsyncIterator[Meter]:
+    """Counts a request of ``caller`` against its limits (``LimitHit`` when over one), and once
+    it is over settles them and appends its usage record; ``caller`` None: a router without
+    keys. Requests without a client in front (a durable batch's lines) come here directly."""
     grant: Grant | None = None
     estimate = estimated_tokens(body_bytes, body)
     if caller is not None:
@@ -97,7 +113,7 @@ async def metered(
         except LimitHit:
             state.metrics.rejections.labels(model, "key_limit").inc()
             raise
-    meter = Meter(model, endpoint, priority_of(request))
+    meter = Meter(model, endpoint, priority)
     started = time.monotonic()
     try:
         yield meter

@@ -9,6 +9,7 @@ elsewhere: it must work on a cluster with no internet.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -74,6 +75,63 @@ class LoadReport(BaseModel):
     models: list[ModelLoadReport]
 
 
+class FileObject(BaseModel):
+    id: str
+    object: str = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str
+
+
+class Page(BaseModel):
+    object: str = "list"
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class FileList(Page):
+    data: list[FileObject]
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: str = "file"
+    deleted: bool
+
+
+class BatchObject(BaseModel):
+    """A batch as OpenAI's API shows it (``status``: validating, failed, in_progress,
+    finalizing, completed, expired, cancelling, cancelled)."""
+
+    id: str
+    object: str = "batch"
+    endpoint: str
+    errors: dict[str, Any] | None
+    input_file_id: str
+    completion_window: str
+    status: str
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: dict[str, int] = Field(description="total, completed, failed")
+    metadata: dict[str, str] | None
+
+
+class BatchList(Page):
+    data: list[BatchObject]
+
+
 class Status(BaseModel):
     status: str
     models: list[str] | None = None
@@ -88,6 +146,7 @@ class Operation:
     request: type[BaseModel] | None = None
     answer: type[BaseModel] | str = "A JSON object (the engine's answer, passed on as is)."
     streams: bool = False  # may answer text/event-stream
+    upload: bool = False  # takes multipart/form-data
     errors: type[BaseModel] = OpenAIError
     statuses: tuple[int, ...] = (400, 401, 403, 404, 429, 500, 503, 504)
 
@@ -120,6 +179,27 @@ OPERATIONS: list[Operation] = [
               s.TribunalRequest),
     Operation("post", "/v1/map_reduce", "A text longer than the context: chunks answered, "
               "then combined", "Workflows", s.MapReduceRequest),
+    Operation("post", "/v1/files", "Upload a batch's input (multipart: 'file', 'purpose' "
+              "batch); streamed to the shared filesystem", "Batches", answer=FileObject,
+              upload=True, statuses=(400, 401, 413)),
+    Operation("get", "/v1/files", "The caller's files, newest first", "Batches",
+              answer=FileList, statuses=(400, 401)),
+    Operation("get", "/v1/files/{file_id}", "One of the caller's files", "Batches",
+              answer=FileObject, statuses=(401, 404)),
+    Operation("delete", "/v1/files/{file_id}", "Delete one of the caller's files", "Batches",
+              answer=FileDeleted, statuses=(401, 404, 409)),
+    Operation("get", "/v1/files/{file_id}/content", "A file's content (a batch's output or "
+              "errors: JSON lines)", "Batches", answer="The file's bytes.", statuses=(401, 404)),
+    Operation("post", "/v1/batches", "Run every line of an uploaded file; resumed after any "
+              "router's crash", "Batches", s.BatchCreateRequest, answer=BatchObject,
+              statuses=(400, 401, 404)),
+    Operation("get", "/v1/batches", "The caller's batches, newest first", "Batches",
+              answer=BatchList, statuses=(400, 401)),
+    Operation("get", "/v1/batches/{batch_id}", "One of the caller's batches, with its counts",
+              "Batches", answer=BatchObject, statuses=(401, 404)),
+    Operation("post", "/v1/batches/{batch_id}/cancel", "Stop sending its lines; it ends "
+              "cancelled with what was answered", "Batches", answer=BatchObject,
+              statuses=(401, 404, 409)),
     Operation("get", "/v1/load", "In-flight requests, capacity and queue per model",
               "Operations", answer=LoadReport, statuses=()),
     Operation("get", "/health", "200 while the router runs", "Operations", answer=Status,
@@ -175,7 +255,9 @@ def operation(op: Operation, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
         answer["content"] = {"application/json": {"schema": ref(op.answer)}}
     else:
         answer["description"] = op.answer
-        kind = {"/metrics": "text/plain", "/docs": "text/html"}.get(op.path, "application/json")
+        kind = {"/metrics": "text/plain", "/docs": "text/html",
+                "/v1/files/{file_id}/content": "application/octet-stream"}.get(
+            op.path, "application/json")  # fmt: skip
         answer["content"] = {kind: {"schema": {"type": "string" if kind != "application/json"
                                                 else "object"}}}  # fmt: skip
     if op.streams:
@@ -202,9 +284,16 @@ def operation(op: Operation, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
             "required": True,
             "content": {"application/json": {"schema": ref(op.request)}},
         }
-    if "{model}" in op.path:
-        found["parameters"] = [{"name": "model", "in": "path", "required": True,
-                                "schema": {"type": "string"}}]  # fmt: skip
+    if op.upload:
+        found["requestBody"] = {"required": True, "content": {"multipart/form-data": {
+            "schema": {"type": "object", "required": ["file", "purpose"], "properties": {
+                "file": {"type": "string", "format": "binary"},
+                "purpose": {"type": "string", "enum": ["batch"]},
+            }},
+        }}}  # fmt: skip
+    if names := re.findall(r"{(\w+)}", op.path):
+        found["parameters"] = [{"name": name, "in": "path", "required": True,
+                                "schema": {"type": "string"}} for name in names]  # fmt: skip
     return found
 
 
@@ -212,7 +301,8 @@ STATUS_TEXT = {
     400: "The body does not fit the schema; the error names the field.",
     401: "This router needs an API key, and none or a wrong one was sent.",
     403: "The key may not use this model; the error names the models it may use.",
-    404: "The model is not served here; the error lists what is.",
+    404: "The model (or the file or batch) is not here; the error lists the models served.",
+    409: "The batch is already over, or the file is the input of a batch still running.",
     413: "The body or the batch is too large.",
     429: "The key is over a rate limit or quota, or the model's queue is full; retry after "
     "the Retry-After seconds (x-ratelimit-* headers say what is left).",

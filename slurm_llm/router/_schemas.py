@@ -254,6 +254,19 @@ class BatchRequest(Closed):
     requests: Annotated[list[Any], Field(min_length=1, description="Request objects.")]
 
 
+class BatchCreateRequest(Closed):
+    """``POST /v1/batches``: run every line of an uploaded file (OpenAI's Batch API)."""
+
+    input_file_id: str = Field(description="A file uploaded with purpose 'batch'.")
+    endpoint: Literal["/v1/chat/completions", "/v1/completions"]
+    completion_window: Literal["24h"] = "24h"
+    metadata: (
+        Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+                  Field(max_length=16)]
+        | None
+    ) = None  # fmt: skip
+
+
 ChatCompletionRequest.model_rebuild()
 ENDPOINT_MODELS: dict[str, type[Sampling]] = {
     "/v1/chat/completions": ChatCompletionRequest,

@@ -58,7 +58,7 @@ def serve(
     ``reuse_port`` lets a new router listen on the port of one still running, so a restart
     refuses no connection: start the new one, then stop the old one, which drains."""
     config = config or RouterConfig()
-    app = build_app(make_pool(home, deployment, static, config), config)
+    app = build_app(make_pool(home, deployment, static, config), config, home)
     raise_open_files_limit()
     loop = new_event_loop()
     try:
@@ -135,7 +135,7 @@ class RouterThread(AppThread):
     ) -> None:
         config = config or RouterConfig()
         self.pool = make_pool(home, deployment, static, config)
-        super().__init__(build_app(self.pool, config), host, port, backlog=BACKLOG)
+        super().__init__(build_app(self.pool, config, home), host, port, backlog=BACKLOG)
 
     def load(self, model: str) -> ModelLoad:
         """How busy ``model`` is right now (in-flight, capacity, queue)."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
-from slurm_llm._usage import TokensUsedSince, UsageLog
+from slurm_llm._usage import TokensUsedSince, UsageLog, usage_dir
+from slurm_llm.batches._batch_store import BatchStore
+from slurm_llm.batches._file_store import FileStore
 from slurm_llm.router._admission import Admission
 from slurm_llm.router._auth import Callers
 from slurm_llm.router._backends import BackendPool
@@ -21,12 +24,15 @@ from slurm_llm.router._policies import make_policy
 class RouterState:
     config: RouterConfig
     pool: BackendPool
+    home: Path | None = None  # where files, batches and usage records live (default: ~/.slurm-llm)
     admission: Admission = field(init=False)
     metrics: RouterMetrics = field(init=False)
     dispatcher: Dispatcher = field(init=False)  # set at start-up: it needs the event loop
     callers: Callers = field(init=False)
     limiter: Limiter = field(init=False)
     usage: UsageLog | None = None  # opened at start-up, closed (flushed) at shutdown
+    files: FileStore = field(init=False)
+    batches: BatchStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.admission = Admission(
@@ -39,7 +45,13 @@ class RouterState:
         )
         self.metrics = RouterMetrics(self.admission)
         self.callers = Callers(self.config.api_keys, self.config.keys_file)
-        self.limiter = Limiter(TokensUsedSince(self.config.usage_dir))
+        self.limiter = Limiter(TokensUsedSince(self.usage_dir))
+        self.files = FileStore(self.home)
+        self.batches = BatchStore(self.home)
+
+    @property
+    def usage_dir(self) -> Path:
+        return self.config.usage_dir or usage_dir(self.home)
 
 
 STATE: web.AppKey[RouterState] = web.AppKey("state", RouterState)

@@ -18,7 +18,7 @@ from aiohttp import web
 from slurm_llm._errors import SpecError
 from slurm_llm.router._dispatch import Call
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._metering import check_access, metered, priority_of
+from slurm_llm.router._metering import CALLER, check_access, metered, priority_of
 from slurm_llm.router._requests import read_json, require_served, served_model, validated
 from slurm_llm.router._schemas import (
     ChatCompletionRequest,
@@ -59,7 +59,9 @@ def tribunal_for(request: web.Request, generator: str, options: TribunalOptions)
         raise RouterError(400, f"bad tribunal options: {exc}") from None
     if config.critic is not None:
         require_served(state.pool, config.critic)
-        check_access(request, config.critic)  # the key must be allowed the critic's model too
+        check_access(
+            request.get(CALLER), config.critic
+        )  # the key must be allowed the critic's model too
 
     priority = priority_of(request)  # the critics and revisions go in as the caller's class
 
