@@ -42,6 +42,10 @@ class FileRecord(BaseModel):
         return self.model_dump(exclude={"owner"})
 
 
+class FileTooLarge(ValueError):
+    pass
+
+
 def new_id(prefix: str) -> str:
     """``file-…``, ``batch_…``: OpenAI's prefixes, then 24 random hex digits."""
     return prefix + secrets.token_hex(12)
@@ -61,7 +65,8 @@ class FileStore:
         self, chunks: AsyncIterator[bytes], filename: str, purpose: Purpose, owner: str,
         max_bytes: int,
     ) -> FileRecord:  # fmt: skip
-        """Streams an upload to disk (never whole in memory); ``ValueError`` past ``max_bytes``."""
+        """Streams an upload to disk (never whole in memory); ``FileTooLarge`` past
+        ``max_bytes``."""
         self.folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".upload-", suffix=".tmp")
         size = 0
@@ -70,7 +75,7 @@ class FileStore:
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > max_bytes:
-                        raise ValueError(f"the file is larger than {max_bytes} bytes")
+                        raise FileTooLarge(f"the file is larger than {max_bytes} bytes")
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())

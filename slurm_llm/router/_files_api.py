@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 from typing import Any, get_args
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from slurm_llm._usage import ANONYMOUS
-from slurm_llm.batches._file_store import FileRecord, Purpose
+from slurm_llm.batches._file_store import FileRecord, FileTooLarge, Purpose
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._metering import CALLER
 from slurm_llm.router._state import STATE
@@ -39,25 +40,11 @@ async def upload(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/form-data"):
         raise RouterError(400, "upload a file as multipart/form-data with the fields 'file' "
                           "and 'purpose' (the openai client's files.create does)")  # fmt: skip
+    try:
+        purpose, record = await receive_upload(request)
+    except (HttpProcessingError, ValueError) as exc:  # its headers, its text, its boundary
+        raise RouterError(400, f"the multipart body is malformed: {exc}") from None
     state = request.app[STATE]
-    purpose: str | None = None
-    record: FileRecord | None = None
-    reader = await request.multipart()
-    async for part in reader:
-        if not isinstance(part, BodyPartReader):
-            raise RouterError(400, "nested multipart bodies are not taken")
-        if part.name == "purpose":
-            purpose = (await part.text()).strip()
-        elif part.name == "file" and record is None:
-            try:
-                record = await state.files.receive(
-                    chunks(part), part.filename or "upload.jsonl", "batch", owner_of(request),
-                    state.config.max_file_bytes,
-                )  # fmt: skip
-            except ValueError as exc:
-                raise RouterError(413, str(exc)) from None
-        else:
-            await part.release()
     if purpose not in UPLOAD_PURPOSES or record is None:
         if record is not None:
             state.files.delete(record.id)
@@ -68,6 +55,34 @@ async def upload(request: web.Request) -> web.Response:
             param="purpose",
         )  # fmt: skip
     return web.json_response(record.public())
+
+
+async def receive_upload(request: web.Request) -> tuple[str | None, FileRecord | None]:
+    """The upload's purpose and its file, stored as it arrives."""
+    state = request.app[STATE]
+    purpose: str | None = None
+    record: FileRecord | None = None
+    try:
+        async for part in await request.multipart():
+            if not isinstance(part, BodyPartReader):
+                raise RouterError(400, "nested multipart bodies are not taken")
+            if part.name == "purpose":
+                purpose = (await part.text()).strip()
+            elif part.name == "file" and record is None:
+                try:
+                    record = await state.files.receive(
+                        chunks(part), part.filename or "upload.jsonl", "batch", owner_of(request),
+                        state.config.max_file_bytes,
+                    )  # fmt: skip
+                except FileTooLarge as exc:
+                    raise RouterError(413, str(exc)) from None
+            else:
+                await part.release()
+    except BaseException:  # a later part was broken, or the client went: no file is left
+        if record is not None:
+            state.files.delete(record.id)
+        raise
+    return purpose, record
 
 
 async def chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
