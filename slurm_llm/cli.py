@@ -24,26 +24,14 @@ from slurm_llm.control._controller import run_controller
 from slurm_llm.control._deployment import Deployment, attach, deploy, list_deployments
 from slurm_llm.nginx._cli import add_nginx_command
 from slurm_llm.router._accounting_cli import add_accounting_commands
+from slurm_llm.router._batch_cli import add_batch_command
 from slurm_llm.router._cli import add_router_command
-from slurm_llm.spec._model_spec import ModelSpec, preset_files
+from slurm_llm.spec._model_spec import ModelSpec, load_spec, preset_files
 from slurm_llm.spec._smollm2 import gguf_path, prepare_hf_dir
 from slurm_llm.tribunal._cli import add_verdicts_command
 
 console = Console()
 errors = Console(stderr=True)
-
-
-def load_spec(text: str) -> ModelSpec:
-    """A preset name or a TOML file path."""
-    if text in preset_files():
-        return ModelSpec.preset(text)
-    path = Path(text)
-    if path.suffix == ".toml" or path.exists():
-        return ModelSpec.from_file(path)
-    raise SpecError(
-        f"{text!r} is neither a preset ({', '.join(preset_files())}) nor a spec file; "
-        "`slurm-llm presets` lists presets, and any preset file can be copied and edited"
-    )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -278,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_commands(commands)
     add_router_command(commands)
     add_accounting_commands(commands)
+    add_batch_command(commands)
     add_nginx_command(commands)
     add_verdicts_command(commands)
     add_bench_command(commands)

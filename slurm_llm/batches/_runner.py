@@ -44,12 +44,13 @@ Send = Callable[[InputLine], Awaitable[tuple[int, Any]]]
 
 
 class ResultFile:
-    """``output.jsonl`` or ``errors.jsonl``: lines appended once a second, each fsynced."""
+    """``output.jsonl`` or ``errors.jsonl``: lines appended once a second, each fsynced; the
+    lines and tokens written are counted for the batch's record."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.pending: list[str] = []
-        self.lines = 0
+        self.pending: list[tuple[str, int, int]] = []  # (line, prompt, completion tokens)
+        self.lines = self.prompt_tokens = self.completion_tokens = 0
 
     def recover(self) -> set[str]:
         """The ``custom_id`` of every whole line; a last line cut short by a crash is cut off."""
@@ -64,27 +65,46 @@ class ResultFile:
         done: set[str] = set()
         with self.path.open("rb") as lines:
             for raw in lines:
-                done.add(json.loads(raw)["custom_id"])
-                self.lines += 1
+                line = json.loads(raw)
+                done.add(line["custom_id"])
+                self._count(1, *tokens_of(line))
         return done
 
     def add(self, line: dict[str, Any]) -> None:
-        self.pending.append(json.dumps(line, separators=(",", ":")) + "\n")
+        text = json.dumps(line, separators=(",", ":")) + "\n"
+        self.pending.append((text, *tokens_of(line)))
 
-    def take(self) -> list[str]:
+    def take(self) -> list[tuple[str, int, int]]:
         pending, self.pending = self.pending, []
         return pending
 
-    def write(self, pending: list[str]) -> None:
-        """Appends and fsyncs (off the event loop); the caller counts them once written."""
+    def write(self, pending: list[tuple[str, int, int]]) -> None:
+        """Appends and fsyncs (off the event loop); counted once written."""
         if not pending:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as out:
-            out.write("".join(pending))
+            out.write("".join(text for text, _, _ in pending))
             out.flush()
             os.fsync(out.fileno())
-        self.lines += len(pending)
+        self._count(len(pending), sum(p for _, p, _ in pending), sum(c for _, _, c in pending))
+
+    def _count(self, lines: int, prompt: int, completion: int) -> None:
+        self.lines += lines
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+
+
+def tokens_of(line: dict[str, Any]) -> tuple[int, int]:
+    """The (prompt, completion) tokens of an answer line's ``usage``; 0 where it has none."""
+    response = line.get("response") or {}
+    body = response.get("body") if isinstance(response, dict) else None
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (prompt if isinstance(prompt, int) else 0,
+            completion if isinstance(completion, int) else 0)  # fmt: skip
 
 
 def _end_of_last_line(file: BinaryIO, size: int) -> int:
@@ -248,7 +268,13 @@ class BatchRun:
         counts = self.record.request_counts.model_copy(
             update={"completed": self.output.lines, "failed": self.errors.lines}
         )
-        self.record = self.record.model_copy(update={"request_counts": counts})
+        prompt = self.output.prompt_tokens + self.errors.prompt_tokens
+        completion = self.output.completion_tokens + self.errors.completion_tokens
+        usage = self.record.usage.model_copy(update={
+            "input_tokens": prompt, "output_tokens": completion,
+            "total_tokens": prompt + completion,
+        })  # fmt: skip
+        self.record = self.record.model_copy(update={"request_counts": counts, "usage": usage})
 
     def _expire_rest(self, done: set[str]) -> None:
         """Every line never answered goes to the error file as ``batch_expired``."""

@@ -72,7 +72,7 @@ class BatchRuns:
             if record.status != "validating":
                 log.warning("resuming batch %s (%s)", record.id, record.status)
             done = await run.run()
-            log.warning("batch %s %s: %s", done.id, done.status, done.request_counts)
+            log.info("batch %s %s: %s", done.id, done.status, done.request_counts)
             self.finished.add(record.id)
         except asyncio.CancelledError:
             raise

@@ -125,6 +125,7 @@ class BatchObject(BaseModel):
     cancelling_at: int | None
     cancelled_at: int | None
     request_counts: dict[str, int] = Field(description="total, completed, failed")
+    usage: dict[str, Any] = Field(description="input_tokens, output_tokens, total_tokens")
     metadata: dict[str, str] | None
 
 

@@ -370,6 +370,19 @@ def preset_files() -> dict[str, Path]:
     return tomls_by_name(presets_dir())
 
 
+def load_spec(text: str) -> ModelSpec:
+    """A preset name or a TOML file path (what ``--spec`` takes on every command)."""
+    if text in preset_files():
+        return ModelSpec.preset(text)
+    path = Path(text)
+    if path.suffix == ".toml" or path.exists():
+        return ModelSpec.from_file(path)
+    raise SpecError(
+        f"{text!r} is neither a preset ({', '.join(preset_files())}) nor a spec file; "
+        "`slurm-llm presets` lists presets, and any preset file can be copied and edited"
+    )
+
+
 DEFAULT_TIME_LIMIT_MIN = 240
 
 

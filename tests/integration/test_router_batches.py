@@ -15,7 +15,7 @@ import pytest
 
 from slurm_llm import Deployment
 from slurm_llm.router import RouterThread
-from tests.integration.helpers import router_process, wait_until
+from tests.integration.helpers import cli, router_process, wait_until
 
 pytestmark = pytest.mark.llamacpp
 
@@ -122,3 +122,22 @@ def completed(client: openai.OpenAI, batch_id: str) -> int:
 def count_lines(home: Path, batch_id: str) -> int:
     path = home / "batches" / batch_id / "output.jsonl"
     return len(path.read_bytes().splitlines()) if path.exists() else 0
+
+
+def test_slurm_llm_batch_submit_waits_and_writes_the_answers_next_to_the_input(
+    smollm2_llamacpp: Deployment, router: RouterThread, tmp_path: Path
+) -> None:
+    source = tmp_path / "prompts.jsonl"
+    source.write_bytes(lines(6))
+    said = cli("batch", "submit", str(source), "--url", router.url, "--wait")
+    assert "completed 6 answered, 0 failed of 6" in said
+    written = tmp_path / "prompts.output.jsonl"
+    assert sorted(json.loads(raw)["custom_id"] for raw in written.read_text().splitlines()) == \
+        sorted(f"line-{n}" for n in range(6))  # fmt: skip
+    batch_id = said.split()[1]
+    assert "completed" in cli("batch", "status", batch_id, "--url", router.url)
+    assert batch_id in cli("batch", "list", "--url", router.url)
+    cli("batch", "results", batch_id, "--url", router.url, "--into", str(tmp_path))
+    assert (tmp_path / f"{batch_id}.output.jsonl").read_text() == written.read_text()
+    refused = cli("batch", "cancel", batch_id, "--url", router.url, check=False)
+    assert "already completed" in refused and "Traceback" not in refused

@@ -45,7 +45,8 @@ class StandInSend:
             await asyncio.Event().wait()  # in flight until cancelled
         if request.body.get("fail"):
             return 400, {"error": {"message": "the engine refused it"}}
-        return 200, {"choices": [{"message": {"content": request.custom_id}}]}
+        usage = {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
+        return 200, {"choices": [{"message": {"content": request.custom_id}}], "usage": usage}
 
 
 def submit(home: Path, lines: list[dict[str, Any]] | str, **window: int) -> BatchRecord:
@@ -80,6 +81,7 @@ def test_every_line_is_answered_once_and_the_output_is_a_file(tmp_path: Path) ->
     done = asyncio.run(runner(tmp_path, submit(tmp_path, lines), send).run())
     assert done.status == "completed" and done.completed_at is not None
     assert done.request_counts.model_dump() == {"total": 51, "completed": 50, "failed": 1}
+    assert (done.usage.input_tokens, done.usage.output_tokens) == (500, 100)
     answers = output(tmp_path, done)
     assert sorted(a["custom_id"] for a in answers) == sorted(f"req-{n}" for n in range(50))
     assert all(a["response"]["status_code"] == 200 and a["error"] is None for a in answers)
@@ -113,6 +115,7 @@ def test_a_run_stopped_half_way_resumes_without_losing_or_repeating_a_line(tmp_p
     assert sorted(ids) == sorted(f"req-{n}" for n in range(40)) and len(ids) == 40
     assert len(send.sent) == 20  # only what was not answered before
     assert done.request_counts.completed == 40
+    assert done.usage.total_tokens == 40 * 12  # counted again from the file on resuming
 
 
 def test_bad_lines_fail_the_batch_with_their_numbers_before_any_is_sent(tmp_path: Path) -> None:
