@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from slurm_llm._polling import polling
+from slurm_llm.node._ports import lease_port
 
 
 def wait_until(
@@ -60,3 +63,19 @@ def background(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def slurm_llm_router(
+    options: list[str], log: Path, home: Path, timeout: float = 30
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``slurm-llm router OPTIONS`` (this checkout's) on a port leased for it, in ``home``;
+    its URL and process once ``/health`` answers, stopped on the way out."""
+    cli = Path(sys.executable).parent / "slurm-llm"
+    argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "slurm_llm"]
+    with lease_port("127.0.0.1") as lease:  # held until the router is gone: no one else takes it
+        url = f"http://127.0.0.1:{lease.port}"
+        argv += ["router", "--port", str(lease.port), *options]
+        env = {**os.environ, "SLURM_LLM_HOME": str(home)}
+        with background(argv, answers(f"{url}/health"), log, timeout, env) as process:
+            yield url, process

@@ -34,7 +34,6 @@ import random
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -51,12 +50,11 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import RESULTS, machine_info, save_figure
-from _servers import background
+from _servers import slurm_llm_router
 
 from slurm_llm import ModelSpec, deploy
 from slurm_llm._api_keys import KeysFile
 from slurm_llm.bench import percentile
-from slurm_llm.node._ports import lease_port
 
 DEPLOYMENT = "bench-flood"
 MODEL = "smollm2"
@@ -183,43 +181,13 @@ async def run_phase(name: str, url: str, keys: dict[str, str], args: argparse.Na
 def router(
     home: Path, keys_file: Path, args: argparse.Namespace, reserve: int, log: Path
 ) -> Iterator[str]:
-    cli = Path(sys.executable).parent / "slurm-llm"
-    argv = [str(cli)] if cli.exists() else [sys.executable, "-m", "slurm_llm"]
-    lease = lease_port("127.0.0.1")
-    argv += [
-        "router",
-        "--port",
-        str(lease.port),
-        "--deployment",
-        DEPLOYMENT,
-        "--replica-limit",
-        str(args.slots),
-        "--probe-interval",
-        "0",
-        "--max-queue",
-        "100000",
-        "--queue-timeout",
-        "600",
-        "--api-keys-file",
-        str(keys_file),
-        "--batch-aging",
-        str(args.aging),
-        "--interactive-reserve",
-        str(reserve),
-    ]
-    url = f"http://127.0.0.1:{lease.port}"
-
-    def ready() -> bool:
-        with urllib.request.urlopen(f"{url}/health", timeout=1):
-            return True
-
-    try:
-        with background(
-            argv, ready, log, timeout=30, env={**os.environ, "SLURM_LLM_HOME": str(home)}
-        ):
-            yield url
-    finally:
-        lease.release()
+    options = [
+        "--deployment", DEPLOYMENT, "--replica-limit", str(args.slots), "--probe-interval", "0",
+        "--max-queue", "100000", "--queue-timeout", "600", "--api-keys-file", str(keys_file),
+        "--batch-aging", str(args.aging), "--interactive-reserve", str(reserve),
+    ]  # fmt: skip
+    with slurm_llm_router(options, log, home) as (url, _):
+        yield url
 
 
 def summary(phases: list[Phase]) -> dict[str, dict[str, Any]]:
