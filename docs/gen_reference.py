@@ -37,8 +37,8 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
     ("SLURM_LLM_API_KEYS", "`slurm-llm router`, `slurm-llm nginx`",
      "Comma-separated API keys the front end accepts, added to `--api-keys-file`. "
      "Plural: the keys a server accepts."),
-    ("SLURM_LLM_API_KEY", "`slurm-llm bench`",
-     "The one key a benchmark client sends (`--api-key` wins). Singular: what a client presents."),
+    ("SLURM_LLM_API_KEY", "`slurm-llm bench`, `slurm-llm batch`",
+     "The one key a client sends (`--api-key` wins). Singular: what a client presents."),
     ("SLURM_LLM_CLUSTER_DIR", "`slurm-llm cluster`",
      "Where the local SLURM cluster keeps its configuration, state and logs; default "
      "`~/.slurm-llm/cluster`."),

@@ -83,6 +83,27 @@ def test_a_batch_with_bad_lines_fails_before_any_is_sent_and_names_them(
     assert "llama-9000" in str(done.errors.data[1].message)
 
 
+def test_a_batch_cancelled_half_way_ends_with_what_was_answered(
+    smollm2_llamacpp: Deployment, router: RouterThread
+) -> None:
+    with openai.OpenAI(base_url=f"{router.url}/v1", api_key="none") as client:
+        source = client.files.create(file=("input.jsonl", io.BytesIO(lines(300))),
+                                     purpose="batch")  # fmt: skip
+        batch = client.batches.create(
+            input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        wait_until(lambda: completed(client, batch.id) >= 20, 120, "20 lines answered",
+                   every=0.1)  # fmt: skip
+        assert client.batches.cancel(batch.id).status == "cancelling"
+        wait_until(lambda: client.batches.retrieve(batch.id).status == "cancelled", 120,
+                   "the batch to end cancelled", every=0.2)  # fmt: skip
+        done = client.batches.retrieve(batch.id)
+        output = answers(client, done.output_file_id)
+    assert done.request_counts is not None and 20 <= done.request_counts.completed < 300
+    assert len(output) == done.request_counts.completed
+    assert len({a["custom_id"] for a in output}) == len(output)
+
+
 def test_a_router_killed_half_way_is_resumed_by_the_next_with_each_line_once(
     smollm2_llamacpp: Deployment, slurm_llm_home: Path
 ) -> None:
