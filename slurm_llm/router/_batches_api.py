@@ -27,7 +27,7 @@ from slurm_llm.batches._input import BodyCheck, InputLine
 from slurm_llm.batches._runner import BatchRun
 from slurm_llm.router._batch import send_metered
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._files_api import owner_of, page
+from slurm_llm.router._files_api import owned, owner_of, page
 from slurm_llm.router._metering import check_access
 from slurm_llm.router._requests import read_json, require_served, validated
 from slurm_llm.router._schemas import ENDPOINT_MODELS, BatchCreateRequest
@@ -178,9 +178,7 @@ def shown(state: RouterState, record: BatchRecord) -> dict[str, Any]:
 def own_batch(request: web.Request) -> BatchRecord:
     batch_id = request.match_info["batch_id"]
     record = request.app[STATE].batches.get(batch_id)
-    if record is None or record.owner != owner_of(request):
-        raise RouterError(404, f"no batch {batch_id!r}", "not_found", param="batch_id")
-    return record
+    return owned(request, record, "batch", batch_id, "batch_id")
 
 
 async def create_batch(request: web.Request) -> web.Response:
@@ -188,10 +186,8 @@ async def create_batch(request: web.Request) -> web.Response:
     body = validated(BatchCreateRequest, raw_body)
     state = request.app[STATE]
     owner = owner_of(request)
-    source = state.files.get(body.input_file_id)
-    if source is None or source.owner != owner:
-        raise RouterError(404, f"no file {body.input_file_id!r}", "not_found",
-                          param="input_file_id")  # fmt: skip
+    source = owned(request, state.files.get(body.input_file_id), "file", body.input_file_id,
+                   "input_file_id")  # fmt: skip
     if source.purpose != "batch":
         raise RouterError(400, f"file {source.id!r} was not uploaded with purpose 'batch'",
                           param="input_file_id")  # fmt: skip

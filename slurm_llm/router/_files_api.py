@@ -8,7 +8,7 @@ another key's file is answered as not found, so ids cannot be probed.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, get_args
+from typing import Any, Protocol, TypeVar, get_args
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -27,13 +27,24 @@ def owner_of(request: web.Request) -> str:
     return caller.name if caller is not None else ANONYMOUS
 
 
-def own_file(request: web.Request) -> FileRecord:
-    """The file in the path if the caller owns it; else a 404."""
-    file_id = request.match_info["file_id"]
-    record = request.app[STATE].files.get(file_id)
+class Owned(Protocol):
+    owner: str
+
+
+R = TypeVar("R", bound=Owned)
+
+
+def owned(request: web.Request, record: R | None, noun: str, given: str, param: str) -> R:
+    """``record`` if the caller owns it; else a 404, the same as for an id that does not
+    exist, so one key cannot probe for another's ids."""
     if record is None or record.owner != owner_of(request):
-        raise RouterError(404, f"no file {file_id!r}", "not_found", param="file_id")
+        raise RouterError(404, f"no {noun} {given!r}", "not_found", param=param)
     return record
+
+
+def own_file(request: web.Request) -> FileRecord:
+    file_id = request.match_info["file_id"]
+    return owned(request, request.app[STATE].files.get(file_id), "file", file_id, "file_id")
 
 
 async def upload(request: web.Request) -> web.Response:

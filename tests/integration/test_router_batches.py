@@ -31,12 +31,16 @@ def lines(count: int, **body: Any) -> bytes:
     )  # fmt: skip
 
 
-def run_batch(client: openai.OpenAI, content: bytes, timeout: float = 300) -> Any:
+def start_batch(client: openai.OpenAI, content: bytes) -> Any:
     source = client.files.create(file=("input.jsonl", io.BytesIO(content)), purpose="batch")
-    batch = client.batches.create(
+    return client.batches.create(
         input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h",
         metadata={"project": "tests"},
     )  # fmt: skip
+
+
+def run_batch(client: openai.OpenAI, content: bytes, timeout: float = 300) -> Any:
+    batch = start_batch(client, content)
     assert batch.status == "validating" and batch.metadata == {"project": "tests"}
     ended = ("completed", "failed", "cancelled", "expired")
     wait_until(lambda: client.batches.retrieve(batch.id).status in ended, timeout,
@@ -87,11 +91,7 @@ def test_a_batch_cancelled_half_way_ends_with_what_was_answered(
     smollm2_llamacpp: Deployment, router: RouterThread
 ) -> None:
     with openai.OpenAI(base_url=f"{router.url}/v1", api_key="none") as client:
-        source = client.files.create(file=("input.jsonl", io.BytesIO(lines(300))),
-                                     purpose="batch")  # fmt: skip
-        batch = client.batches.create(
-            input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = start_batch(client, lines(300))
         wait_until(lambda: completed(client, batch.id) >= 20, 120, "20 lines answered",
                    every=0.1)  # fmt: skip
         assert client.batches.cancel(batch.id).status == "cancelling"
@@ -110,11 +110,7 @@ def test_a_router_killed_half_way_is_resumed_by_the_next_with_each_line_once(
     options = ("--deployment", "shared-smollm2", "--probe-interval", "0")
     with router_process(*options) as (process, url):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
-        source = client.files.create(file=("input.jsonl", io.BytesIO(lines(500))),
-                                     purpose="batch")  # fmt: skip
-        batch = client.batches.create(
-            input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = start_batch(client, lines(500))
         wait_until(lambda: completed(client, batch.id) >= 150, 300, "150 lines answered",
                    every=0.2)  # fmt: skip
         process.send_signal(signal.SIGKILL)
