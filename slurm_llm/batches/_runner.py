@@ -21,17 +21,18 @@ import itertools
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal, TypeVar
 
 from slurm_llm.batches._batch_store import (
+    BatchError,
     BatchErrors,
     BatchRecord,
     BatchStore,
     RequestCounts,
-    Status,
 )
 from slurm_llm.batches._file_store import FileStore, new_id
 from slurm_llm.batches._input import BodyCheck, InputLine, input_lines, validate
@@ -39,6 +40,7 @@ from slurm_llm.batches._input import BodyCheck, InputLine, input_lines, validate
 log = logging.getLogger("slurm_llm.batches")
 FLUSH_EVERY_S = 1.0
 READ_AHEAD = 256  # input lines read per trip to a thread
+T = TypeVar("T")
 # One line's answer: its HTTP status and JSON body (the engine's, or the router's error).
 Send = Callable[[InputLine], Awaitable[tuple[int, Any]]]
 
@@ -50,6 +52,7 @@ class ResultFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.pending: list[tuple[str, int, int]] = []  # (line, prompt, completion tokens)
+        self._pending_lock = threading.Lock()  # the loop adds, a flushing thread takes
         self.lines = self.prompt_tokens = self.completion_tokens = 0
 
     def recover(self) -> set[str]:
@@ -72,10 +75,12 @@ class ResultFile:
 
     def add(self, line: dict[str, Any]) -> None:
         text = json.dumps(line, separators=(",", ":")) + "\n"
-        self.pending.append((text, *tokens_of(line)))
+        with self._pending_lock:
+            self.pending.append((text, *tokens_of(line)))
 
     def take(self) -> list[tuple[str, int, int]]:
-        pending, self.pending = self.pending, []
+        with self._pending_lock:
+            pending, self.pending = self.pending, []
         return pending
 
     def write(self, pending: list[tuple[str, int, int]]) -> None:
@@ -120,8 +125,15 @@ def _end_of_last_line(file: BinaryIO, size: int) -> int:
     return 0
 
 
+Ending = Literal["completed", "cancelled", "expired"]
+
+
 class BatchRun:
-    """One batch, run by the router that holds its lock, from wherever it stands."""
+    """One batch, run by the router that holds its lock, from wherever it stands.
+
+    The record and the result files are changed under one lock (``_io``), by the event loop
+    or by the threads that do the file work; a thread's work is waited for even when the run
+    is cancelled, so the batch's lock is never let go while a write is under way."""
 
     def __init__(
         self,
@@ -144,25 +156,45 @@ class BatchRun:
         self.in_flight: dict[str, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.freed = asyncio.Event()
-        self.stopping: Status | None = None  # cancelling or expired: send no more lines
+        self.stopping: Ending | None = None  # cancelled or expired: send no more lines
+        self._io = threading.Lock()
 
     async def run(self) -> BatchRecord:
         if self.record.status == "validating":
             await self._validate()
         if self.record.status in ("in_progress", "cancelling"):
-            await self._answer()
-        if self.record.status in ("finalizing", "cancelling", "expired"):
-            await asyncio.to_thread(self._finalize)
+            await self._in_thread(self._finalize, await self._answer())
+        elif self.record.status == "finalizing":  # stopped while finalizing
+            await self._in_thread(self._finalize, "completed")
         return self.record
 
+    async def _in_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """``work`` off the event loop; if the run is cancelled meanwhile, the thread is still
+        waited for before the cancellation goes on."""
+        job = asyncio.ensure_future(asyncio.to_thread(work, *args))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await job
+            raise
+
     def _save(self, **changes: Any) -> None:
+        with self._io:
+            self._save_now(**changes)
+
+    def _save_now(self, **changes: Any) -> None:
         self.record = self.record.model_copy(update=changes)
         self.batches.save(self.record)
 
     async def _validate(self) -> None:
         path = self.files.content_path(self.record.input_file_id)
-        total, errors = await asyncio.to_thread(validate, path, self.record.endpoint,
-                                                self.check_body)  # fmt: skip
+        try:
+            total, errors = await self._in_thread(validate, path, self.record.endpoint,
+                                                  self.check_body)  # fmt: skip
+        except OSError as exc:  # the input went (deleted by hand, a storage error)
+            unreadable = f"the input file cannot be read: {exc}"
+            total, errors = 0, [BatchError(code="input_unreadable", message=unreadable)]
         now = int(time.time())
         if errors:
             self._save(status="failed", failed_at=now, errors=BatchErrors(data=errors),
@@ -172,20 +204,18 @@ class BatchRun:
             self._save(status="in_progress", in_progress_at=now,
                        request_counts=RequestCounts(total=total))  # fmt: skip
 
-    async def _answer(self) -> None:
-        """Sends every line not answered yet, flushing as it goes; ends in finalizing,
-        cancelling or expired."""
+    async def _answer(self) -> Ending:
+        """Sends every line not answered yet, flushing as it goes; says how it ended."""
         if self.record.status == "cancelling" or self.batches.cancel_requested(self.record.id):
-            self.stopping = "cancelling"
+            self.stopping = "cancelled"
         elif time.time() > self.record.expires_at:  # resumed too late
             self.stopping = "expired"
-        done = await asyncio.to_thread(lambda: self.output.recover() | self.errors.recover())
-        self._count()
+        done = await self._in_thread(self._recover)
         flusher = asyncio.create_task(self._flush_forever())
         try:
             lines = input_lines(self.files.content_path(self.record.input_file_id))
             while self.stopping is None:
-                chunk = await asyncio.to_thread(_take, lines, READ_AHEAD)
+                chunk = await self._in_thread(_take, lines, READ_AHEAD)
                 if not chunk:
                     break
                 for line in chunk:
@@ -196,8 +226,6 @@ class BatchRun:
                     await self._start(line)
             while self.tasks:
                 await asyncio.wait(set(self.tasks))
-            if self.stopping == "expired":
-                await asyncio.to_thread(self._expire_rest, done)
         finally:
             for task in list(self.tasks):  # only when the router stops: lines to send again
                 task.cancel()
@@ -205,15 +233,21 @@ class BatchRun:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             # The answers of the last second: kept even when the router is stopping.
-            await asyncio.shield(asyncio.to_thread(self._flush))
-        now = int(time.time())
-        if self.stopping == "cancelling":
+            await self._in_thread(self._flush)
+        if self.stopping == "expired":
+            await self._in_thread(self._expire_rest)
+        elif self.stopping == "cancelled":
             if self.record.status != "cancelling":
-                self._save(status="cancelling", cancelling_at=now)
-        elif self.stopping == "expired":
-            self._save(status="expired", expired_at=now)
+                self._save(status="cancelling", cancelling_at=int(time.time()))
         else:
-            self._save(status="finalizing", finalizing_at=now)
+            self._save(status="finalizing", finalizing_at=int(time.time()))
+        return self.stopping or "completed"
+
+    def _recover(self) -> set[str]:
+        with self._io:
+            done = self.output.recover() | self.errors.recover()
+            self._count()
+        return done
 
     async def _start(self, line: InputLine) -> None:
         model = str(line.body.get("model"))
@@ -250,15 +284,19 @@ class BatchRun:
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(self.flush_every_s)
-            await asyncio.to_thread(self._flush)
+            await self._in_thread(self._flush)
             if self.stopping is None and self.batches.cancel_requested(self.record.id):
-                self.stopping = "cancelling"
+                self.stopping = "cancelled"
                 self._save(status="cancelling", cancelling_at=int(time.time()))
             elif self.stopping is None and time.time() > self.record.expires_at:
                 self.stopping = "expired"
             self.freed.set()  # a line waiting for room sees the stop
 
     def _flush(self) -> None:
+        with self._io:
+            self._flush_now()
+
+    def _flush_now(self) -> None:
         self.output.write(self.output.take())
         self.errors.write(self.errors.take())
         self._count()
@@ -276,17 +314,20 @@ class BatchRun:
         })  # fmt: skip
         self.record = self.record.model_copy(update={"request_counts": counts, "usage": usage})
 
-    def _expire_rest(self, done: set[str]) -> None:
-        """Every line never answered goes to the error file as ``batch_expired``."""
-        answered = done | self._ids(self.output) | self._ids(self.errors)
-        for line in input_lines(self.files.content_path(self.record.input_file_id)):
-            if line.custom_id not in answered:
-                self.errors.add({
-                    "id": new_id("batch_req_"), "custom_id": line.custom_id, "response": None,
-                    "error": {"code": "batch_expired",
-                              "message": "the batch's completion window passed first"},
-                })  # fmt: skip
-        self._flush()
+    def _expire_rest(self) -> None:
+        """Every line never answered goes to the error file as ``batch_expired``; the answers
+        already written, and those still pending, count as answered."""
+        with self._io:
+            self._flush_now()
+            answered = self._ids(self.output) | self._ids(self.errors)
+            for line in input_lines(self.files.content_path(self.record.input_file_id)):
+                if line.custom_id not in answered:
+                    self.errors.add({
+                        "id": new_id("batch_req_"), "custom_id": line.custom_id, "response": None,
+                        "error": {"code": "batch_expired",
+                                  "message": "the batch's completion window passed first"},
+                    })  # fmt: skip
+            self._flush_now()
 
     def _ids(self, results: ResultFile) -> set[str]:
         if not results.path.exists():
@@ -294,29 +335,23 @@ class BatchRun:
         with results.path.open("rb") as lines:
             return {json.loads(raw)["custom_id"] for raw in lines}
 
-    def _finalize(self) -> None:
+    def _finalize(self, ending: Ending) -> None:
         """Output and error files become files of the store (ids chosen and saved first, so a
         crash here is finished by the next run), then the batch ends."""
-        record = self.record
-        ids: dict[str, str | None] = {"output_file_id": record.output_file_id,
-                                      "error_file_id": record.error_file_id}  # fmt: skip
-        paths = {"output_file_id": self.output.path, "error_file_id": self.errors.path}
-        for field, path in paths.items():
-            if ids[field] is None and path.exists() and path.stat().st_size:
-                ids[field] = new_id("file-")
-        if ids != {"output_file_id": record.output_file_id, "error_file_id": record.error_file_id}:
-            self._save(**ids)
-        for field, path in paths.items():
-            if (file_id := ids[field]) is not None:
-                self.files.adopt(path, f"{record.id}_{field.split('_')[0]}.jsonl",
-                                 "batch_output", record.owner, file_id=file_id)  # fmt: skip
-        now = int(time.time())
-        final: dict[Status, dict[str, Any]] = {
-            "finalizing": {"status": "completed", "completed_at": now},
-            "cancelling": {"status": "cancelled", "cancelled_at": now},
-            "expired": {},
-        }
-        self._save(**final[record.status])
+        with self._io:
+            record = self.record
+            ids: dict[str, str | None] = {"output_file_id": record.output_file_id,
+                                          "error_file_id": record.error_file_id}  # fmt: skip
+            paths = {"output_file_id": self.output.path, "error_file_id": self.errors.path}
+            for field, path in paths.items():
+                if ids[field] is None and path.exists() and path.stat().st_size:
+                    ids[field] = new_id("file-")
+            self._save_now(**ids)
+            for field, path in paths.items():
+                if (file_id := ids[field]) is not None:
+                    self.files.adopt(path, f"{record.id}_{field.split('_')[0]}.jsonl",
+                                     "batch_output", record.owner, file_id=file_id)  # fmt: skip
+            self._save_now(**{"status": ending, f"{ending}_at": int(time.time())})
 
 
 def _take(lines: Iterator[InputLine], count: int) -> list[InputLine]:

@@ -35,14 +35,16 @@ class StandInSend:
     ``answer_first`` (the others wait until the run is stopped), and records what it was
     sent."""
 
-    def __init__(self, answer_first: int | None = None) -> None:
+    def __init__(self, answer_first: int | None = None, takes_s: float = 0.0) -> None:
         self.sent: list[str] = []
         self.answer_first = answer_first
+        self.takes_s = takes_s
 
     async def __call__(self, request: InputLine) -> tuple[int, Any]:
         self.sent.append(request.custom_id)
         if self.answer_first is not None and len(self.sent) > self.answer_first:
             await asyncio.Event().wait()  # in flight until cancelled
+        await asyncio.sleep(self.takes_s)
         if request.body.get("fail"):
             return 400, {"error": {"message": "the engine refused it"}}
         usage = {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
@@ -167,3 +169,20 @@ def test_an_expired_batch_reports_its_unanswered_lines(tmp_path: Path) -> None:
     expired = output(tmp_path, done, "error_file_id")
     assert {e["error"]["code"] for e in expired} == {"batch_expired"}
     assert done.request_counts.completed + len(expired) == 10
+
+
+def test_a_batch_expiring_while_it_runs_answers_each_line_once(tmp_path: Path) -> None:
+    """Answers still waiting for their flush when the window passes are answers, not lines to
+    report as expired."""
+    record = submit(tmp_path, [line(n) for n in range(120)], seconds=60)
+    record = record.model_copy(update={"expires_at": int(time.time()) + 2})  # in 1-2 s
+    BatchStore(tmp_path).save(record)
+    run = runner(tmp_path, record, StandInSend(takes_s=0.05), limit=2)
+    run.flush_every_s = 0.3  # answers pile up between flushes
+    done = asyncio.run(run.run())
+    assert done.status == "expired" and done.expired_at is not None
+    answered = [a["custom_id"] for a in output(tmp_path, done)]
+    expired = [e["custom_id"] for e in output(tmp_path, done, "error_file_id")]
+    assert answered and expired
+    assert sorted(answered + expired) == sorted(f"req-{n}" for n in range(120))
+    assert done.request_counts.completed + done.request_counts.failed == 120  # 3 s of lines
