@@ -83,7 +83,6 @@ class Identities:
 
     def __init__(self, identities: Mapping[str, Identity] = {}) -> None:
         self.by_hash = {i.hash: i for i in identities.values() if i.revoked is None}
-        self.by_name = {i.name: i for i in self.by_hash.values()}
 
     def __len__(self) -> int:
         return len(self.by_hash)

@@ -92,10 +92,15 @@ class BatchRecord(BaseModel):
     request_counts: RequestCounts = Field(default_factory=RequestCounts)
     usage: BatchUsage = Field(default_factory=BatchUsage)
     metadata: dict[str, str] | None = None
+    # Never shown to clients: the key that owns it (its hash: a key's name can be a position
+    # in a flat list), that key's name (for usage records), and the models its lines use (a
+    # router takes a batch over only if it serves them).
     owner: str
+    key: str = "-"
+    models: list[str] = Field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"owner"})
+        return self.model_dump(exclude={"owner", "key", "models"})
 
     @property
     def finished(self) -> bool:
@@ -126,13 +131,13 @@ class BatchStore:
     def cancel_requested(self, batch_id: str) -> bool:
         return (self.folder_of(batch_id) / "cancel").exists()
 
-    def create(self, endpoint: str, input_file_id: str, window: str, owner: str,
+    def create(self, endpoint: str, input_file_id: str, window: str, owner: str, key: str,
                metadata: dict[str, str] | None) -> BatchRecord:  # fmt: skip
         now = int(time.time())
         record = BatchRecord(
             id=new_id("batch_"), endpoint=endpoint, input_file_id=input_file_id,
             completion_window=window, created_at=now, expires_at=now + WINDOWS_S[window],
-            metadata=metadata, owner=owner,
+            metadata=metadata, owner=owner, key=key,
         )  # fmt: skip
         self.save(record)
         return record

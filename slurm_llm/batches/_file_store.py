@@ -36,7 +36,7 @@ class FileRecord(BaseModel):
     filename: str
     purpose: Purpose
     status: Literal["processed"] = "processed"
-    owner: str  # the key name that uploaded it (or the batch's), "-" for routers without keys
+    owner: str  # the hash of the key that uploaded it (or the batch's), "-" without keys
 
     def public(self) -> dict[str, Any]:
         return self.model_dump(exclude={"owner"})

@@ -39,10 +39,14 @@ def input_lines(path: Path) -> Iterator[InputLine]:
             yield InputLine(number, line["custom_id"], line["body"])
 
 
-def validate(path: Path, endpoint: str, check_body: BodyCheck) -> tuple[int, list[BatchError]]:
-    """The number of requests in the file, and what is wrong with it (empty when nothing)."""
+def validate(
+    path: Path, endpoint: str, check_body: BodyCheck
+) -> tuple[int, list[BatchError], set[str]]:
+    """The number of requests in the file, what is wrong with it (empty when nothing), and
+    the models its lines ask for."""
     errors: list[BatchError] = []
     seen: set[str] = set()
+    models: set[str] = set()
     total = 0
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
@@ -52,13 +56,15 @@ def validate(path: Path, endpoint: str, check_body: BodyCheck) -> tuple[int, lis
             if problem := line_problem(raw, endpoint, seen, check_body):
                 code, message, param = problem
                 errors.append(BatchError(code=code, message=message, param=param, line=number))
+            else:
+                models.add(json.loads(raw)["body"]["model"])
     if total == 0:
         errors.append(BatchError(code="empty_file", message="the input file holds no request"))
     if len(errors) > MAX_REPORTED_ERRORS:
         more = len(errors) - MAX_REPORTED_ERRORS
         last = BatchError(code="too_many_errors", message=f"and {more} more lines like these")
         errors = [*errors[:MAX_REPORTED_ERRORS], last]
-    return total, errors
+    return total, errors, models
 
 
 def line_problem(

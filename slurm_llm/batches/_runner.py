@@ -190,18 +190,20 @@ class BatchRun:
     async def _validate(self) -> None:
         path = self.files.content_path(self.record.input_file_id)
         try:
-            total, errors = await self._in_thread(validate, path, self.record.endpoint,
-                                                  self.check_body)  # fmt: skip
+            total, errors, models = await self._in_thread(
+                validate, path, self.record.endpoint, self.check_body
+            )
         except OSError as exc:  # the input went (deleted by hand, a storage error)
             unreadable = f"the input file cannot be read: {exc}"
-            total, errors = 0, [BatchError(code="input_unreadable", message=unreadable)]
+            total, models = 0, set()
+            errors = [BatchError(code="input_unreadable", message=unreadable)]
         now = int(time.time())
         if errors:
             self._save(status="failed", failed_at=now, errors=BatchErrors(data=errors),
                        request_counts=RequestCounts(total=total))  # fmt: skip
             log.warning("batch %s failed validation: %d problem(s)", self.record.id, len(errors))
         else:
-            self._save(status="in_progress", in_progress_at=now,
+            self._save(status="in_progress", in_progress_at=now, models=sorted(models),
                        request_counts=RequestCounts(total=total))  # fmt: skip
 
     async def _answer(self) -> Ending:

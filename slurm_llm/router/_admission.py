@@ -18,7 +18,9 @@ Ranking decides who gets the next free slot, but an interactive request that rea
 of the queue still waits for one of the flood's answers to end. ``interactive_reserve`` keeps
 that many slots of each replica out of batch-class hands while interactive requests are coming
 (one arrived within ``RESERVE_WINDOW_S``), so a chat finds a slot at once; with no interactive
-traffic, batch work uses every slot. A replica always leaves batch work at least one slot.
+traffic, batch work uses every slot. Batch work always keeps one slot of each replica, however
+many chats come, so aging still bounds its wait; and when the window lapses, the queue is
+served at once rather than at the next release.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ class Admission:
         self.clock = clock
         self.interactive_reserve = interactive_reserve
         self._last_interactive: dict[str, float] = {}  # model -> when one last arrived
+        self._reserve_lapses: dict[str, asyncio.TimerHandle] = {}  # model -> its wake-up
         self.policy = policy
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
@@ -160,9 +163,9 @@ class Admission:
             self._last_interactive[model] = arrived
         queue = self.queues.setdefault(model, [])
         if not queue:
-            free = [b for b in routable if b.in_flight < self._limit(b, priority)]
+            free = [b for b in routable if self._may_take(b, priority)]
             if free:
-                return self._take(model, free, key)
+                return self._take(model, free, key, priority)
         if bounded and len(queue) >= self.max_queue:
             raise Rejected(
                 429,
@@ -182,7 +185,7 @@ class Admission:
         except (TimeoutError, asyncio.CancelledError) as exc:
             # A replica handed over in the same instant would otherwise stay reserved forever.
             if waiter.future.done() and not waiter.future.cancelled():
-                self.release(waiter.future.result())
+                self.release(waiter.future.result(), waiter.priority)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise Rejected(
@@ -196,8 +199,9 @@ class Admission:
             if waiter in queue:
                 queue.remove(waiter)
 
-    def release(self, backend: Backend) -> None:
+    def release(self, backend: Backend, priority: Priority = "interactive") -> None:
         backend.in_flight -= 1
+        backend.batch_in_flight -= priority == "batch"
         self.dispatch(backend.model)
 
     def dispatch(self, model: str) -> None:
@@ -219,14 +223,14 @@ class Admission:
                 continue
             free = [
                 b for b in free_now
-                if b.url not in waiter.exclude and b.in_flight < self._limit(b, waiter.priority)
+                if b.url not in waiter.exclude and self._may_take(b, waiter.priority)
             ]  # fmt: skip
             if not free:
                 if not waiter.exclude:
                     blocked.add(waiter.priority)
                 continue
             queue.remove(waiter)
-            backend = self._take(model, free, waiter.key)
+            backend = self._take(model, free, waiter.key, waiter.priority)
             waiter.future.set_result(backend)
             if not backend.free():
                 free_now.remove(backend)
@@ -237,19 +241,40 @@ class Admission:
         for model in list(self.queues):
             self.dispatch(model)
 
-    def _limit(self, backend: Backend, priority: Priority) -> int:
-        """Requests of ``priority`` that may be in flight on ``backend``: its limit, less the
-        reserve for batch work while interactive requests are coming (never below 1)."""
+    def _may_take(self, backend: Backend, priority: Priority) -> bool:
+        """Whether a request of ``priority`` may have a slot of ``backend`` now: any free slot,
+        except that batch work leaves ``interactive_reserve`` of them while interactive
+        requests are coming, and always may have one."""
+        if not backend.free():
+            return False
         if priority == "interactive" or not self.interactive_reserve:
-            return backend.limit
-        last = self._last_interactive.get(backend.model)
-        if last is None or self.clock() - last > RESERVE_WINDOW_S:
-            return backend.limit
-        return max(1, backend.limit - self.interactive_reserve)
+            return True
+        if backend.batch_in_flight == 0 or not self._reserving(backend.model):
+            return True
+        return backend.in_flight < backend.limit - self.interactive_reserve
 
-    def _take(self, model: str, free: list[Backend], key: str | None) -> Backend:
+    def _reserving(self, model: str) -> bool:
+        """Whether the reserve is in force for ``model``; if so, the queue is served again the
+        moment it lapses, when slots it held may go to batch work that waits."""
+        last = self._last_interactive.get(model)
+        lapses = (last or 0.0) + RESERVE_WINDOW_S - self.clock()
+        if last is None or lapses <= 0:
+            return False
+        if model not in self._reserve_lapses:
+            loop = asyncio.get_running_loop()
+            self._reserve_lapses[model] = loop.call_later(lapses, self._reserve_lapsed, model)
+        return True
+
+    def _reserve_lapsed(self, model: str) -> None:
+        del self._reserve_lapses[model]
+        self.dispatch(model)
+
+    def _take(
+        self, model: str, free: list[Backend], key: str | None, priority: Priority
+    ) -> Backend:
         backend = by_affinity(key, free) if key else self.policy.choose(model, free)
         backend.in_flight += 1
+        backend.batch_in_flight += priority == "batch"
         return backend
 
     def _retry_after(self, model: str) -> int:

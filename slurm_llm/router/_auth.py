@@ -64,10 +64,10 @@ class Callers:
             log.warning("keys reloaded from %s: %d key(s)", self.keys_file, len(self.identities))
         self.file_stamp = stamp
 
-    def named(self, name: str) -> Identity | None:
-        """The active identity called ``name`` (a durable batch's owner, as its lines are
-        sent long after the request that made it); None when revoked or gone."""
-        return self.identities.by_name.get(name)
+    def holder(self, key_hash: str) -> Identity | None:
+        """The active identity of the key with this hash (a durable batch's owner, whose lines
+        are sent long after the request that made it); None when revoked or unknown here."""
+        return self.identities.by_hash.get(key_hash)
 
     def identify(self, request: web.Request) -> Identity | None:
         """The caller's identity; None when this router needs no key. Raises 401."""

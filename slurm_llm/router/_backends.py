@@ -42,6 +42,7 @@ class Backend:
     job: str | None = None
     request_priority: bool = False  # the engine schedules by each request's ``priority``
     in_flight: int = 0
+    batch_in_flight: int = 0  # of in_flight, the batch-class requests
     answered: int = 0  # requests this replica answered, for balancing checks and metrics
     failures: int = 0  # consecutive passive failures
     ejected_until: float = 0.0

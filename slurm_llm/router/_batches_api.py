@@ -22,13 +22,14 @@ from typing import Any
 from aiohttp import web
 
 from slurm_llm._files import try_lock
+from slurm_llm._usage import ANONYMOUS
 from slurm_llm.batches._batch_store import BatchRecord
 from slurm_llm.batches._input import BodyCheck, InputLine
 from slurm_llm.batches._runner import BatchRun
 from slurm_llm.router._batch import send_metered
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._files_api import owned, owner_of, page
-from slurm_llm.router._metering import check_access
+from slurm_llm.router._metering import CALLER, check_access
 from slurm_llm.router._requests import read_json, require_served, validated
 from slurm_llm.router._schemas import ENDPOINT_MODELS, BatchCreateRequest
 from slurm_llm.router._state import STATE, RouterState
@@ -55,11 +56,24 @@ class BatchRuns:
         if lock is None:
             return  # another router runs it
         record = self.state.batches.get(batch_id)
-        if record is None or record.finished:
+        if record is None or record.finished or not self.can_run(record):
             os.close(lock)
-            self.finished.add(batch_id)
+            if record is None or record.finished:
+                self.finished.add(batch_id)
             return
         self.running[batch_id] = asyncio.create_task(self._run(record, lock))
+
+    def can_run(self, record: BatchRecord) -> bool:
+        """Whether this router can send the batch's lines: it knows the batch's key (or, like
+        the batch's, needs none) and serves its models. Another router sharing the storage
+        but serving other models, or other keys, leaves it to one that can, rather than
+        writing every line off as an error."""
+        callers = self.state.callers
+        if callers.required and callers.holder(record.owner) is None:
+            return False
+        if not callers.required and record.owner != ANONYMOUS:
+            return False
+        return set(record.models) <= self.state.pool.known_models()
 
     async def _run(self, record: BatchRecord, lock: int) -> None:
         state = self.state
@@ -121,7 +135,7 @@ def line_checker(state: RouterState, record: BatchRecord) -> BodyCheck:
     """A line's body checked as a request to ``endpoint`` would be, against the models served
     when the batch starts (a snapshot: the check runs off the event loop)."""
     known = state.pool.known_models()
-    owner = state.callers.named(record.owner) if state.callers.required else None
+    owner = state.callers.holder(record.owner) if state.callers.required else None
 
     def problem(endpoint: str, body: dict[str, Any]) -> str | None:
         try:
@@ -147,8 +161,8 @@ async def send_line(state: RouterState, record: BatchRecord, line: InputLine) ->
     while True:
         try:
             caller = None
-            if state.callers.required and (caller := state.callers.named(record.owner)) is None:
-                raise RouterError(401, f"the batch's key {record.owner!r} was revoked",
+            if state.callers.required and (caller := state.callers.holder(record.owner)) is None:
+                raise RouterError(401, f"the batch's key {record.key!r} was revoked",
                                   "authentication_error")  # fmt: skip
             model = require_served(state.pool, line.body.get("model"))
             check_access(caller, model)
@@ -191,9 +205,11 @@ async def create_batch(request: web.Request) -> web.Response:
     if source.purpose != "batch":
         raise RouterError(400, f"file {source.id!r} was not uploaded with purpose 'batch'",
                           param="input_file_id")  # fmt: skip
+    caller = request.get(CALLER)
     record = state.batches.create(
-        body.endpoint, source.id, body.completion_window, owner, body.metadata
-    )
+        body.endpoint, source.id, body.completion_window, owner,
+        caller.name if caller is not None else ANONYMOUS, body.metadata,
+    )  # fmt: skip
     request.app[BATCH_RUNS].start(record.id)
     return web.json_response(shown(state, record))
 

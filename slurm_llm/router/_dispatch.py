@@ -149,7 +149,7 @@ class Dispatcher:
                 tried.clear()
                 backend = await self._acquire(call, tried, bounded)
             tried.add(backend.url)
-            give_back = self._give_back_once(backend)
+            give_back = self._give_back_once(backend, call.priority)
             try:
                 outcome = await self._forward(call, backend, relay, deadline, give_back)
             finally:
@@ -177,7 +177,7 @@ class Dispatcher:
         self.metrics.request_faults.labels(call.model, str(reply.status)).inc()
         return replace(reply, request_fault=True)
 
-    def _give_back_once(self, backend: Backend) -> GiveBack:
+    def _give_back_once(self, backend: Backend, priority: Priority) -> GiveBack:
         """The verdict is recorded before the replica is released, and both before a streamed
         client sees the stream's end: a client that checks the replica's state, or sends its
         next request, the moment its stream ends finds the replica already settled."""
@@ -191,7 +191,7 @@ class Dispatcher:
                     backend.succeeded()
                 elif clean is False:
                     backend.failed(why)
-                self.admission.release(backend)
+                self.admission.release(backend, priority)
 
         return give_back
 

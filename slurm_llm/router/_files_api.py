@@ -23,8 +23,10 @@ UPLOAD_PURPOSES = ("batch",)  # what clients upload; batch_output files are the 
 
 
 def owner_of(request: web.Request) -> str:
+    """Who owns what this request makes: its key's hash, not its name (a flat list's keys are
+    named by their position, which another key takes when one is removed)."""
     caller = request.get(CALLER)
-    return caller.name if caller is not None else ANONYMOUS
+    return caller.hash if caller is not None else ANONYMOUS
 
 
 class Owned(Protocol):

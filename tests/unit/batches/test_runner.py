@@ -58,7 +58,7 @@ def submit(home: Path, lines: list[dict[str, Any]] | str, **window: int) -> Batc
         lines if isinstance(lines, str) else "".join(json.dumps(x) + "\n" for x in lines)
     )
     source = files.adopt(path, "input.jsonl", "batch", "alice")
-    record = batches.create(ENDPOINT, source.id, "24h", "alice", None)
+    record = batches.create(ENDPOINT, source.id, "24h", "alice", "alice", None)
     if window:
         record = record.model_copy(update={"expires_at": int(time.time()) + window["seconds"]})
         batches.save(record)

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slurm_llm._api_keys import Priority
+from slurm_llm.router import _admission as admission_module
 from slurm_llm.router._admission import (
     RESERVE_WINDOW_S,
     Admission,
@@ -300,6 +301,41 @@ def test_the_reserve_never_takes_the_last_slot_from_batch_work() -> None:
     run(scenario)
     with pytest.raises(ValueError, match="0 or more"):
         admission(interactive_reserve=-1)
+
+
+def test_batch_work_at_the_head_of_the_queue_keeps_a_slot_under_a_stream_of_chats() -> None:
+    async def scenario() -> None:
+        gate = admission(limit=2, interactive_reserve=1, batch_aging_s=0)
+        chats = [await gate.acquire("m"), await gate.acquire("m")]  # both slots taken by chats
+        batch = asyncio.create_task(gate.acquire("m", priority="batch"))
+        await asyncio.sleep(0.01)
+        chat = asyncio.create_task(gate.acquire("m"))  # came after it
+        await asyncio.sleep(0.01)
+        gate.release(chats.pop())
+        backend = await asyncio.wait_for(batch, 1)  # its one slot, not the chat behind it
+        assert backend.batch_in_flight == 1 and not chat.done()
+        gate.release(backend, "batch")
+        gate.release(await asyncio.wait_for(chat, 1))
+
+    run(scenario)
+
+
+def test_when_the_reserve_lapses_waiting_batch_work_is_served_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(admission_module, "RESERVE_WINDOW_S", 0.2)
+
+    async def scenario() -> None:
+        gate = admission(limit=3, interactive_reserve=1)
+        gate.release(await gate.acquire("m"))  # a chat: the reserve holds for 0.2 s
+        held = [await gate.acquire("m", priority="batch") for _ in range(2)]
+        third = asyncio.create_task(gate.acquire("m", priority="batch"))
+        await asyncio.sleep(0.05)
+        assert not third.done()
+        await asyncio.wait_for(third, 2)  # no release came: the lapse served it
+        assert held[0].in_flight == 3
+
+    run(scenario)
 
 
 arrivals = st.lists(
