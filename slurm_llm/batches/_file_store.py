@@ -2,13 +2,14 @@
 
 Each file is its content (``<id>``) and a small JSON record beside it (``<id>.json``) saying
 what it is, whose it is and what it holds. An upload is streamed to a temporary file and renamed
-into place with its record written first, so a file a client can see is always whole: a router
+into place before its record is written, so a file a client can see is always whole: a router
 killed mid-upload leaves only a temporary file, never a listed file cut short. Files live on the
 storage every node shares, so any router of the site serves any of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -16,7 +17,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from pydantic import BaseModel, ValidationError
 
@@ -24,6 +25,7 @@ from slurm_llm._files import fsync_dir, remove_durably, write_atomic
 from slurm_llm._paths import home_dir
 
 Purpose = Literal["batch", "batch_output"]
+UPLOAD_PREFIX = ".upload-"
 
 
 class FileRecord(BaseModel):
@@ -68,18 +70,17 @@ class FileStore:
         """Streams an upload to disk (never whole in memory); ``FileTooLarge`` past
         ``max_bytes``."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".upload-", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=UPLOAD_PREFIX, suffix=".tmp")
         size = 0
         try:
-            with os.fdopen(fd, "wb") as out:
+            with os.fdopen(fd, "wb") as out:  # written off the event loop: storage can be slow
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > max_bytes:
                         raise FileTooLarge(f"the file is larger than {max_bytes} bytes")
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            return self.adopt(Path(tmp), filename, purpose, owner, size)
+                    await asyncio.to_thread(out.write, chunk)
+                await asyncio.to_thread(_sync, out)
+            return await asyncio.to_thread(self.adopt, Path(tmp), filename, purpose, owner, size)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -104,6 +105,17 @@ class FileStore:
         fsync_dir(self.folder)
         return record
 
+    def remove_stale_uploads(self, older_than_s: float = 86400) -> int:
+        """Removes uploads a killed router left half-way (those not touched for a day, so
+        another router's upload in progress is left alone); how many."""
+        removed = 0
+        for path in self.folder.glob(f"{UPLOAD_PREFIX}*.tmp") if self.folder.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - path.stat().st_mtime > older_than_s:
+                    path.unlink()
+                    removed += 1
+        return removed
+
     def get(self, file_id: str) -> FileRecord | None:
         if not is_store_id(file_id, "file-"):
             return None
@@ -126,6 +138,11 @@ class FileStore:
         with contextlib.suppress(FileNotFoundError):
             self.content_path(file_id).unlink()
         return found
+
+
+def _sync(out: BinaryIO) -> None:
+    out.flush()
+    os.fsync(out.fileno())
 
 
 def is_store_id(text: str, prefix: str) -> bool:

@@ -13,11 +13,12 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from slurm_llm.batches._batch_store import BatchError
 
 MAX_REPORTED_ERRORS = 100  # a file broken on every line is told in a page, not a million lines
+MAX_LINE_BYTES = 4 * 2**20  # as the router's default body limit: no line is read whole past it
 # (url, body) -> what is wrong with the body, or None: the router's own request checks
 BodyCheck = Callable[[str, dict[str, Any]], str | None]
 
@@ -48,15 +49,23 @@ def validate(
     seen: set[str] = set()
     models: set[str] = set()
     total = 0
-    with path.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            if not raw.strip():
+    with path.open("rb") as file:
+        for number, raw in enumerate(bounded_lines(file), start=1):
+            if raw is not None and not raw.strip():
                 continue
             total += 1
-            if problem := line_problem(raw, endpoint, seen, check_body):
+            if raw is None:
+                problem: tuple[str, str, str | None] | None = (
+                    "line_too_long",
+                    f"the line is longer than {MAX_LINE_BYTES} bytes",
+                    None,
+                )
+            else:
+                problem = line_problem(raw, endpoint, seen, check_body)
+            if problem:
                 code, message, param = problem
                 errors.append(BatchError(code=code, message=message, param=param, line=number))
-            else:
+            elif raw is not None:
                 models.add(json.loads(raw)["body"]["model"])
     if total == 0:
         errors.append(BatchError(code="empty_file", message="the input file holds no request"))
@@ -65,6 +74,18 @@ def validate(
         last = BatchError(code="too_many_errors", message=f"and {more} more lines like these")
         errors = [*errors[:MAX_REPORTED_ERRORS], last]
     return total, errors, models
+
+
+def bounded_lines(file: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
+    """The file's lines, each read no further than ``limit`` bytes: a longer one is None
+    (and skipped to its end), so one line without a newline cannot take the router's memory."""
+    while raw := file.readline(limit + 1):
+        if len(raw) <= limit or raw.endswith(b"\n"):
+            yield raw
+            continue
+        while (rest := file.readline(limit)) and not rest.endswith(b"\n"):
+            pass
+        yield None
 
 
 def line_problem(

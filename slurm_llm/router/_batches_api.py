@@ -248,6 +248,8 @@ async def batch_runs(app: web.Application) -> AsyncIterator[None]:
     """A ``cleanup_ctx`` after the router's own: it starts once the dispatcher exists and
     stops the runs before the dispatcher's connections close."""
     runs = app[BATCH_RUNS] = BatchRuns(app[STATE])
+    if removed := await asyncio.to_thread(app[STATE].files.remove_stale_uploads):
+        log.warning("removed %d upload(s) a stopped router left half-way", removed)
     watcher = asyncio.create_task(runs.watch())
     yield
     watcher.cancel()

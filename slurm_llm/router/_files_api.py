@@ -55,7 +55,9 @@ async def upload(request: web.Request) -> web.Response:
                           "and 'purpose' (the openai client's files.create does)")  # fmt: skip
     try:
         purpose, record = await receive_upload(request)
-    except (HttpProcessingError, ValueError) as exc:  # its headers, its text, its boundary
+    # Its headers, boundary, charset or transfer encoding (aiohttp raises LookupError for an
+    # unknown charset, RuntimeError for an unknown encoding).
+    except (HttpProcessingError, ValueError, LookupError, RuntimeError) as exc:
         raise RouterError(400, f"the multipart body is malformed: {exc}") from None
     state = request.app[STATE]
     if purpose not in UPLOAD_PURPOSES or record is None:

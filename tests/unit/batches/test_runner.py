@@ -6,6 +6,7 @@ cancel and expiry. The same against real replicas and a killed router is in
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from slurm_llm.batches._batch_store import BatchRecord, BatchStore
 from slurm_llm.batches._file_store import FileStore
-from slurm_llm.batches._input import InputLine
+from slurm_llm.batches._input import InputLine, bounded_lines
 from slurm_llm.batches._runner import BatchRun
 
 ENDPOINT = "/v1/chat/completions"
@@ -186,3 +187,8 @@ def test_a_batch_expiring_while_it_runs_answers_each_line_once(tmp_path: Path) -
     assert answered and expired
     assert sorted(answered + expired) == sorted(f"req-{n}" for n in range(120))
     assert done.request_counts.completed + done.request_counts.failed == 120  # 3 s of lines
+
+
+def test_a_line_longer_than_the_limit_is_never_read_whole() -> None:
+    file = io.BytesIO(b"ab\n" + b"x" * 50 + b"\ncd\n" + b"y" * 30)
+    assert list(bounded_lines(file, limit=10)) == [b"ab\n", None, b"cd\n", None]

@@ -116,3 +116,16 @@ def test_ids_that_are_not_the_stores_never_reach_a_path(
     for file_id in ("..%2Fkeys.toml", "file-..%2F..%2Fkeys", "keys.toml"):
         assert alice("GET", f"/files/{file_id}/content")[0] == 404
     assert alice("GET", "/batches/batch_nothing")[0] == 404
+
+
+def test_a_multipart_body_aiohttp_cannot_decode_is_a_400(
+    router: RouterThread, keys: tuple[Path, dict[str, str]]
+) -> None:
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n'
+        b"Content-Type: text/plain; charset=no-such-charset\r\n\r\nbatch\r\n--b--\r\n"
+    )
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    status, answer = caller(keys, router, "alice")("POST", "/files", data=body, headers=headers)
+    assert status == 400 and "malformed" in answer["error"]["message"]
+    assert stored(keys) == []
