@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from slurm_llm._api_keys import Priority
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call
 
@@ -19,7 +20,8 @@ def test_an_engine_without_priorities_gets_the_bytes_the_client_sent() -> None:
 
 def test_an_engine_with_priorities_gets_the_callers_class_in_place_of_the_clients_own() -> None:
     vllm = Backend("http://h:1", "m", request_priority=True)
-    for priority, expected in (("interactive", 0), ("batch", 1)):
+    cases: list[tuple[Priority, int]] = [("interactive", 0), ("batch", 1)]
+    for priority, expected in cases:
         path, body = Call("m", "/v1/completions", BODY, priority=priority).for_backend(vllm)
         assert path == "/v1/completions"
         assert json.loads(body) == {"model": "m", "prompt": "Hi", "priority": expected}
