@@ -3,10 +3,12 @@ it answers, else from the launchers' own ledger (``node/_job_ledger``).
 
 ``sacct`` is asked once for every deployment's replica jobs (named ``slurm-llm-NAME``), with
 ``-X`` so each job is one line holding the whole allocation (``AllocTRES``: ``cpu=8,gres/gpu=4,
-...``), across all its nodes. A job is counted from its start to its end, cut to the period;
-a job still running counts until the period's end (or now). A deployment for which SLURM has no
-job (local jobs, a site without accounting, jobs of another user) is counted from the ledger,
-and the report says which source each figure came from.
+...``), across all its nodes, and ``-D`` so each run of a requeued job is a line of its own
+(without it, only the last run is shown, and the earlier ones go uncharged). A job is counted
+from its start to its end, cut to the period; a job still running counts until the period's
+end (or now). A deployment for which SLURM has no job (local jobs, a site without accounting,
+jobs of another user) is counted from the ledger, and the report says which source each
+figure came from.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def deployment_jobs_hours(
 def sacct_hours(deployments: list[str], since: float, until: float) -> list[JobHours]:
     """The deployments' jobs according to ``sacct``; none when it does not answer."""
     argv = [
-        "sacct", "-X", "-P", "-n", "-o", SACCT_FIELDS,
+        "sacct", "-X", "-D", "-P", "-n", "-o", SACCT_FIELDS,
         "--name", ",".join(JOB_NAME_PREFIX + name for name in deployments),
         "-S", _sacct_time(since), "-E", _sacct_time(until),
     ]  # fmt: skip

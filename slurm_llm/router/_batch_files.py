@@ -128,7 +128,8 @@ def run_file(
         RouterThread(home=home, deployment=deployment.name, config=RouterConfig()) as router,
         openai.OpenAI(base_url=f"{router.url}/v1", api_key="none") as client,
     ):
-        batch = wait(client, submit(client, path, {"input": str(path)}).id, progress)
+        # OpenAI's limit on a metadata value is 512 characters: the path's end says the most.
+        batch = wait(client, submit(client, path, {"input": str(path)[-512:]}).id, progress)
         return BatchFileRun(batch, download(client, batch, path))
 
 
