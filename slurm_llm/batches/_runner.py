@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, TypeVar
 
@@ -240,9 +241,11 @@ class BatchRun:
             await self._in_thread(self._expire_rest)
         elif self.stopping == "cancelled":
             if self.record.status != "cancelling":
-                self._save(status="cancelling", cancelling_at=int(time.time()))
+                await self._in_thread(partial(self._save, status="cancelling",
+                                              cancelling_at=int(time.time())))  # fmt: skip
         else:
-            self._save(status="finalizing", finalizing_at=int(time.time()))
+            await self._in_thread(partial(self._save, status="finalizing",
+                                          finalizing_at=int(time.time())))  # fmt: skip
         return self.stopping or "completed"
 
     def _recover(self) -> set[str]:
@@ -287,9 +290,11 @@ class BatchRun:
         while True:
             await asyncio.sleep(self.flush_every_s)
             await self._in_thread(self._flush)
-            if self.stopping is None and self.batches.cancel_requested(self.record.id):
+            cancelled = await self._in_thread(self.batches.cancel_requested, self.record.id)
+            if self.stopping is None and cancelled:
                 self.stopping = "cancelled"
-                self._save(status="cancelling", cancelling_at=int(time.time()))
+                await self._in_thread(partial(self._save, status="cancelling",
+                                              cancelling_at=int(time.time())))  # fmt: skip
             elif self.stopping is None and time.time() > self.record.expires_at:
                 self.stopping = "expired"
             self.freed.set()  # a line waiting for room sees the stop

@@ -189,9 +189,9 @@ def shown(state: RouterState, record: BatchRecord) -> dict[str, Any]:
     return public
 
 
-def own_batch(request: web.Request) -> BatchRecord:
+async def own_batch(request: web.Request) -> BatchRecord:
     batch_id = request.match_info["batch_id"]
-    record = request.app[STATE].batches.get(batch_id)
+    record = await asyncio.to_thread(request.app[STATE].batches.get, batch_id)
     return owned(request, record, "batch", batch_id, "batch_id")
 
 
@@ -200,38 +200,41 @@ async def create_batch(request: web.Request) -> web.Response:
     body = validated(BatchCreateRequest, raw_body)
     state = request.app[STATE]
     owner = owner_of(request)
-    source = owned(request, state.files.get(body.input_file_id), "file", body.input_file_id,
-                   "input_file_id")  # fmt: skip
+    found = await asyncio.to_thread(state.files.get, body.input_file_id)
+    source = owned(request, found, "file", body.input_file_id, "input_file_id")
     if source.purpose != "batch":
         raise RouterError(400, f"file {source.id!r} was not uploaded with purpose 'batch'",
                           param="input_file_id")  # fmt: skip
     caller = request.get(CALLER)
-    record = state.batches.create(
-        body.endpoint, source.id, body.completion_window, owner,
+    record = await asyncio.to_thread(
+        state.batches.create, body.endpoint, source.id, body.completion_window, owner,
         caller.name if caller is not None else ANONYMOUS, body.metadata,
     )  # fmt: skip
     request.app[BATCH_RUNS].start(record.id)
-    return web.json_response(shown(state, record))
+    return web.json_response(record.public())
 
 
 async def list_batches(request: web.Request) -> web.Response:
     state = request.app[STATE]
     owner = owner_of(request)
-    batches = [shown(state, r) for r in state.batches.records() if r.owner == owner]
+    batches = await asyncio.to_thread(
+        lambda: [shown(state, r) for r in state.batches.records() if r.owner == owner]
+    )
     return web.json_response(page(batches, request, default_limit=20))
 
 
 async def show_batch(request: web.Request) -> web.Response:
-    return web.json_response(shown(request.app[STATE], own_batch(request)))
+    record = await own_batch(request)
+    return web.json_response(await asyncio.to_thread(shown, request.app[STATE], record))
 
 
 async def cancel_batch(request: web.Request) -> web.Response:
-    record = own_batch(request)
+    record = await own_batch(request)
     state = request.app[STATE]
     if record.finished:
         raise RouterError(409, f"batch {record.id!r} is already {record.status}", "conflict")
-    state.batches.request_cancel(record.id)
-    return web.json_response(shown(state, record))
+    await asyncio.to_thread(state.batches.request_cancel, record.id)
+    return web.json_response(await asyncio.to_thread(shown, state, record))
 
 
 BATCH_RUNS: web.AppKey[BatchRuns] = web.AppKey("batch_runs", BatchRuns)

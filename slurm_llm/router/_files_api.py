@@ -7,6 +7,7 @@ another key's file is answered as not found, so ids cannot be probed.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, TypeVar, get_args
 
@@ -44,9 +45,10 @@ def owned(request: web.Request, record: R | None, noun: str, given: str, param: 
     return record
 
 
-def own_file(request: web.Request) -> FileRecord:
+async def own_file(request: web.Request) -> FileRecord:
     file_id = request.match_info["file_id"]
-    return owned(request, request.app[STATE].files.get(file_id), "file", file_id, "file_id")
+    record = await asyncio.to_thread(request.app[STATE].files.get, file_id)
+    return owned(request, record, "file", file_id, "file_id")
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -110,10 +112,10 @@ async def list_files(request: web.Request) -> web.Response:
     if purpose is not None and purpose not in get_args(Purpose):
         raise RouterError(400, f"unknown purpose {purpose!r}", param="purpose")
     owner = owner_of(request)
-    files = [
+    files = await asyncio.to_thread(lambda: [
         r.public() for r in request.app[STATE].files.records()
         if r.owner == owner and (purpose is None or r.purpose == purpose)
-    ]  # fmt: skip
+    ])  # fmt: skip
     if request.query.get("order") == "asc":
         files.reverse()
     return web.json_response(page(files, request))
@@ -141,21 +143,22 @@ def page(
 
 
 async def show_file(request: web.Request) -> web.Response:
-    return web.json_response(own_file(request).public())
+    return web.json_response((await own_file(request)).public())
 
 
 async def delete_file(request: web.Request) -> web.Response:
-    record = own_file(request)
+    record = await own_file(request)
     state = request.app[STATE]
-    if any(b.input_file_id == record.id and not b.finished for b in state.batches.records()):
+    batches = await asyncio.to_thread(lambda: list(state.batches.records()))
+    if any(b.input_file_id == record.id and not b.finished for b in batches):
         raise RouterError(409, f"file {record.id!r} is the input of a batch still running; "
                           "cancel the batch first", "conflict")  # fmt: skip
-    state.files.delete(record.id)
+    await asyncio.to_thread(state.files.delete, record.id)
     return web.json_response({"id": record.id, "object": "file", "deleted": True})
 
 
 async def file_content(request: web.Request) -> web.StreamResponse:
-    record = own_file(request)
+    record = await own_file(request)
     path = request.app[STATE].files.content_path(record.id)
     return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
 
