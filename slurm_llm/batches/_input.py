@@ -54,19 +54,9 @@ def validate(
             if raw is not None and not raw.strip():
                 continue
             total += 1
-            if raw is None:
-                problem: tuple[str, str, str | None] | None = (
-                    "line_too_long",
-                    f"the line is longer than {MAX_LINE_BYTES} bytes",
-                    None,
-                )
-            else:
-                problem = line_problem(raw, endpoint, seen, check_body)
-            if problem:
+            if problem := line_problem(raw, endpoint, seen, models, check_body):
                 code, message, param = problem
                 errors.append(BatchError(code=code, message=message, param=param, line=number))
-            elif raw is not None:
-                models.add(json.loads(raw)["body"]["model"])
     if total == 0:
         errors.append(BatchError(code="empty_file", message="the input file holds no request"))
     if len(errors) > MAX_REPORTED_ERRORS:
@@ -89,9 +79,12 @@ def bounded_lines(file: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes
 
 
 def line_problem(
-    raw: bytes, endpoint: str, seen: set[str], check_body: BodyCheck
+    raw: bytes | None, endpoint: str, seen: set[str], models: set[str], check_body: BodyCheck
 ) -> tuple[str, str, str | None] | None:
-    """(code, message, field) of what is wrong with one line, or None."""
+    """(code, message, field) of what is wrong with one line (None: longer than the limit),
+    or None; a good line's ``custom_id`` joins ``seen`` and its model ``models``."""
+    if raw is None:
+        return "line_too_long", f"the line is longer than {MAX_LINE_BYTES} bytes", None
     try:
         line = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -121,4 +114,5 @@ def line_problem(
         return "invalid_body", "batch requests cannot be streamed; drop 'stream'", "body.stream"
     if problem := check_body(endpoint, body):
         return "invalid_body", problem, "body"
+    models.add(body["model"])
     return None
