@@ -19,9 +19,8 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
-from slurm_llm.node._job_ledger import JobSpan, read_job_spans
+from slurm_llm.node._job_ledger import JobSpan
 
 SACCT_FIELDS = "JobID,JobName,Start,End,AllocTRES"
 JOB_NAME_PREFIX = "slurm-llm-"  # replica jobs are named slurm-llm-DEPLOYMENT
@@ -39,15 +38,16 @@ class JobHours:
 
 
 def deployment_jobs_hours(
-    deployments: Iterable[str], since: float, until: float, ledger: Path
+    deployments: Iterable[str], since: float, until: float, ledger: Iterable[JobSpan]
 ) -> list[JobHours]:
-    """The hours of every job of ``deployments`` within ``[since, until]`` (epoch seconds)."""
+    """The hours of every job of ``deployments`` within ``[since, until]`` (epoch seconds):
+    from ``sacct``, else from the ``ledger``'s spans (``read_job_spans``)."""
     names = sorted(set(deployments))
     if not names:
         return []
     from_sacct = sacct_hours(names, since, until)
-    counted = {hours.deployment for hours in from_sacct}
-    spans = [s for s in read_job_spans(ledger) if s.deployment in set(names) - counted]
+    uncounted = set(names) - {hours.deployment for hours in from_sacct}
+    spans = [span for span in ledger if span.deployment in uncounted]
     from_ledger = [ledger_hours(span, since, until) for span in spans]
     return from_sacct + [job for job in from_ledger if job.gpu_hours or job.cpu_hours]
 

@@ -96,9 +96,10 @@ def chargeback_report(folder: Path, since: float, until: float, by: str) -> Char
     ledger in ``folder/jobs`` and, where it answers, ``sacct``."""
     records = [r for r in read_usage(folder, since) if r.at <= until]
     ledger = folder / "jobs"
+    spans = read_job_spans(ledger)
     used = {r.deployment for r in records if r.deployment is not None}
-    ran = {s.deployment for s in read_job_spans(ledger) if s.ended >= since and s.started <= until}
-    report = share_out(records, deployment_jobs_hours(used | ran, since, until, ledger), by)
+    ran = {s.deployment for s in spans if s.ended >= since and s.started <= until}
+    report = share_out(records, deployment_jobs_hours(used | ran, since, until, spans), by)
     if unknown := [d.deployment for d in report.deployments if d.source == "none"]:
         report.notes.append(
             f"no job hours found for {', '.join(unknown)} (not in sacct, no ledger in "

@@ -18,7 +18,7 @@ from slurm_llm.jobs._job_hours import (
     parse_sacct_hours,
     parse_tres,
 )
-from slurm_llm.node._job_ledger import JobSpan, write_span
+from slurm_llm.node._job_ledger import JobSpan, read_job_spans, write_span
 from tests.unit.jobs.test_slurm_state import fake_command
 
 T0 = datetime(2026, 11, 30, 8, 0).timestamp()  # local time, as sacct prints it
@@ -61,7 +61,7 @@ def test_without_accounting_the_ledger_gives_the_hours(
     # a job of another deployment, and one that ended before the period: nothing
     write_span(ledger, JobSpan("8", "small", "n1", 0, 1, 1, T0, T0 + HOUR))
     write_span(ledger, JobSpan("6", "big", "n1", 0, 1, 1, T0 - 2 * HOUR, T0 - HOUR))
-    hours = deployment_jobs_hours(["big", "other"], T0, T0 + 4 * HOUR, ledger)
+    hours = deployment_jobs_hours(["big", "other"], T0, T0 + 4 * HOUR, read_job_spans(ledger))
     assert sorted(hours, key=lambda h: h.job) == [
         JobHours("7", "big", 6.0, 48.0, "ledger"),
         JobHours("7.1", "big", 6.0, 48.0, "ledger"),
