@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from slurm_llm._files import fsync_dir, remove_durably, write_atomic
+from slurm_llm._files import remove_durably, write_atomic
 from slurm_llm._paths import home_dir
 
 Purpose = Literal["batch", "batch_output"]
@@ -101,8 +101,8 @@ class FileStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         if path.exists():
             os.replace(path, self.content_path(record.id))
-        write_atomic(self._record_path(record.id), record.model_dump_json())  # then it is seen
-        fsync_dir(self.folder)
+        # Then it is seen; write_atomic's sync of the folder makes the rename above durable too.
+        write_atomic(self._record_path(record.id), record.model_dump_json())
         return record
 
     def remove_stale_uploads(self, older_than_s: float = 86400) -> int:
