@@ -79,3 +79,11 @@ def slurm_llm_router(
         env = {**os.environ, "SLURM_LLM_HOME": str(home)}
         with background(argv, answers(f"{url}/health"), log, timeout, env) as process:
             yield url, process
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory (0 once it is gone)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

@@ -38,7 +38,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import RESULTS, machine_info, save_figure
-from _servers import slurm_llm_router
+from _servers import rss_mib, slurm_llm_router
 
 from slurm_llm import ModelSpec, deploy
 from slurm_llm.bench._loadgen import Target, closed_loop
@@ -77,13 +77,6 @@ def batch_file(requests: list[dict[str, Any]]) -> bytes:
     )  # fmt: skip
 
 
-def resident_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def run_batch(url: str, content: bytes, pid: int) -> dict[str, Any]:
     """Create to completed: wall time, output tokens, and the router's memory per second."""
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
@@ -96,7 +89,7 @@ def run_batch(url: str, content: bytes, pid: int) -> dict[str, Any]:
         batch = client.batches.retrieve(batch.id)
         counts = batch.request_counts
         done = counts.completed + counts.failed if counts else 0
-        memory.append((time.perf_counter() - began, done, resident_mib(pid)))
+        memory.append((time.perf_counter() - began, done, rss_mib(pid)))
         if batch.status in ("completed", "failed", "cancelled", "expired"):
             break
         time.sleep(1.0)

@@ -50,7 +50,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import RESULTS, describe, machine_info, save_figure
-from _servers import answers, background
+from _servers import answers, background, rss_mib
 
 from slurm_llm import _debian
 from slurm_llm._api_keys import KeysFile
@@ -90,13 +90,6 @@ def raise_open_files(wanted: int = 65536) -> int:
             pass
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
     return min(wanted, hard)
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def listen_overflows() -> int:
