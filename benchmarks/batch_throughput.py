@@ -41,6 +41,7 @@ from _report import RESULTS, machine_info, save_figure
 from _servers import rss_mib, slurm_llm_router
 
 from slurm_llm import ModelSpec, deploy
+from slurm_llm.batches._batch_store import ENDED
 from slurm_llm.bench._loadgen import Target, closed_loop
 from slurm_llm.bench._results import LatencyTargets, LevelResult
 from slurm_llm.bench._saturation import saturation_point
@@ -90,7 +91,7 @@ def run_batch(url: str, content: bytes, pid: int) -> dict[str, Any]:
         counts = batch.request_counts
         done = counts.completed + counts.failed if counts else 0
         memory.append((time.perf_counter() - began, done, rss_mib(pid)))
-        if batch.status in ("completed", "failed", "cancelled", "expired"):
+        if batch.status in ENDED:
             break
         time.sleep(1.0)
     wall = time.perf_counter() - began

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -29,6 +29,7 @@ Status = Literal[
     "cancelled",
 ]  # fmt: skip
 UNFINISHED: frozenset[Status] = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
+ENDED: frozenset[Status] = frozenset(get_args(Status)) - UNFINISHED
 WINDOWS_S = {"24h": 24 * 3600}  # completion windows OpenAI's API takes
 
 

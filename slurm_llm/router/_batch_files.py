@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from slurm_llm._errors import SlurmLLMError
 from slurm_llm._paths import home_dir
+from slurm_llm.batches._batch_store import ENDED
 from slurm_llm.control._deployment import deploy
 from slurm_llm.jobs._executors import (
     local_job_parameters,
@@ -30,8 +31,6 @@ from slurm_llm.jobs._executors import (
 from slurm_llm.router._config import RouterConfig
 from slurm_llm.router._server import RouterThread
 from slurm_llm.spec._model_spec import ModelSpec, time_limit_min
-
-ENDED = ("completed", "failed", "cancelled", "expired")
 
 
 def endpoint_of(path: Path) -> str:

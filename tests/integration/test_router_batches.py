@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from slurm_llm import Deployment
+from slurm_llm.batches._batch_store import ENDED
 from slurm_llm.router import RouterThread
 from tests.integration.helpers import cli, router_process, wait_until
 
@@ -42,8 +43,7 @@ def start_batch(client: openai.OpenAI, content: bytes) -> Any:
 def run_batch(client: openai.OpenAI, content: bytes, timeout: float = 300) -> Any:
     batch = start_batch(client, content)
     assert batch.status == "validating" and batch.metadata == {"project": "tests"}
-    ended = ("completed", "failed", "cancelled", "expired")
-    wait_until(lambda: client.batches.retrieve(batch.id).status in ended, timeout,
+    wait_until(lambda: client.batches.retrieve(batch.id).status in ENDED, timeout,
                "the batch to end", every=0.5)  # fmt: skip
     return client.batches.retrieve(batch.id)
 
