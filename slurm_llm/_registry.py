@@ -5,6 +5,11 @@ into place, so a reader sees the old record, the new one, or none, never half of
 outlive its replica (a node dies, a job is killed with SIGKILL), so readers judge staleness from a
 heartbeat the launcher refreshes, the launcher's pid when it runs on the reader's host, and the
 job's wall-time deadline.
+
+A replica being scaled down is first drained: its deployment's controller puts a marker file
+beside its record (``<replica>-<job>.drain``), readers see the record with ``draining`` set, and
+routers send it no new request while those in flight finish. The marker is a file of its own
+because the launcher rewrites the whole record every few seconds and would erase a field.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ class EndpointRecord(BaseModel):
     # The engine orders its queue by each request's ``priority`` (vLLM's priority scheduling),
     # so the router passes the caller's class on.
     request_priority: bool = False
+    # Set by readers from the drain marker, never by the launcher: finish, take nothing new.
+    draining: bool = False
 
 
 class Registry:
@@ -69,8 +76,21 @@ class Registry:
         path = self.path_for(record.deployment, record.replica, record.job_id)
         write_atomic(path, record.model_dump_json())
 
+    def drain_path(self, deployment: str, replica: int, job_id: str) -> Path:
+        return self.path_for(deployment, replica, job_id).with_suffix(".drain")
+
+    def drain(self, deployment: str, replica: int, job_id: str, draining: bool = True) -> None:
+        """Marks the replica as draining (routers stop sending it requests), or no longer."""
+        path = self.drain_path(deployment, replica, job_id)
+        if draining:
+            write_atomic(path, "")
+        else:
+            remove_durably(path)
+
     def withdraw(self, deployment: str, replica: int, job_id: str) -> bool:
-        """Removes the record ``job_id`` published for ``replica``; True if there was one."""
+        """Removes the record ``job_id`` published for ``replica`` (and its drain marker); True
+        if there was one."""
+        remove_durably(self.drain_path(deployment, replica, job_id))
         return remove_durably(self.path_for(deployment, replica, job_id))
 
     def all_records(self, deployment: str | None = None) -> list[EndpointRecord]:
@@ -117,6 +137,9 @@ def _record_files(folder: Path) -> Iterator[Path]:
 
 def _read(path: Path) -> EndpointRecord | None:
     try:
-        return EndpointRecord.model_validate_json(path.read_bytes())
+        record = EndpointRecord.model_validate_json(path.read_bytes())
     except (FileNotFoundError, ValidationError):
         return None
+    if path.with_suffix(".drain").exists():
+        return record.model_copy(update={"draining": True})
+    return record

@@ -39,6 +39,7 @@ class Slot:
     successor: JobRef | None = None
     failures: int = 0
     gave_up: str | None = None
+    draining_since: float | None = None  # scaled down: finishing its requests, taking no new
 
     def jobs(self) -> list[JobRef]:
         return [self.job] + ([self.successor] if self.successor else [])
@@ -49,13 +50,15 @@ class JobFacts:
     """What is known about one job at one moment.
 
     ``published``: it has a live registry record for its slot; ``deadline``: that record's
-    wall-time end; ``was_ready`` and ``reason`` matter only once the job has ended (whether it
-    ever published, and why it ended).
+    wall-time end; ``routed``: a router has requests on it or may still send it one (see
+    ``_demand.still_routed``); ``was_ready`` and ``reason`` matter only once the job has ended
+    (whether it ever published, and why it ended).
     """
 
     state: JobState
     published: bool = False
     deadline: float | None = None
+    routed: bool = False
     was_ready: bool = False
     reason: str = ""
 
@@ -82,12 +85,15 @@ class Plan:
 
     A submission's new job replaces ``slots[index].job`` (or creates the slot) or becomes its
     successor. ``withdraw`` lists (index, job id) records to remove: jobs that ended without
-    cleaning up after themselves.
+    cleaning up after themselves. ``drain`` and ``undrain`` list (index, job id) replicas whose
+    drain marker to put down or take away.
     """
 
     slots: dict[int, Slot]
     cancel: list[JobRef] = field(default_factory=list)
     withdraw: list[tuple[int, str]] = field(default_factory=list)
+    drain: list[tuple[int, str]] = field(default_factory=list)
+    undrain: list[tuple[int, str]] = field(default_factory=list)
     submit: list[Submission] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
 
@@ -99,7 +105,9 @@ class Plan:
 
     @property
     def changes(self) -> bool:
-        return bool(self.cancel or self.withdraw or self.submit or self.events)
+        return bool(
+            self.cancel or self.withdraw or self.drain or self.undrain or self.submit or self.events
+        )
 
 
 def plan(
@@ -108,11 +116,15 @@ def plan(
     facts: Mapping[str, JobFacts],
     now: float,
     handover_s: float,
+    drain_timeout_s: float = 0.0,
 ) -> Plan:
     """What to do so that ``desired`` replicas serve, given what is known at ``now``.
 
-    - indices past ``desired`` are removed, their jobs cancelled (scale down, highest first);
-      missing ones are added after the highest index in use (scale up);
+    - indices past ``desired`` are removed, highest first (scale down): a replica that routers
+      still send requests to is drained first (marked, so they send it no new one) and its
+      job cancelled once no router has a request on it, or after ``drain_timeout_s``; one that
+      serves nobody is cancelled at once. A draining replica wanted again is kept, undrained.
+      Missing indices are added after the highest index in use (scale up);
     - a job that ended is replaced (scancel, node failure, an engine past its restart limit),
       unless it failed before ever being ready: that is a spec or site problem that another job
       would repeat, so the slot is marked failed with the reason instead; so is a slot whose
@@ -126,14 +138,50 @@ def plan(
     kept = sorted(slots)[: max(desired, 0)]
     for index in sorted(slots):
         if index not in kept:
-            result.retire(index, slots[index].jobs())
-            result.events.append(f"replica {index}: removed (scaled to {desired})")
+            _scale_down(index, slots[index], facts, now, desired, drain_timeout_s, result)
     for index in kept:
-        result.slots[index] = _keep(index, slots[index], facts, now, handover_s, result)
+        slot = slots[index]
+        if slot.draining_since is not None:
+            slot = replace(slot, draining_since=None)
+            result.undrain.append((index, slot.job.job_id))
+            result.events.append(f"replica {index}: wanted again (scaled to {desired}); undrained")
+        result.slots[index] = _keep(index, slot, facts, now, handover_s, result)
     start = kept[-1] + 1 if kept else 0
     for index in range(start, start + desired - len(kept)):
         result.submit.append(Submission(index, "job", f"replica {index}: added"))
     return result
+
+
+def _scale_down(
+    index: int,
+    slot: Slot,
+    facts: Mapping[str, JobFacts],
+    now: float,
+    desired: int,
+    drain_timeout_s: float,
+    result: Plan,
+) -> None:
+    """Drains slot ``index`` while a router may send it requests, then removes it."""
+    job = facts.get(slot.job.job_id, UNKNOWN)
+    routed = job.published and job.routed and not slot.gave_up
+    if slot.draining_since is None:
+        if routed and drain_timeout_s > 0:
+            if slot.successor is not None:  # a handover of a replica that goes is not needed
+                result.retire(index, [slot.successor])
+            result.slots[index] = replace(slot, successor=None, draining_since=now)
+            result.drain.append((index, slot.job.job_id))
+            result.events.append(f"replica {index}: draining (scaled to {desired})")
+            return
+        result.retire(index, slot.jobs())
+        result.events.append(f"replica {index}: removed (scaled to {desired})")
+        return
+    waited = now - slot.draining_since
+    if routed and waited < drain_timeout_s:
+        result.slots[index] = slot
+        return
+    how = f"drain timed out after {waited:.0f} s" if routed else f"drained in {waited:.0f} s"
+    result.retire(index, slot.jobs())
+    result.events.append(f"replica {index}: removed (scaled to {desired}; {how})")
 
 
 def _keep(

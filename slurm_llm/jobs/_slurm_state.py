@@ -53,6 +53,9 @@ class JobState:
     state: str
     reason: str | None = None
     nodes: str | None = None
+    # Running: when it started; pending: when SLURM expects to start it (its backfill
+    # scheduler's estimate, what ``squeue --start`` shows), if it has one.
+    start: float | None = None
 
     @property
     def active(self) -> bool:
@@ -87,7 +90,7 @@ class SlurmStates:
         """squeue for live jobs, sacct for the rest. When SLURM does not answer (slurmctld
         busy or down, a timeout), every job is UNKNOWN: a job must never look ended, and be
         replaced, only because nobody could say it was alive."""
-        done = _run(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T|%r|%N"])
+        done = _run(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T|%r|%N|%S"])
         if done is None:
             return {job_id: JobState(UNKNOWN) for job_id in ids}
         # squeue fails with "Invalid job id" when no id is known any more: they have all ended.
@@ -117,13 +120,24 @@ class SlurmStates:
 
 
 def parse_squeue(output: str | None) -> dict[str, JobState]:
+    """``%i|%T|%r|%N|%S`` lines."""
     states = {}
     for line in (output or "").splitlines():
         parts = line.strip().split("|")
-        if len(parts) == 4:
-            job_id, state, reason, nodes = parts
-            states[job_id] = JobState(state, None if reason == "None" else reason, nodes or None)
+        if len(parts) == 5:
+            job_id, state, reason, nodes, start = parts
+            states[job_id] = JobState(
+                state, None if reason == "None" else reason, nodes or None, parse_time(start)
+            )
     return states
+
+
+def parse_time(text: str) -> float | None:
+    """SLURM's ``2026-12-01T14:02:00`` (local time) as epoch seconds; None for N/A, Unknown."""
+    try:
+        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
 
 
 def parse_sacct(output: str) -> dict[str, JobState]:

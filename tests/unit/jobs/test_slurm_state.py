@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,13 @@ from slurm_llm.jobs._slurm_state import (
 
 
 def test_squeue_lines_become_states_with_pending_reasons() -> None:
-    states = parse_squeue("12_0|RUNNING|None|n1\n12_1|PENDING|Resources|\n")
+    states = parse_squeue(
+        "12_0|RUNNING|None|n1|2026-12-01T14:00:00\n12_1|PENDING|Resources||N/A\n"
+    )
+    started = time.mktime((2026, 12, 1, 14, 0, 0, 0, 0, -1))
     assert states == {
-        "12_0": JobState("RUNNING", None, "n1"),
-        "12_1": JobState("PENDING", "Resources", None),
+        "12_0": JobState("RUNNING", None, "n1", started),
+        "12_1": JobState("PENDING", "Resources", None),  # no start expected yet
     }
     assert states["12_0"].active and not states["12_1"].hopeless
 
@@ -55,7 +59,7 @@ def fake_command(folder: Path, name: str, script: str) -> None:
 def test_without_accounting_ended_jobs_are_reported_as_ended_with_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake_command(tmp_path, "squeue", 'echo "5_0|RUNNING|None|n2"')
+    fake_command(tmp_path, "squeue", 'echo "5_0|RUNNING|None|n2|N/A"')
     fake_command(
         tmp_path, "sacct", 'echo "sacct: error: Slurm accounting storage is disabled" >&2; exit 1'
     )
@@ -80,7 +84,7 @@ def test_a_waiting_loop_reuses_a_recent_answer_instead_of_asking_slurmctld_again
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = tmp_path / "calls"
-    fake_command(tmp_path, "squeue", f'echo x >> {calls}; echo "5_0|RUNNING|None|n2"')
+    fake_command(tmp_path, "squeue", f'echo x >> {calls}; echo "5_0|RUNNING|None|n2|N/A"')
     monkeypatch.setenv("PATH", str(tmp_path))
     slurm = SlurmStates()
 
