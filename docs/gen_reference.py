@@ -19,7 +19,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from slurm_llm import ModelSpec, SlurmOptions
+from slurm_llm import Autoscale, ModelSpec, SlurmOptions
 from slurm_llm.cli import build_parser
 from slurm_llm.router import BackendPool, RouterConfig, build_app
 from slurm_llm.router._openapi import openapi_document
@@ -73,10 +73,16 @@ def spec_page() -> str:
         "",
         "A spec is a TOML file (or `ModelSpec(...)` in Python) with these fields; the `[slurm]`",
         "table holds the SLURM options. Unknown fields are refused, so a typo is an error, not",
-        "a silent default. Generated from `slurm_llm.ModelSpec` and `slurm_llm.SlurmOptions`.",
+        "a silent default. Generated from `slurm_llm.ModelSpec`, `slurm_llm.SlurmOptions` and",
+        "`slurm_llm.Autoscale`.",
         "",
     ]
-    for title, model in (("ModelSpec", ModelSpec), ("[slurm]: SlurmOptions", SlurmOptions)):
+    tables: tuple[tuple[str, type[BaseModel]], ...] = (
+        ("ModelSpec", ModelSpec),
+        ("[slurm]: SlurmOptions", SlurmOptions),
+        ("[autoscale]: Autoscale", Autoscale),
+    )
+    for title, model in tables:
         lines += [f"## {title}", "", (model.__doc__ or "").strip().split("\n\n")[0], ""]
         lines += ["| field | type | default | meaning |", "|---|---|---|---|"]
         lines += [field_row(name, model) for name in model.model_fields]

@@ -15,11 +15,12 @@ from slurm_llm.control._deployment import (
     deploy,
     list_deployments,
 )
-from slurm_llm.spec._model_spec import ModelSpec, SlurmOptions, preset_files
+from slurm_llm.spec._model_spec import Autoscale, ModelSpec, SlurmOptions, preset_files
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Autoscale",
     "Deployment",
     "DeploymentError",
     "EndpointRecord",

@@ -105,6 +105,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print_status(deployments)
     for deployment in deployments:
         print_controller(deployment)
+        print_scaling(deployment, args.events)
         for event in deployment.events[-args.events :]:
             console.print(f"{deployment.name}: {event}", highlight=False)
     return 0
@@ -127,6 +128,29 @@ def print_controller(deployment: Deployment) -> None:
         )
     else:
         console.print(f"{deployment.name}: controller {record.describe()}", highlight=False)
+
+
+def print_scaling(deployment: Deployment, decisions: int) -> None:
+    """An elastic deployment's bounds, its replicas ready and desired, what a wake-up waits
+    for, and its most recent scaling decisions with their reasons."""
+    bounds = deployment.spec.autoscale
+    record = deployment.scaling()
+    if bounds is None:
+        return
+    text = (
+        f"{deployment.name}: elastic, {bounds.min_replicas}..{bounds.max_replicas} replicas "
+        f"(target {bounds.target_utilisation:.0%} of slots, down to {bounds.min_replicas} after "
+        f"{bounds.idle_s:g} s idle)"
+    )
+    if record is None:
+        console.print(f"{text}; no controller has scaled it yet", highlight=False)
+        return
+    text += f": {record.ready} ready, {record.desired} desired"
+    if record.progress:
+        text += f"; waking: {record.progress}"
+    console.print(text, highlight=False)
+    for decision in record.decisions[-decisions:]:
+        console.print(f"{deployment.name}: scaled {decision}", highlight=False)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -187,7 +211,10 @@ def print_status(deployments: Sequence[Deployment]) -> None:
     table = Table()
     for column in ("deployment", "replica", "job", "state", "endpoint", "node / reason", "log"):
         table.add_column(column, overflow="fold")
-    colours = {"ready": "green", "starting": "yellow", "pending": "blue", "failed": "red"}
+    colours = {
+        "ready": "green", "starting": "yellow", "pending": "blue", "draining": "magenta",
+        "failed": "red",
+    }  # fmt: skip
     for deployment in deployments:
         for status in deployment.status():
             colour = colours.get(status.state, "white")

@@ -29,11 +29,13 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from slurm_llm._demand import DemandReport, fresh_reports, model_demand, still_routed
 from slurm_llm._errors import DeploymentError
 from slurm_llm._files import write_atomic
 from slurm_llm._paths import deployments_dir, registry_dir
 from slurm_llm._polling import polling
 from slurm_llm._registry import EndpointRecord, Registry
+from slurm_llm.control._autoscale import Autoscaler, ScalingRecord, read_scaling, scaling_path
 from slurm_llm.control._controller import (
     Controller,
     ControllerRecord,
@@ -49,7 +51,7 @@ from slurm_llm.jobs._replica_job import ReplicaJob
 from slurm_llm.jobs._slurm_state import JobState
 from slurm_llm.spec._model_spec import SERVED_NAME, ModelSpec
 
-ReplicaState = Literal["pending", "starting", "ready", "failed", "stopped"]
+ReplicaState = Literal["pending", "starting", "ready", "draining", "failed", "stopped"]
 ControllerChoice = Literal["thread", "job", "none"]
 # How stale SLURM's answer may be in a loop that waits: readiness itself comes from the registry
 # (a file read) at once, so a slower squeue only delays noticing a failure, by up to this.
@@ -57,6 +59,9 @@ SLURM_POLL_S = 1.0
 # How often a pass also looks for jobs of this deployment that no state names (submitted by a
 # process that died between sbatch and saving); stop() always looks.
 ORPHAN_SWEEP_S = 30.0
+# How long a replica that is scaled down may take to finish its requests, unless the spec's
+# autoscale bounds say otherwise.
+DRAIN_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,7 @@ class DeploymentState:
                         "successor": job(slot.successor),
                         "failures": slot.failures,
                         "gave_up": slot.gave_up,
+                        "draining_since": slot.draining_since,
                     }
                     for index, slot in sorted(self.slots.items())
                 },
@@ -120,7 +126,7 @@ class DeploymentState:
             assert serving is not None
             slots[int(index)] = Slot(
                 serving, job(entry.get("successor")), entry.get("failures", 0),
-                entry.get("gave_up"),
+                entry.get("gave_up"), entry.get("draining_since"),
             )  # fmt: skip
         return cls(raw["name"], raw["kind"], ModelSpec(**raw["spec"]), slots)
 
@@ -153,6 +159,8 @@ class Deployment:
         self._keeper_thread: threading.Thread | None = None
         self.sweep_every_s = ORPHAN_SWEEP_S
         self._last_sweep = float("-inf")
+        self._autoscaler: Autoscaler | None = None  # the controller's demand history
+        self._running_since: dict[str, float] = {}  # job -> when a pass first saw it run
 
     # ---- reading: snapshots only --------------------------------------------------------------
 
@@ -213,6 +221,11 @@ class Deployment:
             not s.active and s.state != "UNKNOWN" for s in states.values()
         )
 
+    def scaling(self) -> ScalingRecord | None:
+        """An elastic deployment's replicas and recent scaling decisions, as its controller
+        last wrote them (None before its first pass, or for a fixed-size deployment)."""
+        return read_scaling(self.folder())
+
     def controller(self) -> ControllerRecord | None:
         """The controller that keeps this deployment whole, as it last reported."""
         return read_record(self.folder())
@@ -243,7 +256,8 @@ class Deployment:
         live = [r for r in records if r.replica == index]
         if live:
             own = [r for r in live if r.job_id == job.job_id] or live
-            return ReplicaStatus(state="ready", url=own[0].url, node=own[0].node, **base)
+            serving: ReplicaState = "ready" if slot.draining_since is None else "draining"
+            return ReplicaStatus(state=serving, url=own[0].url, node=own[0].node, **base)
         state = states.get(job.job_id, JobState("UNKNOWN"))
         if state.hopeless:
             reason = f"SLURM will never start it: {state.reason}"
@@ -272,7 +286,8 @@ class Deployment:
             while True:
                 if not self.exists():
                     raise DeploymentError(f"deployment {self.name!r} was stopped")
-                statuses = self.status(max_age_s=SLURM_POLL_S)
+                # A replica being drained away is on its way out, not one to wait for.
+                statuses = [s for s in self.status(SLURM_POLL_S) if s.state != "draining"]
                 counts = {s: sum(1 for x in statuses if x.state == s) for s in _STATES}
                 detail = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s != "ready")
                 bar.update(task, total=len(statuses), completed=counts["ready"],
@@ -293,16 +308,22 @@ class Deployment:
     # ---- changing it: always under the lock, loaded fresh -------------------------------------
 
     def scale(self, replicas: int) -> Deployment:
-        """Adds replicas at new indices or stops the highest ones; does not wait for readiness."""
+        """Adds replicas at new indices or stops the highest ones; does not wait for readiness.
+
+        A replica that routers still send requests to is drained first (they send it no new
+        one) and stopped by a later pass once its requests are done. An elastic deployment's
+        count stays within its bounds, and its controller moves it with the load from here.
+        """
         if replicas < 0:
             raise DeploymentError(f"cannot scale {self.name!r} to {replicas} replicas")
         with self._change() as state:
             if state is None:
                 raise DeploymentError(f"deployment {self.name!r} has stopped; deploy it again")
-            removed = [job for i in sorted(state.slots)[replicas:] for job in
-                       state.slots[i].jobs()]  # fmt: skip
+            if state.spec.autoscale is not None:
+                replicas = state.spec.autoscale.clamp(replicas)
             self._apply(replace(state, spec=state.spec.with_overrides(replicas=replicas)))
-        self._wait_ended(removed)  # cancelled, records withdrawn by the pass
+            kept = {job.job_id for job in self.snapshot().jobs()}
+        self._wait_ended([job for job in state.jobs() if job.job_id not in kept])
         return self
 
     def reconcile(self) -> list[str] | None:
@@ -314,32 +335,116 @@ class Deployment:
         gathers the facts and carries the plan out.
         """
         with self._change(blocking=False) as state:
-            return None if state is None else self._apply(state)
+            return None if state is None else self._apply(state, autoscale=True)
 
     def record_events(self, texts: list[str]) -> None:
         """Appends events (e.g. a failed pass) under the lock, so numbers stay in order."""
         with self._locked():
             self.event_log.append(texts)
 
-    def _apply(self, state: DeploymentState) -> list[str]:
+    def _apply(self, state: DeploymentState, autoscale: bool = False) -> list[str]:
         """Plans from fresh facts and carries the plan out, in the order that keeps every job
         accounted for: cancel first (a job left out of the state must not run on), then
-        submit, then save the state that names the new jobs at once, then log."""
+        submit, then save the state that names the new jobs at once, then log.
+
+        ``autoscale`` (a controller's pass): an elastic deployment's count first follows the
+        demand the routers report, and its ``scaling.json`` is written after."""
         events = self._sweep_orphans(state)
         now = time.time()
-        todo = plan(state.spec.replicas, state.slots, self._facts(state), now,
-                    state.spec.handover_s)  # fmt: skip
+        reports = fresh_reports(self._home, now)
+        scaling: ScalingRecord | None = None
+        bounds = state.spec.autoscale
+        if autoscale and bounds is not None:
+            state, scaling = self._autoscale(state, reports, now, events)
+        drain_s = bounds.drain_timeout_s if bounds is not None else DRAIN_TIMEOUT_S
+        todo = plan(state.spec.replicas, state.slots, self._facts(state, reports), now,
+                    state.spec.handover_s, drain_s)  # fmt: skip
         for job in todo.cancel:
             self.scheduler.cancel(job)
         for index, job_id in todo.withdraw:
             self.registry.withdraw(self.name, index, job_id)
+        for marks, draining in ((todo.drain, True), (todo.undrain, False)):
+            for index, job_id in marks:
+                self.registry.drain(self.name, index, job_id, draining)
         slots, events = dict(todo.slots), events + todo.events
         try:
             self._submit(state, todo, slots, events)
         finally:
-            self._save(replace(state, slots=slots))
+            state = replace(state, slots=slots)
+            self._save(state)
             self.event_log.append(events)
+            if scaling is not None:
+                self._publish_scaling(state, scaling, now)
         return events
+
+    def _autoscale(
+        self, state: DeploymentState, reports: list[DemandReport], now: float, events: list[str]
+    ) -> tuple[DeploymentState, ScalingRecord]:
+        """The state with the replica count the demand asks for (within the bounds)."""
+        spec = state.spec
+        assert spec.autoscale is not None
+        if self._autoscaler is None or self._autoscaler.bounds != spec.autoscale:
+            self._autoscaler = Autoscaler(spec.autoscale, spec.max_concurrent_requests, now)
+        self._autoscaler.observe(now, model_demand(reports, spec.name))
+        record = read_scaling(self.folder()) or ScalingRecord(
+            deployment=self.name, model=spec.name, bounds=spec.autoscale,
+            desired=spec.replicas, ready=0, written=now,
+        )  # fmt: skip
+        old = spec.replicas
+        new, why = self._autoscaler.decide(old, now)
+        if why is None:
+            return state, record
+        events.append(f"autoscale: {old} -> {new} replica(s): {why}")
+        return replace(state, spec=spec.with_overrides(replicas=new)), record.decided(
+            old, new, why, now
+        )
+
+    def _publish_scaling(self, state: DeploymentState, record: ScalingRecord, now: float) -> None:
+        """``scaling.json``: bounds, desired and ready replicas, the recent decisions, and
+        while it wakes, what it waits for and when it should serve."""
+        records = self.records(state)
+        for live in records:
+            if live.job_id not in record.startups_s:
+                record = record.with_startup(live.job_id, live.ready - live.started)
+        serving = {r.job_id for r in records if not r.draining}
+        ready = sum(1 for slot in state.slots.values() if slot.job.job_id in serving)
+        progress, expected = (None, None)
+        if ready == 0 and state.spec.replicas > 0:
+            progress, expected = self._wake_progress(state, record.typical_startup_s(), now)
+        write_atomic(scaling_path(self.folder()), record.model_copy(update={
+            "bounds": state.spec.autoscale, "desired": state.spec.replicas, "ready": ready,
+            "written": now, "progress": progress, "expected_ready": expected,
+        }).model_dump_json())  # fmt: skip
+
+    def _wake_progress(
+        self, state: DeploymentState, startup_s: float | None, now: float
+    ) -> tuple[str, float | None]:
+        """What a deployment with no ready replica waits for, and when it should serve: SLURM's
+        queue (its reason and expected start) or the engine's start-up (this model's usual
+        time, from earlier start-ups)."""
+        states = self.scheduler.states(state.jobs(), SLURM_POLL_S)
+        jobs = [states.get(slot.job.job_id, JobState("UNKNOWN")) for slot in state.slots.values()]
+        self._running_since = {
+            slot.job.job_id: job.start or self._running_since.get(slot.job.job_id, now)
+            for slot, job in zip(state.slots.values(), jobs, strict=True)
+            if job.state == "RUNNING"
+        }
+        if self._running_since:
+            since = min(self._running_since.values())
+            so_far = f"{now - since:.0f} s so far"
+            if startup_s is None:
+                return f"starting engine ({so_far})", None
+            usual = f"starting engine, usually ready in ~{startup_s:.0f} s ({so_far})"
+            return usual, max(since + startup_s, now + 1)
+        pending = [job for job in jobs if job.state == "PENDING"]
+        if not pending:
+            return "submitting a replica job", None
+        first = min(pending, key=lambda job: job.start or float("inf"))
+        text = f"queued in SLURM: {first.reason or 'waiting'}"
+        if first.start is None:
+            return text, None
+        text += f", expected start {time.strftime('%H:%M:%S', time.localtime(first.start))}"
+        return text, max(first.start, now) + (startup_s or 0.0)
 
     def _submit(
         self, state: DeploymentState, todo: Plan, slots: dict[int, Slot], events: list[str]
@@ -383,7 +488,7 @@ class Deployment:
             events.append(f"job {orphan.job_id} ran outside the deployment's state; cancelled")
         return events
 
-    def _facts(self, state: DeploymentState) -> dict[str, JobFacts]:
+    def _facts(self, state: DeploymentState, reports: list[DemandReport]) -> dict[str, JobFacts]:
         records = {(r.replica, r.job_id): r for r in self.registry.records(self.name)}
         states = self.scheduler.states(state.jobs())
         facts = {}
@@ -392,7 +497,8 @@ class Deployment:
                 job_state = states.get(job.job_id, JobState("UNKNOWN"))
                 record = records.get((index, job.job_id))
                 deadline = record.deadline if record is not None else None
-                fact = JobFacts(job_state, record is not None, deadline)
+                fact = JobFacts(job_state, record is not None, deadline,
+                                routed=still_routed(reports, job.job_id))  # fmt: skip
                 if fact.ended:  # only an ended job's history matters, and it costs file reads
                     fact = replace(
                         fact,
@@ -441,6 +547,7 @@ class Deployment:
                 self.scheduler.cancel(job)
             self._sweep_orphans(state, now=True)
             self._state_path.unlink(missing_ok=True)
+            scaling_path(self.folder()).unlink(missing_ok=True)  # routers forget it at once
         stop_controllers(self.folder())
         self._wait_ended(jobs, timeout)
         for record in self.registry.all_records(self.name):  # nothing of it serves any more
@@ -577,6 +684,8 @@ def deploy(
             "digits and . _ : -"
         )
     count = spec.replicas if replicas is None else replicas
+    if spec.autoscale is not None:
+        count = spec.autoscale.clamp(count)
     existing = attach(name, home_path, missing_ok=True)
     if existing is not None and existing.has_ended():
         existing.stop()  # left over (every job ended, say after a reboot): start afresh
@@ -587,7 +696,9 @@ def deploy(
                 f"a deployment named {name!r} is already running with a different spec; stop it "
                 f"(slurm-llm down {name}) or deploy under another name"
             )
-        deployment = existing.scale(count) if existing.spec.replicas != count else existing
+        # An elastic deployment's count is its controller's to move: attach, do not rescale.
+        rescale = existing.spec.replicas != count and spec.autoscale is None
+        deployment = existing.scale(count) if rescale else existing
     else:
         kind = resolve_kind(executor)
         deployment = Deployment(name, spec.with_overrides(replicas=count), kind, home_path)

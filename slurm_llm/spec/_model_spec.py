@@ -88,6 +88,53 @@ class SlurmOptions(BaseModel):
         return None if self.time_limit is None else parse_time_limit(self.time_limit)
 
 
+class Autoscale(BaseModel):
+    """Bounds and target of an elastic deployment: its controller grows it while demand stays
+    above the target, drains and shrinks it when demand falls, and scales it to
+    ``min_replicas`` (zero: no job at all) after ``idle_s`` without a request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_replicas: int = Field(default=0, ge=0, description="replicas kept however idle (0: none)")
+    max_replicas: int = Field(default=1, ge=1, description="replicas it may grow to")
+    idle_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="seconds without a request before it shrinks to the minimum",
+    )
+    target_utilisation: float = Field(
+        default=0.7,
+        gt=0,
+        le=1,
+        description="requests in flight and queued over the replicas' slots that it scales toward",
+    )
+    window_s: float = Field(
+        default=30.0, gt=0, description="demand is averaged over this window before it counts"
+    )
+    scale_down_after_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="demand must stay low this long before a replica goes (against flapping)",
+    )
+    drain_timeout_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="longest a replica that is scaled down may take to finish its requests",
+    )
+
+    @model_validator(mode="after")
+    def _bounds_are_ordered(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas={self.min_replicas} is more than max_replicas="
+                f"{self.max_replicas}; raise max_replicas or lower min_replicas"
+            )
+        return self
+
+    def clamp(self, replicas: int) -> int:
+        return min(max(replicas, self.min_replicas), self.max_replicas)
+
+
 class ModelSpec(BaseModel):
     """One model, its engine and the resources of each replica.
 
@@ -115,7 +162,13 @@ class ModelSpec(BaseModel):
         default=None, description="Apptainer image to run the engine in (apptainer exec --nv)"
     )
     replicas: int = Field(
-        default=1, ge=0, description="copies of the model, one job each; deploy(replicas=) wins"
+        default=1,
+        ge=0,
+        description="copies of the model, one job each; deploy(replicas=) wins; with autoscale, "
+        "the count it starts at (kept within the bounds)",
+    )
+    autoscale: Autoscale | None = Field(
+        default=None, description="bounds for a deployment that follows its load (below)"
     )
     nodes: int = Field(
         default=1,

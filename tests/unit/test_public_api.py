@@ -7,6 +7,7 @@ import slurm_llm.tribunal
 
 def test_public_api_is_small_and_deliberate() -> None:
     assert slurm_llm.__all__ == [
+        "Autoscale",
         "Deployment",
         "DeploymentError",
         "EndpointRecord",

@@ -1,0 +1,165 @@
+"""How many replicas an elastic deployment should have, from the demand routers report.
+
+The signal is utilisation: requests in flight and queued (summed over the routers' reports)
+over the slots of the replicas wanted now, averaged over ``window_s``. The controller samples it
+once a pass and ``Autoscaler.decide`` turns the samples into a count:
+
+- **wake**: a deployment at zero replicas gets one (or more, for a crowd) as soon as a request
+  arrives, without waiting for the window: someone is waiting for it;
+- **up** at once, to the replicas that bring the window's average to the target;
+- **down** only to the most replicas any moment of the last ``scale_down_after_s`` needed, so a
+  short lull does not shed capacity that the next burst needs again (no flapping); the replica
+  that goes is drained first (``_reconcile.plan``);
+- **idle**: no request for ``idle_s`` and none in flight, and it shrinks to ``min_replicas``.
+
+It holds its samples in memory, so it does no I/O and is unit- and property-tested on its own;
+a controller that restarts starts with no history, which only delays a scale-down.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from slurm_llm._demand import ModelDemand
+from slurm_llm._paths import deployments_dir
+from slurm_llm.spec._model_spec import Autoscale
+
+DECISIONS_KEPT = 20
+STARTUPS_KEPT = 10
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    requests: int  # in flight and queued, over all routers
+    need: int  # replicas the window's average needed at this moment
+
+
+class Autoscaler:
+    """One deployment's scaling decisions, from its demand samples (wall-clock times)."""
+
+    def __init__(self, bounds: Autoscale, slots: int, started: float) -> None:
+        """``slots``: requests one replica takes at once; ``started``: since when it has been
+        watched (a deployment that never saw a request counts as idle from then)."""
+        self.bounds = bounds
+        self.slots = slots
+        self.started = started
+        self.samples: deque[Sample] = deque()
+        self.last_request: float | None = None
+
+    def observe(self, now: float, demand: ModelDemand) -> None:
+        if demand.last_request is not None:
+            self.last_request = max(self.last_request or 0.0, demand.last_request)
+        horizon = now - max(self.bounds.window_s, self.bounds.scale_down_after_s)
+        while self.samples and self.samples[0].at < horizon:
+            self.samples.popleft()
+        window = [s.requests for s in self.samples if s.at > now - self.bounds.window_s]
+        mean = statistics.fmean([*window, demand.requests])
+        need = math.ceil(mean / (self.slots * self.bounds.target_utilisation))
+        self.samples.append(Sample(now, demand.requests, need))
+
+    def decide(self, desired: int, now: float) -> tuple[int, str | None]:
+        """The replicas to have, and why they change (None: they do not)."""
+        bounds = self.bounds
+        latest = self.samples[-1] if self.samples else Sample(now, 0, 0)
+        quiet_for = now - (self.last_request or self.started)
+        if latest.requests == 0 and quiet_for >= bounds.idle_s:
+            if desired > bounds.min_replicas:
+                return bounds.min_replicas, f"no request for {quiet_for:.0f} s"
+            return desired, None
+        asked = latest.requests > 0 or (self.last_request is not None and quiet_for < bounds.idle_s)
+        if desired == 0 and not asked:
+            return desired, None  # it started at zero, and nobody has asked for it yet
+        floor = max(bounds.min_replicas, 1)  # requests come: never zero
+        need = min(max(latest.need, floor), bounds.max_replicas)
+        if desired == 0:
+            waiting = f"{latest.requests} request(s) waiting" if latest.requests else "a request"
+            return need, f"woken by {waiting}"
+        if need > desired:
+            return need, (
+                f"{self._utilisation(desired, now):.0%} of {desired} replica(s)' slots in use "
+                f"over {bounds.window_s:g} s (target {bounds.target_utilisation:.0%})"
+            )
+        settled = now - bounds.scale_down_after_s
+        if need < desired and self.samples[0].at <= settled:
+            most = max(s.need for s in self.samples if s.at >= settled)
+            enough = min(max(most, floor), bounds.max_replicas)
+            if enough < desired:
+                return enough, (
+                    f"{self._utilisation(desired, now):.0%} of {desired} replica(s)' slots in "
+                    f"use; {enough} suffice(s) for the last {bounds.scale_down_after_s:g} s"
+                )
+        return desired, None
+
+    def _utilisation(self, replicas: int, now: float) -> float:
+        window = [s.requests for s in self.samples if s.at > now - self.bounds.window_s]
+        return statistics.fmean(window or [0]) / (replicas * self.slots)
+
+
+class ScalingRecord(BaseModel):
+    """``scaling.json``: an elastic deployment as its controller last saw it, for routers (which
+    keep a model at zero replicas listed, and wake it) and for ``slurm-llm status``."""
+
+    deployment: str
+    model: str
+    bounds: Autoscale
+    desired: int
+    ready: int
+    written: float
+    decisions: list[str] = []  # the most recent, oldest first: "HH:MM:SS 0 -> 1: why"
+    scale_ups: int = 0
+    scale_downs: int = 0
+    # While it wakes: what it waits for, and when it should serve.
+    progress: str | None = None
+    expected_ready: float | None = None
+    startups_s: dict[str, float] = {}  # job -> seconds its engine took to serve, latest last
+
+    def decided(self, old: int, new: int, why: str, now: float) -> ScalingRecord:
+        stamp = time.strftime("%H:%M:%S", time.localtime(now))
+        return self.model_copy(
+            update={
+                "decisions": [*self.decisions, f"{stamp} {old} -> {new}: {why}"][-DECISIONS_KEPT:],
+                "scale_ups": self.scale_ups + (new > old),
+                "scale_downs": self.scale_downs + (new < old),
+            }
+        )
+
+    def typical_startup_s(self) -> float | None:
+        """The median of the recorded start-ups: what a waiting client is told to expect."""
+        return statistics.median(self.startups_s.values()) if self.startups_s else None
+
+    def with_startup(self, job_id: str, seconds: float) -> ScalingRecord:
+        startups = {**self.startups_s, job_id: round(seconds, 1)}
+        return self.model_copy(update={"startups_s": dict(list(startups.items())[-STARTUPS_KEPT:])})
+
+    @property
+    def asleep(self) -> bool:
+        return self.desired == 0 and self.ready == 0
+
+
+def scaling_path(folder: Path) -> Path:
+    return folder / "scaling.json"
+
+
+def read_scaling(folder: Path) -> ScalingRecord | None:
+    try:
+        return ScalingRecord.model_validate_json(scaling_path(folder).read_bytes())
+    except (FileNotFoundError, ValidationError):
+        return None
+
+
+def scaling_records(home: Path | None = None) -> dict[str, ScalingRecord]:
+    """Every elastic deployment's record, by served model name (one deployment per model)."""
+    found = {}
+    for path in sorted(deployments_dir(home).glob("*/scaling.json")):
+        record = read_scaling(path.parent)
+        if record is not None:
+            found[record.model] = record
+    return found
