@@ -21,6 +21,12 @@ that many slots of each replica out of batch-class hands while interactive reque
 traffic, batch work uses every slot. Batch work always keeps one slot of each replica, however
 many chats come, so aging still bounds its wait; and when the window lapses, the queue is
 served at once rather than at the next release.
+
+A model of an elastic deployment at zero replicas has no replica to wait for yet: a request
+for it still joins the queue (bounded as ever) and waits up to ``wake_timeout_s`` instead of
+``queue_timeout_s``, while ``on_wake`` tells the demand reporter at once, so the controller
+starts a replica without waiting for the next report. ``last_request`` (wall-clock) is what
+that report says of each model's demand, so a deployment that idles can be scaled down.
 """
 
 from __future__ import annotations
@@ -112,6 +118,7 @@ class Admission:
         batch_aging_s: float = BATCH_AGING_S,
         clock: Callable[[], float] = time.monotonic,
         interactive_reserve: int = 0,
+        wake_timeout_s: float = 600.0,
     ) -> None:
         """``clock`` gives a waiter's arrival time, which ranks it (a seam for tests);
         ``interactive_reserve``: slots per replica batch work leaves to interactive traffic."""
@@ -127,6 +134,9 @@ class Admission:
         self.queue_timeout_s = queue_timeout_s
         self.batch_aging_s = batch_aging_s
         self.queues: dict[str, list[Waiter]] = {}  # by rank
+        self.wake_timeout_s = wake_timeout_s
+        self.last_request: dict[str, float] = {}  # model -> wall-clock time of its last request
+        self.on_wake: Callable[[str], None] = lambda model: None
         pool.on_change = self.dispatch_all
 
     async def acquire(
@@ -141,28 +151,20 @@ class Admission:
         with ``release``. ``bounded=False`` lets batch items wait even when the queue is full:
         their number is bounded by the batch itself. ``priority`` places it in the queue."""
         now = time.monotonic()
+        self.last_request[model] = time.time()
         backends = self.pool.of(model)
-        if not backends:  # its last replica went between the model check and here
+        waking = not backends and self.pool.wakeable(model)
+        if not backends and not waking:  # its last replica went between the model check and here
             raise Rejected(
                 503, f"no replica of {model!r} is up right now; retry shortly", "no_replica",
                 retry_after=2,
             )  # fmt: skip
-        candidates = [b for b in backends if b.url not in exclude]
-        if not candidates:
-            raise NoOtherReplica(model)
-        routable = usable(candidates, now)
-        if not routable:
-            raise Rejected(
-                503,
-                f"all {len(candidates)} replica(s) of {model!r} are failing health checks",
-                "unhealthy",
-                retry_after=5,
-            )
+        routable = self._routable(model, backends, exclude, now) if backends else []
         arrived = self.clock()
         if priority == "interactive":
             self._last_interactive[model] = arrived
         queue = self.queues.setdefault(model, [])
-        if not queue:
+        if routable and not queue:
             free = [b for b in routable if self._may_take(b, priority)]
             if free:
                 return self._take(model, free, key, priority)
@@ -176,11 +178,14 @@ class Admission:
             )
         waiter = Waiter(key, exclude, rank_of(arrived, priority, self.batch_aging_s), priority)
         enqueue(queue, waiter)
+        if waking:
+            self.on_wake(model)
         # Waiters ahead of it may be unable to take what is free (batch work facing the
         # reserve, retries excluding a replica): it need not wait for the next release.
         self.dispatch(model)
+        timeout = self.wake_timeout_s if waking else self.queue_timeout_s
         try:
-            async with asyncio.timeout(self.queue_timeout_s):
+            async with asyncio.timeout(timeout):
                 return await waiter.future
         except (TimeoutError, asyncio.CancelledError) as exc:
             # A replica handed over in the same instant would otherwise stay reserved forever.
@@ -188,16 +193,33 @@ class Admission:
                 self.release(waiter.future.result(), waiter.priority)
             if isinstance(exc, asyncio.CancelledError):
                 raise
+            waited = "started" if waking else "was free"
             raise Rejected(
                 503,
-                f"no replica of {model!r} was free within {self.queue_timeout_s:g} s; "
+                f"no replica of {model!r} {waited} within {timeout:g} s; "
                 "retry later or add replicas",
-                "queue_timeout",
+                "wake_timeout" if waking else "queue_timeout",
                 retry_after=self._retry_after(model),
             ) from None
         finally:
             if waiter in queue:
                 queue.remove(waiter)
+
+    def _routable(
+        self, model: str, backends: list[Backend], exclude: Collection[str], now: float
+    ) -> list[Backend]:
+        candidates = [b for b in backends if b.url not in exclude]
+        if not candidates:
+            raise NoOtherReplica(model)
+        routable = usable(candidates, now)
+        if not routable:
+            raise Rejected(
+                503,
+                f"all {len(candidates)} replica(s) of {model!r} are failing health checks",
+                "unhealthy",
+                retry_after=5,
+            )
+        return routable
 
     def release(self, backend: Backend, priority: Priority = "interactive") -> None:
         backend.in_flight -= 1

@@ -153,6 +153,8 @@ def build_app(
             state.usage = UsageLog(state.usage_dir)
         pool.refresh()
         tasks = [asyncio.create_task(pool.watch())]
+        if pool.registry is not None:  # replicas of deployments: some may be elastic
+            tasks.append(asyncio.create_task(state.elastic.run()))
         if state.config.probes.interval_s > 0:
             tasks.append(asyncio.create_task(probe_forever(pool, session, state.config.probes)))
         yield

@@ -6,6 +6,11 @@ was still answering is cut off then, so streams continue elsewhere at once inste
 out a silent engine. Fixed backends (``--backend MODEL=URL``) serve servers started by other
 means.
 
+A replica being drained (scaled down: its record carries the controller's drain marker) gets no
+new request; those in flight finish, and its controller stops it once no router has any on it.
+An elastic deployment at zero replicas has no record at all: its model stays known through the
+controller's ``scaling.json`` (``elastic``), so a request for it waits for it to wake.
+
 A replica is routable unless it is ejected. Passive ejection follows a refused connection or a
 5xx and lasts a short, growing time, so retries go elsewhere at once; active ejection follows
 several failed deep probes in a row and lasts until probes succeed again (see ``_probes``).
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from slurm_llm._registry import EndpointRecord, Registry
+from slurm_llm.control._autoscale import ScalingRecord
 
 log = logging.getLogger("slurm_llm.router")
 
@@ -29,6 +35,9 @@ EJECT_BASE_S = 1.0
 EJECT_MAX_S = 30.0
 DEFAULT_SLOTS = 8  # a replica whose record does not say how many sequences it batches
 GONE_AFTER_S = 600.0  # a model with no replica for this long is no longer served
+# A scaling record not rewritten for this long: its controller is gone, and nothing would wake
+# the model.
+CONTROLLER_SILENT_S = 30.0
 
 
 @dataclass
@@ -41,6 +50,7 @@ class Backend:
     deployment: str | None = None  # whose job it is, for usage records (None: a fixed URL)
     job: str | None = None
     request_priority: bool = False  # the engine schedules by each request's ``priority``
+    draining: bool = False  # being scaled down: finishes what it has, takes nothing new
     in_flight: int = 0
     batch_in_flight: int = 0  # of in_flight, the batch-class requests
     answered: int = 0  # requests this replica answered, for balancing checks and metrics
@@ -105,6 +115,8 @@ class BackendPool:
             self.backends[url] = Backend(url, model, limit=replica_limit or DEFAULT_SLOTS)
         self._by_model: dict[str, list[Backend]] = {}
         self._last_served: dict[str, float] = {}  # model -> monotonic time it last had a replica
+        # Elastic deployments' records by model, replaced whole by ``_elastic`` (one owner).
+        self.elastic: dict[str, ScalingRecord] = {}
         self._index()
 
     def refresh(self) -> None:
@@ -139,8 +151,11 @@ class BackendPool:
                 self.backends[url] = Backend(
                     url, record.model, record.engine, limit, record.context,
                     deployment=record.deployment, job=record.job_id,
-                    request_priority=record.request_priority,
+                    request_priority=record.request_priority, draining=record.draining,
                 )  # fmt: skip
+                changed = True
+            elif known.draining != record.draining:
+                known.draining = record.draining
                 changed = True
         if changed:
             self._index()
@@ -150,7 +165,8 @@ class BackendPool:
         """Backends by model, rebuilt when they change rather than on every request."""
         by_model: dict[str, list[Backend]] = {}
         for backend in self.backends.values():
-            by_model.setdefault(backend.model, []).append(backend)
+            if not backend.draining:
+                by_model.setdefault(backend.model, []).append(backend)
         now = time.monotonic()  # each model that had a replica until now, or has one
         self._last_served.update(dict.fromkeys({*self._by_model, *by_model}, now))
         self._by_model = dict(sorted(by_model.items()))
@@ -165,8 +181,17 @@ class BackendPool:
         return last is not None and time.monotonic() - last < within_s
 
     def known_models(self) -> frozenset[str]:
-        """The models served now or lately (their replicas may be being replaced)."""
-        return frozenset(self._by_model) | {m for m in self._last_served if self.served_lately(m)}
+        """The models served now or lately (their replicas may be being replaced), and those
+        of elastic deployments that can be woken."""
+        lately = {m for m in self._last_served if self.served_lately(m)}
+        return frozenset(self._by_model) | lately | {m for m in self.elastic if self.wakeable(m)}
+
+    def wakeable(self, model: str) -> bool:
+        """Whether ``model`` belongs to an elastic deployment whose controller is running, so
+        a request for it may wait for a replica to start."""
+        record = self.elastic.get(model)
+        return record is not None and time.time() - record.written < CONTROLLER_SILENT_S
 
     def of(self, model: str) -> list[Backend]:
+        """The replicas a new request for ``model`` may go to (none that is draining)."""
         return self._by_model.get(model, [])

@@ -52,6 +52,8 @@ def config_from(args: argparse.Namespace) -> RouterConfig:
         keys_file=keys_file,
         batch_aging_s=args.batch_aging,
         interactive_reserve=args.interactive_reserve,
+        cold_start=args.cold_start,
+        wake_timeout_s=args.wake_timeout,
         probes=ProbeConfig(interval_s=args.probe_interval),
         stream_failover=not args.no_stream_failover,
         drain_s=args.drain,
@@ -131,6 +133,16 @@ def add_router_command(commands: Any) -> None:
         help="slots of each replica that batch-class requests leave free while interactive "
         "requests are coming (one in the last 30 s), so a chat need not wait for a batch "
         "answer to end; batch work keeps at least one slot",
+    )  # fmt: skip
+    router.add_argument(
+        "--cold-start", choices=("wait", "reject"), default="wait",
+        help="a non-streamed request for a model scaled to zero: wait for it to start (up to "
+        "--wake-timeout), or get 503 with Retry-After from its usual start-up time at once; "
+        "streamed requests always wait, with progress comments",
+    )  # fmt: skip
+    router.add_argument(
+        "--wake-timeout", type=float, default=600.0,
+        help="longest a request waits for a model scaled to zero to start (seconds)",
     )  # fmt: skip
     router.add_argument(
         "--probe-interval", type=float, default=10.0, help="seconds between deep probes; 0: off"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from slurm_llm.router._policies import PolicyName
 from slurm_llm.router._probes import ProbeConfig
@@ -17,6 +18,11 @@ class RouterConfig:
     queue_timeout_s: float = 60.0  # longest wait for a free replica before 503
     batch_aging_s: float = 30.0  # batch requests queue as if they came this much later
     interactive_reserve: int = 0  # slots per replica batch work leaves to interactive traffic
+    # A request for an elastic model at zero replicas: "wait" (up to wake_timeout_s, a stream
+    # with progress comments) or "reject" (a non-streamed one gets 503 with Retry-After from
+    # the start-up estimate; streams still wait).
+    cold_start: Literal["wait", "reject"] = "wait"
+    wake_timeout_s: float = 600.0
     attempts: int = 3  # replicas tried for one non-streamed request
     deadline_s: float = 600.0  # a request's whole budget, retries included
     retry_backoff_s: float = 0.05

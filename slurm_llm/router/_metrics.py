@@ -10,12 +10,13 @@ metrics without bound.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from slurm_llm.control._autoscale import ScalingRecord
 from slurm_llm.router._admission import Admission
 from slurm_llm.router._backends import Backend
 
@@ -55,6 +56,29 @@ class ReplicaCollector(Collector):
         for model in pool.models():
             queued.add_metric([model], len(self.admission.queues.get(model, ())))
         yield queued
+        yield from elastic_metrics(pool.elastic.values())
+
+
+def elastic_metrics(records: Iterable[ScalingRecord]) -> Iterator[Metric]:
+    """Elastic deployments, as their controllers last wrote them (``scaling.json``)."""
+    labels = ["deployment", "model"]
+    desired = GaugeMetricFamily(
+        "slurm_llm_deployment_replicas_desired", "Replicas its autoscaler wants.", labels=labels
+    )
+    ready = GaugeMetricFamily(
+        "slurm_llm_deployment_replicas_ready", "Replicas that serve.", labels=labels
+    )
+    events = CounterMetricFamily(
+        "slurm_llm_deployment_scale_events", "Autoscaling decisions, by direction: up, down.",
+        labels=[*labels, "direction"],
+    )  # fmt: skip
+    for record in records:
+        names = [record.deployment, record.model]
+        desired.add_metric(names, record.desired)
+        ready.add_metric(names, record.ready)
+        events.add_metric([*names, "up"], record.scale_ups)
+        events.add_metric([*names, "down"], record.scale_downs)
+    yield from (desired, ready, events)
 
 
 class RouterMetrics:
@@ -100,7 +124,8 @@ class RouterMetrics:
         )  # fmt: skip
         self.rejections = Counter(
             f"{prefix}_rejections",
-            "Requests turned away: queue_full, queue_timeout, unhealthy, no_replica, key_limit.",
+            "Requests turned away: queue_full, queue_timeout, unhealthy, no_replica, key_limit, "
+            "wake_timeout, cold_start.",
             ["model", "reason"], registry=self.registry,
         )  # fmt: skip
         # Labelled by the key's name from the keys file: the operator bounds the label set,
@@ -117,6 +142,11 @@ class RouterMetrics:
             f"{prefix}_tribunal_runs", "Tribunal runs by generator, mode (full, reduced, "
             "base-only: degraded under load) and outcome.",
             ["model", "mode", "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.cold_starts = Counter(
+            f"{prefix}_cold_starts", "Requests that arrived for a model with no replica "
+            "(an elastic deployment scaled to zero), each of which wakes it.",
+            ["model"], registry=self.registry,
         )  # fmt: skip
         self.registry.register(ReplicaCollector(admission))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from slurm_llm._sse import json_event
 from slurm_llm.router import _tribunal_api
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call, GiveBack, Relay, Reply
+from slurm_llm.router._elastic import refuse_cold_start, tell_progress
+from slurm_llm.router._errors import RouterError
 from slurm_llm.router._failover import RelayFor, openai_plan, stream_with_failover
 from slurm_llm.router._metering import Meter, metered
 from slurm_llm.router._metrics import RouterMetrics
@@ -35,6 +38,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
             return answered
         if checked.stream:
             return await streamed(request, model, raw, body, meter)
+        cold = not state.pool.of(model) and state.pool.wakeable(model)
+        if cold and state.config.cold_start == "reject":
+            raise refuse_cold_start(state.pool, state.admission, model)
         call = Call(model, request.path, raw, affinity_key(request, body), priority=meter.priority)
         reply = await state.dispatcher.send(call)
         meter.answered(reply)
@@ -55,13 +61,34 @@ async def streamed(
         raw = json.dumps(body).encode()
     call = Call(model, request.path, raw, affinity_key(request, body), priority=meter.priority)
     stream = ClientStream(request, broken_openai, closing=DONE + b"\n\n")
-    relay_for = sse_relay(stream, request.app[STATE].metrics, model, meter, keep_usage=asked)
-    outcome = await stream_with_failover(request, call, stream, relay_for, openai_plan(call, body))
+    state = request.app[STATE]
+    relay_for = sse_relay(stream, state.metrics, model, meter, keep_usage=asked)
+    progress = None
+    if not state.pool.of(model) and state.pool.wakeable(model):  # it waits for a wake-up
+        progress = asyncio.create_task(tell_progress(stream, state.pool, model))
+    try:
+        outcome: web.StreamResponse | Reply | RouterError = await stream_with_failover(
+            request, call, stream, relay_for, openai_plan(call, body)
+        )
+    except RouterError as exc:
+        if not stream.response.prepared:
+            raise
+        outcome = exc  # the stream is open (it waited for a wake-up): the error goes in it
+    finally:
+        if progress is not None:
+            progress.cancel()
+            await asyncio.gather(progress, return_exceptions=True)
     if isinstance(outcome, web.StreamResponse):
         meter.streamed(stream)
         return outcome
-    meter.answered(outcome)
-    return as_response(outcome)
+    if isinstance(outcome, Reply):
+        meter.answered(outcome)
+        if not stream.response.prepared:
+            return as_response(outcome)
+        outcome = RouterError(outcome.status, outcome.body.decode(errors="replace")[:2000],
+                              "upstream_error")  # fmt: skip
+    meter.status = outcome.status
+    return await stream.end_with(openai_error_event(outcome))
 
 
 def as_response(reply: Reply) -> web.Response:
@@ -84,6 +111,12 @@ def count_usage(metrics: RouterMetrics, model: str, payload: bytes) -> dict[str,
         if isinstance(tokens := usage.get(f"{kind}_tokens"), int):
             metrics.tokens.labels(model, kind).inc(tokens)
     return usage
+
+
+def openai_error_event(exc: RouterError) -> bytes:
+    """An error as the last event of a stream that is already open, then its end."""
+    event = {"error": {"message": exc.message, "type": exc.kind, "code": exc.status}}
+    return f"data: {json.dumps(event)}\n\n".encode() + DONE + EVENT_END
 
 
 def broken_openai(error: str) -> bytes:
@@ -144,8 +177,24 @@ def metered_events(
 
 
 async def list_models(request: web.Request) -> web.Response:
+    """The models served, and those of elastic deployments at zero replicas, with their state
+    (``ready``, ``waking``, ``scaled to zero``) and, for elastic ones, their replica counts."""
     pool = request.app[STATE].pool
-    data = [{"id": model, "object": "model", "owned_by": "slurm-llm"} for model in pool.models()]
+    served = pool.models()
+    data: list[dict[str, Any]] = []
+    for model in sorted({*served, *(m for m in pool.elastic if pool.wakeable(m))}):
+        entry: dict[str, Any] = {"id": model, "object": "model", "owned_by": "slurm-llm"}
+        record = pool.elastic.get(model)
+        if model in served:
+            entry["state"] = "ready"
+        else:
+            assert record is not None
+            entry["state"] = "scaled to zero" if record.desired == 0 else "waking"
+        if record is not None:
+            entry["replicas"] = {"ready": record.ready, "desired": record.desired,
+                                 "min": record.bounds.min_replicas,
+                                 "max": record.bounds.max_replicas}  # fmt: skip
+        data.append(entry)
     return web.json_response({"object": "list", "data": data})
 
 

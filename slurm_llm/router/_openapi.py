@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 from aiohttp import web
@@ -54,6 +54,20 @@ class ModelCard(BaseModel):
     id: str
     object: str = "model"
     owned_by: str
+    state: Literal["ready", "waking", "scaled to zero"] = Field(
+        description="ready: a replica serves it; waking: its elastic deployment is starting "
+        "one; scaled to zero: none runs, and a request wakes it (and waits)."
+    )
+    replicas: ElasticReplicas | None = Field(
+        default=None, description="For an elastic deployment: its replica counts and bounds."
+    )
+
+
+class ElasticReplicas(BaseModel):
+    ready: int
+    desired: int
+    min: int
+    max: int
 
 
 class ModelList(BaseModel):

@@ -79,12 +79,14 @@ def served_model(request: web.Request, model: object) -> str:
 
 
 def require_served(pool: BackendPool, model: object) -> str:
-    """``model`` if a replica serves it; a 503 to retry if one did lately (its replicas are
-    being replaced, and a client should wait, not give up); else a 404 listing what is
-    served."""
+    """``model`` if a replica serves it or its elastic deployment can wake; a 503 to retry if
+    one did lately (its replicas are being replaced, and a client should wait, not give up);
+    else a 404 listing what is served."""
     if not isinstance(model, str):
         raise RouterError(400, "the field 'model' (a string) is required")
     served = pool.models()
+    if model not in served and pool.wakeable(model):
+        return model  # scaled to zero, or being scaled down to zero: it waits for a wake-up
     if model not in served and pool.served_lately(model):
         raise RouterError(
             503, f"no replica of {model!r} is up right now (they are being replaced); "

@@ -15,6 +15,7 @@ from slurm_llm.router._auth import Callers
 from slurm_llm.router._backends import BackendPool
 from slurm_llm.router._config import RouterConfig
 from slurm_llm.router._dispatch import Dispatcher
+from slurm_llm.router._elastic import ElasticLink
 from slurm_llm.router._limits import Limiter
 from slurm_llm.router._metrics import RouterMetrics
 from slurm_llm.router._policies import make_policy
@@ -33,6 +34,7 @@ class RouterState:
     usage: UsageLog | None = None  # opened at start-up, closed (flushed) at shutdown
     files: FileStore = field(init=False)
     batches: BatchStore = field(init=False)
+    elastic: ElasticLink = field(init=False)
 
     def __post_init__(self) -> None:
         self.admission = Admission(
@@ -42,8 +44,10 @@ class RouterState:
             self.config.queue_timeout_s,
             self.config.batch_aging_s,
             interactive_reserve=self.config.interactive_reserve,
+            wake_timeout_s=self.config.wake_timeout_s,
         )
         self.metrics = RouterMetrics(self.admission)
+        self.elastic = ElasticLink(self.pool, self.admission, self.metrics, self.home)
         self.callers = Callers(self.config.api_keys, self.config.keys_file)
         self.limiter = Limiter(TokensUsedSince(self.usage_dir))
         self.files = FileStore(self.home)

@@ -18,6 +18,10 @@ does when its engine core dies mid-answer). That too is a break, after whatever 
 the event is held back so the stream can go on elsewhere, and is what the client gets if it
 cannot. It proves nothing against the replica (the request may be what failed), so the replica
 is given back neither failed nor succeeded; the continuation goes to another one.
+
+A stream that must wait for its model to wake (``_elastic``) is opened at once and told what it
+waits for in SSE comment lines (``: starting engine``), which every SSE client skips; the first
+relay then sends ``: ready`` before the answer's events.
 """
 
 from __future__ import annotations
@@ -62,6 +66,22 @@ class ClientStream:
         self.done = False  # the OpenAI [DONE] was forwarded: nothing is left to continue
         self.replicas: list[Backend] = []  # relayed from, in order
         self.errors: list[bytes] = []  # engines' own error events, held back, translated
+        self.waited = False  # progress comments were sent before the first relay
+
+    async def comment(self, text: str) -> bool:
+        """An SSE comment line before the answer (progress while it waits); False once the
+        client has left or the answer has begun."""
+        if self.replicas:
+            return False
+        if not self.response.prepared:
+            await self.response.prepare(self.request)
+        self.waited = True
+        line = " ".join(text.splitlines())  # one comment line, whatever the text holds
+        try:
+            await self.response.write(f": {line}\n\n".encode())
+        except ConnectionResetError:
+            return False
+        return True
 
     async def relay(
         self,
@@ -76,7 +96,12 @@ class ClientStream:
         stream is over (it may be told again, later, which it must ignore)."""
         if not self.response.prepared:
             await self.response.prepare(self.request)
-        self.replicas.append(backend)
+        if self.waited and not self.replicas:
+            self.replicas.append(backend)  # before the write: progress comments stop here
+            if not await self._write(b": ready\n\n", ended):
+                return self.response
+        else:
+            self.replicas.append(backend)
         engine = backend.engine
         self.broken = None
         pending = b""
@@ -125,6 +150,13 @@ class ClientStream:
             ended(True, "")
             return False
         return True
+
+    async def end_with(self, event: bytes) -> web.StreamResponse:
+        """Ends a stream that is open but got no answer (it waited, then failed) with ``event``."""
+        with contextlib.suppress(ConnectionResetError):
+            await self.response.write(event)
+            await self.response.write_eof()
+        return self.response
 
     async def finish(self) -> web.StreamResponse:
         """Ends the client's stream: with the error event if the last relay broke off."""

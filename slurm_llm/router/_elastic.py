@@ -1,0 +1,134 @@
+"""The router's side of elastic deployments: what it tells their controllers, and what it
+tells the clients that wait for them.
+
+Once a second (and at once when a request arrives for a model with no replica) the router
+writes its demand report (``_demand``) and reads the controllers' ``scaling.json`` files into
+the pool, which keeps a model at zero replicas known (listed, admitted, wakeable). A client
+that waits for a model to wake is told the truth: a stream gets SSE comment lines with what the
+controller last said (``queued in SLURM: Priority, expected start 14:02``, ``starting engine,
+usually ready in ~40 s``, then ``ready``); a non-streamed request, under ``cold_start="reject"``,
+gets a 503 whose ``Retry-After`` comes from the same estimate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from slurm_llm._demand import DemandReport, ModelDemand, remove_report, router_id, write_report
+from slurm_llm.control._autoscale import ScalingRecord, scaling_records
+from slurm_llm.router._admission import Admission, Rejected
+from slurm_llm.router._backends import BackendPool
+from slurm_llm.router._metrics import RouterMetrics
+from slurm_llm.router._streams import ClientStream
+
+REPORT_EVERY_S = 1.0
+PROGRESS_EVERY_S = 0.5  # how often a waiting stream looks for news
+KEEPALIVE_S = 10.0  # an unchanged progress line is sent again this often, to keep proxies open
+UNKNOWN_STARTUP_S = 60  # what Retry-After says of a model never started here before
+
+
+class ElasticLink:
+    """Writes this router's demand report and reads the elastic deployments' records."""
+
+    def __init__(
+        self, pool: BackendPool, admission: Admission, metrics: RouterMetrics, home: Path | None
+    ) -> None:
+        self.pool = pool
+        self.admission = admission
+        self.metrics = metrics
+        self.home = home
+        self.router = router_id()
+        self._nudge: asyncio.Event | None = None  # made on the event loop, in run()
+        admission.on_wake = self.woken
+
+    def woken(self, model: str) -> None:
+        """A request arrived for a model with no replica: report it now, not within a second."""
+        self.metrics.cold_starts.labels(model).inc()
+        if self._nudge is not None:
+            self._nudge.set()
+
+    def report(self) -> DemandReport:
+        models: dict[str, ModelDemand] = defaultdict(ModelDemand)
+        busy: dict[str, int] = {}
+        routed = []
+        for backend in self.pool.backends.values():
+            demand = models[backend.model]
+            models[backend.model] = demand.model_copy(
+                update={"in_flight": demand.in_flight + backend.in_flight}
+            )
+            if backend.job is not None:
+                busy[backend.job] = backend.in_flight
+                if not backend.draining:
+                    routed.append(backend.job)
+        for model, queue in self.admission.queues.items():
+            models[model] = models[model].model_copy(update={"queued": len(queue)})
+        for model, when in self.admission.last_request.items():
+            models[model] = models[model].model_copy(update={"last_request": when})
+        return DemandReport(
+            router=self.router, written=time.time(), models=dict(models),
+            busy_jobs={job: n for job, n in busy.items() if n}, routed_jobs=routed,
+        )  # fmt: skip
+
+    async def run(self) -> None:
+        self._nudge = asyncio.Event()
+        try:
+            while True:
+                self.pool.elastic = await asyncio.to_thread(scaling_records, self.home)
+                await asyncio.to_thread(write_report, self.home, self.report())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._nudge.wait(), REPORT_EVERY_S)
+                self._nudge.clear()
+        finally:
+            remove_report(self.home, self.router)  # gone at once, not after going stale
+
+
+def waiting_for(record: ScalingRecord | None) -> str:
+    """What a request for a model with no replica waits for, in the controller's words."""
+    if record is None:
+        return "waiting for a replica"
+    if record.progress:
+        return record.progress
+    if record.desired == 0:
+        return "scaled to zero: asking its controller for a replica"
+    return "waiting for a replica to start"
+
+
+def seconds_until_ready(record: ScalingRecord | None, now: float | None = None) -> int:
+    """Retry-After for a model that wakes: until its expected readiness, or its usual start-up."""
+    now = time.time() if now is None else now
+    if record is not None and record.expected_ready is not None:
+        return max(1, round(record.expected_ready - now))
+    typical = record.typical_startup_s() if record is not None else None
+    return max(1, round(typical)) if typical is not None else UNKNOWN_STARTUP_S
+
+
+def refuse_cold_start(pool: BackendPool, admission: Admission, model: str) -> Rejected:
+    """The 503 for a non-streamed request under ``cold_start="reject"``; the request still
+    counts as demand (so the model wakes) and is reported at once."""
+    admission.last_request[model] = time.time()
+    admission.on_wake(model)
+    record = pool.elastic.get(model)
+    return Rejected(
+        503,
+        f"{model!r} has no replica running; one is starting ({waiting_for(record)}); retry "
+        "after the time in Retry-After",
+        "cold_start",
+        retry_after=seconds_until_ready(record),
+    )
+
+
+async def tell_progress(stream: ClientStream, pool: BackendPool, model: str) -> None:
+    """Sends the waiting stream what the wake-up waits for, as SSE comments, until cancelled
+    (once a replica takes the request, whose relay then says ``ready``)."""
+    said, said_at = "", 0.0
+    while not stream.replicas:
+        text = waiting_for(pool.elastic.get(model))
+        if text != said or time.monotonic() - said_at >= KEEPALIVE_S:
+            if not await stream.comment(text):
+                return
+            said, said_at = text, time.monotonic()
+        await asyncio.sleep(PROGRESS_EVERY_S)
