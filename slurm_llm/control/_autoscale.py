@@ -6,7 +6,8 @@ once a pass and ``Autoscaler.decide`` turns the samples into a count:
 
 - **wake**: a deployment at zero replicas gets one (or more, for a crowd) as soon as a request
   arrives, without waiting for the window: someone is waiting for it;
-- **up** at once, to the replicas that bring the window's average to the target;
+- **up** once the samples cover a whole window, to the replicas that bring the window's
+  average to the target;
 - **down** only to the most replicas any moment of the last ``scale_down_after_s`` needed, so a
   short lull does not shed capacity that the next burst needs again (no flapping); the replica
   that goes is drained first (``_reconcile.plan``);
@@ -58,7 +59,8 @@ class Autoscaler:
         if demand.last_request is not None:
             self.last_request = max(self.last_request or 0.0, demand.last_request)
         horizon = now - max(self.bounds.window_s, self.bounds.scale_down_after_s)
-        while self.samples and self.samples[0].at < horizon:
+        # One sample at or before the horizon stays: it shows how long demand has been watched.
+        while len(self.samples) > 1 and self.samples[1].at <= horizon:
             self.samples.popleft()
         window = [s.requests for s in self.samples if s.at > now - self.bounds.window_s]
         mean = statistics.fmean([*window, demand.requests])
@@ -82,13 +84,13 @@ class Autoscaler:
         if desired == 0:
             waiting = f"{latest.requests} request(s) waiting" if latest.requests else "a request"
             return need, f"woken by {waiting}"
-        if need > desired:
+        if need > desired and self._watched_for(bounds.window_s, now):
             return need, (
                 f"{self._utilisation(desired, now):.0%} of {desired} replica(s)' slots in use "
                 f"over {bounds.window_s:g} s (target {bounds.target_utilisation:.0%})"
             )
         settled = now - bounds.scale_down_after_s
-        if need < desired and self.samples[0].at <= settled:
+        if need < desired and self._watched_for(bounds.scale_down_after_s, now):
             most = max(s.need for s in self.samples if s.at >= settled)
             enough = min(max(most, floor), bounds.max_replicas)
             if enough < desired:
@@ -97,6 +99,11 @@ class Autoscaler:
                     f"use; {enough} suffice(s) for the last {bounds.scale_down_after_s:g} s"
                 )
         return desired, None
+
+    def _watched_for(self, seconds: float, now: float) -> bool:
+        """Whether the samples cover the last ``seconds``: demand that *stays* high or low,
+        not one moment (a controller that just started waits before it scales)."""
+        return bool(self.samples) and self.samples[0].at <= now - seconds
 
     def _utilisation(self, replicas: int, now: float) -> float:
         window = [s.requests for s in self.samples if s.at > now - self.bounds.window_s]

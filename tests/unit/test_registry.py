@@ -100,3 +100,19 @@ def test_garbage_files_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "smollm2" / "0-41.json").write_text('{"url": "http://half')
     registry.publish(record(replica=1))
     assert [r.replica for r in registry.records()] == [1]
+
+
+def test_a_drain_marker_survives_the_launchers_rewrites_and_goes_with_the_record(
+    tmp_path: Path,
+) -> None:
+    registry = Registry(tmp_path)
+    published = record()
+    registry.publish(published)
+    registry.drain("smollm2", 0, "42_0")
+    registry.publish(published.model_copy(update={"heartbeat": time.time()}))  # a heartbeat
+    assert [r.draining for r in registry.records("smollm2")] == [True]
+    registry.drain("smollm2", 0, "42_0", draining=False)
+    assert [r.draining for r in registry.records("smollm2")] == [False]
+    registry.drain("smollm2", 0, "42_0")
+    registry.withdraw("smollm2", 0, "42_0")
+    assert list(tmp_path.rglob("*")) == [tmp_path / "smollm2"]  # no marker left behind

@@ -2,12 +2,14 @@
 
 A real ``Deployment`` (state file, lock, registry, event log, all on disk) runs against the fake
 scheduler, while hypothesis interleaves job starts, readiness, deaths, requeues, hopeless
-pending reasons, wall-time deadlines, scale calls, reconcile passes and readers: on the same
+pending reasons, wall-time deadlines, scale calls (drained first while a router's demand report
+says it has requests on a replica), reconcile passes and readers: on the same
 handle, on a second handle (another process, as far as the state is concerned), and inside a
 pass, between submission and saving. After every step:
 
 - every job ever submitted is either in the persisted state or no longer runs;
-- the number of running jobs never exceeds the desired replicas plus handovers in progress.
+- the number of running jobs never exceeds the desired replicas plus handovers and drains in
+  progress.
 
 A process can also die between sbatch and saving the state (the one window no lock closes);
 then the next pass, from any process, finds the job through the scheduler and cancels it.
@@ -26,6 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from slurm_llm import DeploymentError, ModelSpec
+from slurm_llm._demand import DemandReport, write_report
 from slurm_llm._paths import registry_dir
 from slurm_llm._registry import Registry
 from slurm_llm.control._deployment import Deployment, DeploymentState
@@ -90,6 +93,18 @@ class DeploymentUnderFaults(RuleBasedStateMachine):
         if (job_id := self._pick(n)) is not None:
             self.scheduler.hold_hopelessly(job_id)
 
+    @rule(n=PICK, busy=st.booleans())
+    def a_router_reports_a_replica(self, n: int, busy: bool) -> None:
+        """One router's report: it may route to every replica not marked draining, and has
+        requests on one of them (or on none)."""
+        registry = Registry(registry_dir(self.home))
+        serving = [r.job_id for r in registry.records("prop") if not r.draining]
+        job_id = self._pick(n)
+        write_report(self.home, DemandReport(
+            router="router", written=time.time(), routed_jobs=serving,
+            busy_jobs={job_id: 1} if busy and job_id else {},
+        ))  # fmt: skip
+
     # ---- what the deployment's users and controller do --------------------------------------
 
     @rule()
@@ -152,10 +167,11 @@ class DeploymentUnderFaults(RuleBasedStateMachine):
         assert leaked == [], f"jobs running outside the state: {leaked}"
 
     @invariant()
-    def no_more_jobs_run_than_desired_plus_handovers(self) -> None:
+    def no_more_jobs_run_than_desired_plus_handovers_and_drains(self) -> None:
         state = self._persisted()
         handovers = sum(1 for slot in state.slots.values() if slot.successor is not None)
-        assert len(self.scheduler.live()) <= state.spec.replicas + handovers
+        drains = sum(1 for slot in state.slots.values() if slot.draining_since is not None)
+        assert len(self.scheduler.live()) <= state.spec.replicas + handovers + drains
 
     @invariant()
     def events_are_numbered_in_order(self) -> None:

@@ -172,3 +172,50 @@ def test_successors_that_keep_failing_are_not_tried_forever() -> None:
     slot = Slot(ref("1"), failures=MAX_FAILURES_IN_A_ROW)
     todo = plan(1, {0: slot}, {"1": running(NOW + 10)}, NOW, HANDOVER_S)
     assert todo.submit == []
+
+
+DRAIN_S = 300.0
+
+
+def routed() -> JobFacts:
+    """A ready replica that a router has requests on, or may still send one."""
+    return JobFacts(JobState("RUNNING"), published=True, routed=True)
+
+
+def test_a_replica_routers_still_use_is_drained_before_it_is_scaled_down() -> None:
+    slots = {0: Slot(ref("1")), 1: Slot(ref("2"), successor=ref("3"))}
+    facts = {"1": running(), "2": routed(), "3": running()}
+    todo = plan(1, slots, facts, NOW, HANDOVER_S, DRAIN_S)
+    assert todo.slots[1] == Slot(ref("2"), draining_since=NOW)  # its handover is not needed
+    assert todo.drain == [(1, "2")] and todo.cancel == [ref("3")]
+    assert todo.events == ["replica 1: draining (scaled to 1)"]
+
+
+def test_a_draining_replica_goes_once_no_router_uses_it() -> None:
+    slots = {0: Slot(ref("1")), 1: Slot(ref("2"), draining_since=NOW)}
+    still = plan(1, slots, {"1": running(), "2": routed()}, NOW + 5, HANDOVER_S, DRAIN_S)
+    assert still.slots == slots and not still.cancel
+    done = plan(1, slots, {"1": running(), "2": running()}, NOW + 6, HANDOVER_S, DRAIN_S)
+    assert list(done.slots) == [0] and done.cancel == [ref("2")] and done.withdraw == [(1, "2")]
+    assert done.events == ["replica 1: removed (scaled to 1; drained in 6 s)"]
+
+
+def test_a_drain_that_never_ends_times_out() -> None:
+    slots = {0: Slot(ref("1"), draining_since=NOW)}
+    todo = plan(0, slots, {"1": routed()}, NOW + DRAIN_S, HANDOVER_S, DRAIN_S)
+    assert todo.cancel == [ref("1")]
+    assert todo.events == ["replica 0: removed (scaled to 0; drain timed out after 300 s)"]
+
+
+def test_a_replica_nobody_routes_to_or_not_ready_is_removed_at_once() -> None:
+    slots = {0: Slot(ref("1")), 1: Slot(ref("2"))}
+    facts = {"1": running(), "2": JobFacts(JobState("RUNNING"), published=False, routed=True)}
+    assert plan(1, slots, facts, NOW, HANDOVER_S, DRAIN_S).cancel == [ref("2")]
+    assert plan(1, slots, {**facts, "2": routed()}, NOW, HANDOVER_S).cancel == [ref("2")]
+
+
+def test_a_draining_replica_wanted_again_is_kept_and_undrained() -> None:
+    slots = {0: Slot(ref("1")), 1: Slot(ref("2"), draining_since=NOW)}
+    todo = plan(2, slots, {"1": running(), "2": routed()}, NOW + 1, HANDOVER_S, DRAIN_S)
+    assert todo.slots[1] == Slot(ref("2")) and todo.undrain == [(1, "2")]
+    assert not todo.submit and not todo.cancel

@@ -24,9 +24,7 @@ from slurm_llm.jobs._slurm_state import (
 
 
 def test_squeue_lines_become_states_with_pending_reasons() -> None:
-    states = parse_squeue(
-        "12_0|RUNNING|None|n1|2026-12-01T14:00:00\n12_1|PENDING|Resources||N/A\n"
-    )
+    states = parse_squeue("12_0|RUNNING|None|n1|2026-12-01T14:00:00\n12_1|PENDING|Resources||N/A\n")
     started = time.mktime((2026, 12, 1, 14, 0, 0, 0, 0, -1))
     assert states == {
         "12_0": JobState("RUNNING", None, "n1", started),

@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from slurm_llm import Autoscale
 from slurm_llm._api_keys import Priority
+from slurm_llm._registry import Registry
+from slurm_llm.control._autoscale import ScalingRecord
 from slurm_llm.router import _admission as admission_module
 from slurm_llm.router._admission import (
     RESERVE_WINDOW_S,
@@ -22,6 +26,7 @@ from slurm_llm.router._admission import (
 )
 from slurm_llm.router._backends import BackendPool
 from slurm_llm.router._policies import RoundRobin
+from tests.unit.test_registry import record
 
 
 def admission(replicas: int = 1, limit: int = 1, **options: Any) -> Admission:
@@ -380,3 +385,46 @@ def test_no_batch_request_waits_behind_an_interactive_one_that_came_after_its_ag
             ahead = served[:position]
             assert all(other <= arrived + aging for other, _ in ahead)
             assert all(other <= arrived for other, kind in ahead if kind == "batch")
+
+
+def sleeping_model(registry: Registry | None = None) -> Admission:
+    """A model of an elastic deployment at zero replicas (its controller writes)."""
+    pool = BackendPool(registry, replica_limit=1)
+    gate = Admission(pool, RoundRobin(), wake_timeout_s=5.0)
+    pool.elastic = {"smollm2": ScalingRecord(
+        deployment="smollm2", model="smollm2", bounds=Autoscale(max_replicas=1), desired=0,
+        ready=0, written=time.time(),
+    )}  # fmt: skip
+    return gate
+
+
+def test_a_request_for_a_model_at_zero_waits_for_its_first_replica_and_wakes_it(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        registry = Registry(tmp_path)
+        gate = sleeping_model(registry)
+        woken: list[str] = []
+        gate.on_wake = woken.append
+        waiting = asyncio.create_task(gate.acquire("smollm2"))
+        await asyncio.sleep(0.01)
+        assert woken == ["smollm2"] and gate.load("smollm2").queued == 1 and not waiting.done()
+        assert gate.last_request["smollm2"] == pytest.approx(time.time(), abs=1)
+        registry.publish(record())  # its first replica is ready
+        gate.pool.refresh()
+        backend = await waiting
+        assert backend.url == record().url and backend.in_flight == 1
+
+    run(scenario)
+
+
+def test_a_wake_up_that_takes_too_long_is_a_503_that_says_so() -> None:
+    async def scenario() -> None:
+        gate = sleeping_model()
+        gate.wake_timeout_s = 0.05
+        with pytest.raises(Rejected) as late:
+            await gate.acquire("smollm2")
+        assert late.value.reason == "wake_timeout" and "started within 0.05 s" in late.value.message
+        assert gate.load("smollm2").queued == 0
+
+    run(scenario)

@@ -1,0 +1,132 @@
+"""The autoscaler's decisions, from demand samples alone (no I/O): wake, up, down, idle."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slurm_llm._demand import ModelDemand
+from slurm_llm.control._autoscale import Autoscaler, ScalingRecord
+from slurm_llm.spec._model_spec import Autoscale
+
+BOUNDS = Autoscale(
+    min_replicas=0, max_replicas=3, idle_s=60, target_utilisation=0.5, window_s=10,
+    scale_down_after_s=30,
+)  # fmt: skip
+SLOTS = 4  # a replica takes 4 requests at once: 2 keep it at the 50 % target
+T0 = 1_000_000.0
+
+
+def run(
+    scaler: Autoscaler, desired: int, seconds: range, requests: int, asked: bool = True
+) -> tuple[int, list[str]]:
+    """One pass a second over ``seconds`` (after T0) with ``requests`` in flight; each pass
+    acts on the decision, as the controller does. Returns the count and the reasons."""
+    reasons = []
+    for second in seconds:
+        now = T0 + second
+        last = now if asked and requests else None
+        scaler.observe(now, ModelDemand(in_flight=requests, last_request=last))
+        desired, why = scaler.decide(desired, now)
+        if why:
+            reasons.append(why)
+    return desired, reasons
+
+
+def test_a_deployment_that_starts_at_zero_stays_there_until_asked() -> None:
+    scaler = Autoscaler(BOUNDS, SLOTS, started=T0)
+    assert run(scaler, 0, range(0, 120), requests=0) == (0, [])
+
+
+def test_the_first_request_wakes_it_at_once() -> None:
+    scaler = Autoscaler(BOUNDS, SLOTS, started=T0)
+    scaler.observe(T0 + 1, ModelDemand(queued=1, last_request=T0 + 1))
+    assert scaler.decide(0, T0 + 1) == (1, "woken by 1 request(s) waiting")
+
+
+def test_a_crowd_wakes_as_many_replicas_as_it_needs() -> None:
+    scaler = Autoscaler(BOUNDS, SLOTS, started=T0)
+    scaler.observe(T0 + 1, ModelDemand(queued=100, last_request=T0 + 1))
+    assert scaler.decide(0, T0 + 1)[0] == BOUNDS.max_replicas
+
+
+def test_sustained_demand_grows_it_after_a_window_and_never_past_the_maximum() -> None:
+    scaler = Autoscaler(BOUNDS, SLOTS, started=T0)
+    desired, reasons = run(scaler, 1, range(0, 9), requests=6)
+    assert desired == 1 and not reasons  # not yet a whole window of it
+    desired, reasons = run(scaler, desired, range(9, 12), requests=6)
+    assert desired == 3  # 6 requests at 50 % of 4 slots: 3 replicas
+    assert "target 50%" in reasons[0]
+    assert run(scaler, desired, range(12, 40), requests=40)[0] == BOUNDS.max_replicas
+
+
+def test_a_short_spike_is_averaged_away() -> None:
+    scaler = Autoscaler(BOUNDS, SLOTS, started=T0)
+    run(scaler, 1, range(0, 20), requests=1)
+    desired, reasons = run(scaler, 1, range(20, 21), requests=8)
+    assert (desired, reasons) == (1, [])  # (9 x 1 + 8) / 10 samples = 1.7: one replica's 2
+
+
+def test_it_shrinks_only_after_demand_stays_low_for_scale_down_after_s() -> None:
+    scaler = Autoscaler(BOUNDS, SLOTS, started=T0)
+    desired, _ = run(scaler, 3, range(0, 40), requests=6)
+    assert desired == 3
+    desired, reasons = run(scaler, desired, range(40, 40 + 29), requests=1)
+    assert desired == 3 and not reasons  # the window's high need is still within 30 s
+    desired, reasons = run(scaler, desired, range(69, 90), requests=1)
+    assert desired == 1
+    assert "1 suffice(s) for the last 30 s" in reasons[-1]
+
+
+def test_an_idle_deployment_goes_to_its_minimum_and_a_busy_one_never_to_zero() -> None:
+    scaler = Autoscaler(BOUNDS, SLOTS, started=T0)
+    run(scaler, 1, range(0, 5), requests=1)
+    # One long request still in flight, no new one for two minutes: it must not go to zero.
+    desired, reasons = run(scaler, 1, range(5, 125), requests=1, asked=False)
+    assert desired == 1
+    desired, reasons = run(scaler, 1, range(125, 130), requests=0)
+    assert desired == 0 and reasons == ["no request for 121 s"]  # the last came at 4 s
+    kept = Autoscaler(BOUNDS.model_copy(update={"min_replicas": 1}), SLOTS, started=T0)
+    assert run(kept, 2, range(0, 200), requests=0)[0] == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 20), st.integers(0, 30), st.booleans()), min_size=1, max_size=60
+    ),
+    st.integers(0, 2),
+)
+def test_decisions_stay_in_bounds_wake_waiters_and_do_not_flap(
+    steps: list[tuple[int, int, bool]], min_replicas: int
+) -> None:
+    """Over random demand: the count stays within the bounds; requests waiting at zero always
+    wake it; and no scale-down follows a scale-up within ``scale_down_after_s`` unless the
+    deployment went idle."""
+    bounds = BOUNDS.model_copy(update={"min_replicas": min_replicas})
+    scaler = Autoscaler(bounds, SLOTS, started=T0)
+    desired, now, last_up = min_replicas, T0, None
+    for gap, requests, new_request in steps:
+        now += gap
+        scaler.observe(now, ModelDemand(queued=requests, last_request=now if new_request else None))
+        new, why = scaler.decide(desired, now)
+        assert bounds.min_replicas <= new <= bounds.max_replicas
+        if requests:
+            assert new >= 1, "requests are waiting for a replica"
+        if new < desired and last_up is not None and now - last_up < bounds.scale_down_after_s:
+            assert why is not None and why.startswith("no request for")
+        if new > desired:
+            last_up = now
+        desired = new
+
+
+def test_the_scaling_record_counts_decisions_and_keeps_the_latest() -> None:
+    record = ScalingRecord(deployment="d", model="m", bounds=BOUNDS, desired=0, ready=0, written=T0)
+    for n in range(25):
+        record = record.decided(n % 2, (n + 1) % 2, f"step {n}", T0 + n)
+    assert (record.scale_ups, record.scale_downs) == (13, 12)
+    assert len(record.decisions) == 20 and record.decisions[-1].endswith("0 -> 1: step 24")
+    for n in range(12):
+        record = record.with_startup(f"job{n}", 10.0 + n)
+    assert list(record.startups_s) == [f"job{n}" for n in range(2, 12)]
+    assert record.typical_startup_s() == 16.5
