@@ -77,7 +77,11 @@ class ElasticLink:
         self._nudge = asyncio.Event()
         try:
             while True:
-                self.pool.elastic = await asyncio.to_thread(scaling_records, self.home)
+                records = await asyncio.to_thread(scaling_records, self.home)
+                if self.pool.deployment is not None:  # a router of one deployment knows only it
+                    records = {m: r for m, r in records.items()
+                               if r.deployment == self.pool.deployment}  # fmt: skip
+                self.pool.elastic = records
                 await asyncio.to_thread(write_report, self.home, self.report())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._nudge.wait(), REPORT_EVERY_S)
