@@ -46,6 +46,9 @@ ControllerKind = Literal["thread", "process", "job"]
 # A controller that has not reconciled for this long (or this many intervals) is dead.
 STALE_AFTER_S = 30.0
 STALE_AFTER_INTERVALS = 5
+# Between passes, how often a controller asks its deployment whether it is wanted at once (an
+# elastic deployment at zero replicas that a request has just asked for).
+WANTED_POLL_S = 0.1
 PROCESS_MARK = "slurm_llm controller run"
 
 
@@ -108,6 +111,10 @@ class Reconciled(Protocol):
     def exists(self) -> bool: ...
 
     def reconcile(self) -> list[str] | None: ...
+
+    def wanted_now(self) -> bool:
+        """Whether a pass should run before the interval is over."""
+        ...
 
     def record_events(self, texts: list[str]) -> None: ...
 
@@ -216,10 +223,18 @@ class Controller:
                         return "another controller runs"
                     elif not marker.exists():
                         write_atomic(marker, self.record.model_dump_json())
-                    self.stop.wait(self.record.interval)
+                    self._pause()
             return "stopped"
         finally:
             marker.unlink(missing_ok=True)
+
+    def _pause(self) -> None:
+        """Until the next pass: ``interval``, or less when the deployment is wanted at once
+        (a request waits for an elastic deployment at zero to wake)."""
+        deadline = time.monotonic() + self.record.interval
+        while (left := deadline - time.monotonic()) > 0:
+            if self.stop.wait(min(WANTED_POLL_S, left)) or self.deployment.wanted_now():
+                return
 
     def successor_waits(self, job_id: str) -> bool:
         """Whether job ``job_id`` has started and waits for this controller's lock."""

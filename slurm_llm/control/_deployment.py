@@ -160,6 +160,7 @@ class Deployment:
         self.sweep_every_s = ORPHAN_SWEEP_S
         self._last_sweep = float("-inf")
         self._autoscaler: Autoscaler | None = None  # the controller's demand history
+        self._asleep_since: float | None = None  # when its last pass left it at zero replicas
         self._running_since: dict[str, float] = {}  # job -> when a pass first saw it run
 
     # ---- reading: snapshots only --------------------------------------------------------------
@@ -337,6 +338,16 @@ class Deployment:
         with self._change(blocking=False) as state:
             return None if state is None else self._apply(state, autoscale=True)
 
+    def wanted_now(self) -> bool:
+        """Whether a request has come for this elastic deployment since its last pass left it
+        at zero replicas: its controller then runs the next pass at once, not at the end of
+        its interval. Reads the routers' reports only while it is at zero."""
+        asleep_since = self._asleep_since
+        if asleep_since is None:
+            return False
+        demand = model_demand(fresh_reports(self._home), self._spec.name)
+        return demand.queued > 0 or (demand.last_request or 0.0) > asleep_since
+
     def record_events(self, texts: list[str]) -> None:
         """Appends events (e.g. a failed pass) under the lock, so numbers stay in order."""
         with self._locked():
@@ -356,6 +367,7 @@ class Deployment:
         bounds = state.spec.autoscale
         if autoscale and bounds is not None:
             state, scaling = self._autoscale(state, reports, now, events)
+            self._asleep_since = now if state.spec.replicas == 0 else None
         drain_s = bounds.drain_timeout_s if bounds is not None else DRAIN_TIMEOUT_S
         todo = plan(state.spec.replicas, state.slots, self._facts(state, reports), now,
                     state.spec.handover_s, drain_s)  # fmt: skip

@@ -24,10 +24,12 @@ Upstreams = dict[str, list[str]]
 
 
 def registry_upstreams(home: Path | None = None, deployment: str | None = None) -> Upstreams:
-    """Each model's live replica URLs, sorted, as the registry has them now."""
+    """Each model's live replica URLs, sorted, as the registry has them now; not those being
+    drained (scaled down), which must get no new request."""
     by_model: defaultdict[str, list[str]] = defaultdict(list)
     for record in Registry(registry_dir(home)).records(deployment):
-        by_model[record.model].append(record.url)
+        if not record.draining:
+            by_model[record.model].append(record.url)
     return {model: sorted(urls) for model, urls in sorted(by_model.items())}
 
 

@@ -138,6 +138,7 @@ class Admission:
         self.last_request: dict[str, float] = {}  # model -> wall-clock time of its last request
         self.on_wake: Callable[[str], None] = lambda model: None
         pool.on_change = self.dispatch_all
+        pool.hurry = self.waiting_for_wake
 
     async def acquire(
         self,
@@ -258,6 +259,10 @@ class Admission:
                 free_now.remove(backend)
             if not free_now:
                 return
+
+    def waiting_for_wake(self) -> bool:
+        """Whether a request waits for a model that has no replica yet."""
+        return any(queue and not self.pool.of(model) for model, queue in self.queues.items())
 
     def dispatch_all(self) -> None:
         for model in list(self.queues):

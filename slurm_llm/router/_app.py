@@ -97,12 +97,16 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """200 once at least one replica is routable, so load balancers wait for real capacity."""
+    """200 once at least one replica is routable, or a model scaled to zero can be woken (a
+    request is what wakes it: a load balancer must not keep requests away), so load balancers
+    wait for real capacity."""
     state = request.app[STATE]
     loads = [state.admission.load(model) for model in state.pool.models()]
-    if not any(load.routable for load in loads):
+    wakeable = [model for model in state.pool.elastic if state.pool.wakeable(model)]
+    if not any(load.routable for load in loads) and not wakeable:
         return web.json_response({"status": "no routable replica yet"}, status=503)
-    return web.json_response({"status": "ready", "models": [load.model for load in loads]})
+    models = sorted({*(load.model for load in loads), *wakeable})
+    return web.json_response({"status": "ready", "models": models})
 
 
 async def metrics(request: web.Request) -> web.Response:

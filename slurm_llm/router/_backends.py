@@ -38,6 +38,7 @@ GONE_AFTER_S = 600.0  # a model with no replica for this long is no longer serve
 # A scaling record not rewritten for this long: its controller is gone, and nothing would wake
 # the model.
 CONTROLLER_SILENT_S = 30.0
+HURRIED_WATCH_S = 0.1  # how often the registry is read while a request waits for a first replica
 
 
 @dataclass
@@ -109,6 +110,7 @@ class BackendPool:
         self.replica_limit = replica_limit
         self.backends: dict[str, Backend] = {}  # by url
         self.on_change: Callable[[], None] = lambda: None
+        self.hurry: Callable[[], bool] = lambda: False  # a request waits for a replica to come
         pairs = static.items() if isinstance(static, Mapping) else static
         self._static = {url: model for model, url in pairs}
         for url, model in self._static.items():
@@ -124,10 +126,11 @@ class BackendPool:
 
     async def watch(self, interval: float = 0.5) -> None:
         """Re-reads the registry off the event loop; applies the changes on it, where the
-        admission queue reads the backends."""
+        admission queue reads the backends. Faster while a request waits for a model to wake:
+        its first replica is then taken the moment it publishes."""
         while True:
             self._apply(await asyncio.to_thread(self._read))
-            await asyncio.sleep(interval)
+            await asyncio.sleep(HURRIED_WATCH_S if self.hurry() else interval)
 
     def _read(self) -> dict[str, EndpointRecord] | None:
         if self.registry is None:

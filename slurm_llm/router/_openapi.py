@@ -219,7 +219,8 @@ OPERATIONS: list[Operation] = [
               "Operations", answer=LoadReport, statuses=()),
     Operation("get", "/health", "200 while the router runs", "Operations", answer=Status,
               statuses=()),
-    Operation("get", "/ready", "200 once a replica is routable; 503 before", "Operations",
+    Operation("get", "/ready", "200 once a replica is routable or a model can be woken; 503 "
+              "before", "Operations",
               answer=Status, statuses=(503,)),
     Operation("get", "/metrics", "Prometheus metrics", "Operations",
               answer="Prometheus text exposition format.", statuses=()),

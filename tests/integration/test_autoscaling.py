@@ -109,6 +109,8 @@ def test_an_elastic_deployment_wakes_grows_drains_and_sleeps(
         wait_until(lambda: models(router).get(MODEL, {}).get("state") == "scaled to zero",
                    timeout=30, what="the model listed at zero replicas")  # fmt: skip
         assert replica_jobs() == []
+        with urllib.request.urlopen(f"{router.url}/ready", timeout=10) as ready:
+            assert json.load(ready)["models"] == [MODEL]  # a request to it is what wakes it
 
         comments, first_data = first_stream(router)
         assert comments[-1] == "ready" and len(comments) >= 2, comments
