@@ -25,6 +25,7 @@ from slurm_llm._files import write_atomic
 from slurm_llm._paths import home_dir
 
 STALE_AFTER_S = 10.0  # a report older than this is from a router that is gone or stuck
+FORGOTTEN_AFTER_S = 3600.0  # a report this old (a router killed outright) is removed
 
 
 class ModelDemand(BaseModel):
@@ -78,16 +79,20 @@ def remove_report(home: Path | None, router: str) -> None:
 
 
 def fresh_reports(home: Path | None = None, now: float | None = None) -> list[DemandReport]:
-    """The reports of routers that are alive (written within ``STALE_AFTER_S``)."""
+    """The reports of routers that are alive (written within ``STALE_AFTER_S``); one left by a
+    router killed long ago is removed. Routers and controllers compare their wall clocks here,
+    so their hosts' clocks must agree to a few seconds (NTP, as SLURM needs too)."""
     now = time.time() if now is None else now
     reports = []
     for path in sorted(demand_dir(home).glob("*.json")):
         try:
             report = DemandReport.model_validate_json(path.read_bytes())
-        except (FileNotFoundError, ValidationError):
-            continue  # removed meanwhile, or torn by a dying writer's disk: skip it
+        except (OSError, ValidationError):
+            continue  # removed meanwhile, unreadable, or torn by a dying writer: skip it
         if now - report.written <= STALE_AFTER_S:
             reports.append(report)
+        elif now - report.written > FORGOTTEN_AFTER_S:
+            path.unlink(missing_ok=True)
     return reports
 
 
@@ -100,9 +105,13 @@ def model_demand(reports: list[DemandReport], model: str) -> ModelDemand:
     return total
 
 
-def still_routed(reports: list[DemandReport], job_id: str) -> bool:
-    """Whether some router still has requests on job ``job_id``, or may still send it one
-    (it has not yet seen the job's drain marker)."""
+def still_routed(reports: list[DemandReport], job_id: str, since: float = 0.0) -> bool:
+    """Whether some router still has requests on job ``job_id``, or may still send it one (it
+    has not yet seen the job's drain marker). A report written before ``since`` (before the
+    router could have seen the marker) counts as routing to it."""
     return any(
-        report.busy_jobs.get(job_id, 0) > 0 or job_id in report.routed_jobs for report in reports
+        report.written < since
+        or report.busy_jobs.get(job_id, 0) > 0
+        or job_id in report.routed_jobs
+        for report in reports
     )

@@ -134,9 +134,9 @@ def print_scaling(deployment: Deployment, decisions: int) -> None:
     """An elastic deployment's bounds, its replicas ready and desired, what a wake-up waits
     for, and its most recent scaling decisions with their reasons."""
     bounds = deployment.spec.autoscale
-    record = deployment.scaling()
     if bounds is None:
         return
+    record = deployment.scaling()
     text = (
         f"{deployment.name}: elastic, {bounds.min_replicas}..{bounds.max_replicas} replicas "
         f"(target {bounds.target_utilisation:.0%} of slots, down to {bounds.min_replicas} after "
@@ -146,7 +146,9 @@ def print_scaling(deployment: Deployment, decisions: int) -> None:
         console.print(f"{text}; no controller has scaled it yet", highlight=False)
         return
     text += f": {record.ready} ready, {record.desired} desired"
-    if record.progress:
+    if record.failed:
+        text += f"; [red]cannot wake[/]: {record.failed}"
+    elif record.progress:
         text += f"; waking: {record.progress}"
     console.print(text, highlight=False)
     for decision in record.decisions[-decisions:]:

@@ -11,7 +11,8 @@ once a pass and ``Autoscaler.decide`` turns the samples into a count:
 - **down** only to the most replicas any moment of the last ``scale_down_after_s`` needed, so a
   short lull does not shed capacity that the next burst needs again (no flapping); the replica
   that goes is drained first (``_reconcile.plan``);
-- **idle**: no request for ``idle_s`` and none in flight, and it shrinks to ``min_replicas``.
+- **idle**: unused for ``idle_s`` (no request arrived, none was in flight), and it shrinks to
+  ``min_replicas``.
 
 It holds its samples in memory, so it does no I/O and is unit- and property-tested on its own;
 a controller that restarts starts with no history, which only delays a scale-down.
@@ -53,11 +54,15 @@ class Autoscaler:
         self.slots = slots
         self.started = started
         self.samples: deque[Sample] = deque()
-        self.last_request: float | None = None
+        # The last sign of use: a request's arrival, or a moment with one in flight (a long
+        # answer keeps it in use after its request arrived).
+        self.last_used: float | None = None
 
     def observe(self, now: float, demand: ModelDemand) -> None:
-        if demand.last_request is not None:
-            self.last_request = max(self.last_request or 0.0, demand.last_request)
+        used = [t for t in (self.last_used, demand.last_request) if t is not None]
+        if demand.requests:
+            used.append(now)
+        self.last_used = max(used) if used else None
         horizon = now - max(self.bounds.window_s, self.bounds.scale_down_after_s)
         # One sample at or before the horizon stays: it shows how long demand has been watched.
         while len(self.samples) > 1 and self.samples[1].at <= horizon:
@@ -71,17 +76,20 @@ class Autoscaler:
         """The replicas to have, and why they change (None: they do not)."""
         bounds = self.bounds
         latest = self.samples[-1] if self.samples else Sample(now, 0, 0)
-        quiet_for = now - (self.last_request or self.started)
+        quiet_for = now - (self.last_used or self.started)
         if latest.requests == 0 and quiet_for >= bounds.idle_s:
             if desired > bounds.min_replicas:
-                return bounds.min_replicas, f"no request for {quiet_for:.0f} s"
+                return bounds.min_replicas, f"unused for {quiet_for:.0f} s"
             return desired, None
-        asked = latest.requests > 0 or (self.last_request is not None and quiet_for < bounds.idle_s)
+        asked = latest.requests > 0 or (self.last_used is not None and quiet_for < bounds.idle_s)
         if desired == 0 and not asked:
             return desired, None  # it started at zero, and nobody has asked for it yet
         floor = max(bounds.min_replicas, 1)  # requests come: never zero
         need = min(max(latest.need, floor), bounds.max_replicas)
         if desired == 0:
+            # The window is mostly the quiet before: a crowd that waits now sets the count.
+            crowd = math.ceil(latest.requests / (self.slots * bounds.target_utilisation))
+            need = min(max(need, crowd), bounds.max_replicas)
             waiting = f"{latest.requests} request(s) waiting" if latest.requests else "a request"
             return need, f"woken by {waiting}"
         if need > desired and self._watched_for(bounds.window_s, now):
@@ -123,9 +131,10 @@ class ScalingRecord(BaseModel):
     decisions: list[str] = []  # the most recent, oldest first: "HH:MM:SS 0 -> 1: why"
     scale_ups: int = 0
     scale_downs: int = 0
-    # While it wakes: what it waits for, and when it should serve.
+    # While it wakes: what it waits for, and when it should serve; or why it cannot.
     progress: str | None = None
     expected_ready: float | None = None
+    failed: str | None = None
     startups_s: dict[str, float] = {}  # job -> seconds its engine took to serve, latest last
 
     def decided(self, old: int, new: int, why: str, now: float) -> ScalingRecord:
@@ -146,10 +155,6 @@ class ScalingRecord(BaseModel):
         startups = {**self.startups_s, job_id: round(seconds, 1)}
         return self.model_copy(update={"startups_s": dict(list(startups.items())[-STARTUPS_KEPT:])})
 
-    @property
-    def asleep(self) -> bool:
-        return self.desired == 0 and self.ready == 0
-
 
 def scaling_path(folder: Path) -> Path:
     return folder / "scaling.json"
@@ -162,10 +167,12 @@ def read_scaling(folder: Path) -> ScalingRecord | None:
         return None
 
 
-def scaling_records(home: Path | None = None) -> dict[str, ScalingRecord]:
-    """Every elastic deployment's record, by served model name (one deployment per model)."""
+def scaling_records(
+    home: Path | None = None, deployment: str | None = None
+) -> dict[str, ScalingRecord]:
+    """Elastic deployments' records (of ``deployment`` only, if named), by served model name."""
     found = {}
-    for path in sorted(deployments_dir(home).glob("*/scaling.json")):
+    for path in sorted(deployments_dir(home).glob(f"{deployment or '*'}/scaling.json")):
         record = read_scaling(path.parent)
         if record is not None:
             found[record.model] = record

@@ -233,8 +233,15 @@ class Controller:
         (a request waits for an elastic deployment at zero to wake)."""
         deadline = time.monotonic() + self.record.interval
         while (left := deadline - time.monotonic()) > 0:
-            if self.stop.wait(min(WANTED_POLL_S, left)) or self.deployment.wanted_now():
+            if self.stop.wait(min(WANTED_POLL_S, left)) or self._wanted_now():
                 return
+
+    def _wanted_now(self) -> bool:
+        try:
+            return self.deployment.wanted_now()
+        except Exception:  # an unreadable report must not end the loop: the pass will come
+            traceback.print_exc()
+            return False
 
     def successor_waits(self, job_id: str) -> bool:
         """Whether job ``job_id`` has started and waits for this controller's lock."""

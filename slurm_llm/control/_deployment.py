@@ -49,7 +49,7 @@ from slurm_llm.control._scheduler import Scheduler, SubmititScheduler
 from slurm_llm.jobs._executors import ExecutorKind, resolve_kind
 from slurm_llm.jobs._replica_job import ReplicaJob
 from slurm_llm.jobs._slurm_state import JobState
-from slurm_llm.spec._model_spec import SERVED_NAME, ModelSpec
+from slurm_llm.spec._model_spec import DRAIN_TIMEOUT_S, SERVED_NAME, ModelSpec
 
 ReplicaState = Literal["pending", "starting", "ready", "draining", "failed", "stopped"]
 ControllerChoice = Literal["thread", "job", "none"]
@@ -59,9 +59,9 @@ SLURM_POLL_S = 1.0
 # How often a pass also looks for jobs of this deployment that no state names (submitted by a
 # process that died between sbatch and saving); stop() always looks.
 ORPHAN_SWEEP_S = 30.0
-# How long a replica that is scaled down may take to finish its requests, unless the spec's
-# autoscale bounds say otherwise.
-DRAIN_TIMEOUT_S = 300.0
+# A router reads the registry twice a second: its reports from this long after a drain began
+# are the first that can show it has seen the marker.
+ROUTERS_NOTICE_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,10 @@ class DeploymentState:
             {
                 "name": self.name,
                 "kind": self.kind,
-                "spec": self.spec.model_dump(mode="json"),
+                # A fixed-size spec is saved without the autoscale field, as before it existed.
+                "spec": self.spec.model_dump(
+                    mode="json", exclude={"autoscale"} if self.spec.autoscale is None else None
+                ),
                 "slots": {
                     str(index): {
                         "job": job(slot.job),
@@ -323,9 +326,27 @@ class Deployment:
             if state.spec.autoscale is not None:
                 replicas = state.spec.autoscale.clamp(replicas)
             self._apply(replace(state, spec=state.spec.with_overrides(replicas=replicas)))
-            kept = {job.job_id for job in self.snapshot().jobs()}
+        if not self._kept_by_a_controller():
+            self._finish_drains()
+        kept = {job.job_id for job in self.snapshot().jobs()}
         self._wait_ended([job for job in state.jobs() if job.job_id not in kept])
         return self
+
+    def _kept_by_a_controller(self) -> bool:
+        """Whether a controller (this process's thread, or one of its own) runs its passes."""
+        if self._keeper_thread is not None and self._keeper_thread.is_alive():
+            return True
+        record = self.controller()
+        return record is not None and record.dead_reason() is None
+
+    def _finish_drains(self) -> None:
+        """Runs the passes that end the drains a scale-down began, when no controller would."""
+        timeout = _drain_timeout_s(self.spec) + 5
+        for _ in polling(timeout, every=0.5):
+            with self._change() as state:
+                if state is None or all(s.draining_since is None for s in state.slots.values()):
+                    return
+                self._apply(state)
 
     def reconcile(self) -> list[str] | None:
         """One pass of keeping the deployment whole; returns what it did, for logs and tests,
@@ -368,7 +389,7 @@ class Deployment:
         if autoscale and bounds is not None:
             state, scaling = self._autoscale(state, reports, now, events)
             self._asleep_since = now if state.spec.replicas == 0 else None
-        drain_s = bounds.drain_timeout_s if bounds is not None else DRAIN_TIMEOUT_S
+        drain_s = _drain_timeout_s(state.spec)
         todo = plan(state.spec.replicas, state.slots, self._facts(state, reports), now,
                     state.spec.handover_s, drain_s)  # fmt: skip
         for job in todo.cancel:
@@ -413,32 +434,37 @@ class Deployment:
 
     def _publish_scaling(self, state: DeploymentState, record: ScalingRecord, now: float) -> None:
         """``scaling.json``: bounds, desired and ready replicas, the recent decisions, and
-        while it wakes, what it waits for and when it should serve."""
+        while it wakes, what it waits for and when it should serve, or why it cannot."""
         records = self.records(state)
         for live in records:
             if live.job_id not in record.startups_s:
                 record = record.with_startup(live.job_id, live.ready - live.started)
         serving = {r.job_id for r in records if not r.draining}
-        ready = sum(1 for slot in state.slots.values() if slot.job.job_id in serving)
-        progress, expected = (None, None)
-        if ready == 0 and state.spec.replicas > 0:
-            progress, expected = self._wake_progress(state, record.typical_startup_s(), now)
+        wanted = [slot for slot in state.slots.values() if slot.draining_since is None]
+        ready = sum(1 for slot in wanted if slot.job.job_id in serving)
+        progress, expected, failed = None, None, None
+        if ready == 0 and wanted and all(slot.gave_up for slot in wanted):
+            failed = "; ".join(sorted({str(slot.gave_up) for slot in wanted}))
+        elif ready == 0 and state.spec.replicas > 0:
+            progress, expected = self._wake_progress(wanted, record.typical_startup_s(), now)
         write_atomic(scaling_path(self.folder()), record.model_copy(update={
             "bounds": state.spec.autoscale, "desired": state.spec.replicas, "ready": ready,
-            "written": now, "progress": progress, "expected_ready": expected,
+            "written": time.time(), "progress": progress, "expected_ready": expected,
+            "failed": failed,
         }).model_dump_json())  # fmt: skip
 
     def _wake_progress(
-        self, state: DeploymentState, startup_s: float | None, now: float
+        self, slots: list[Slot], startup_s: float | None, now: float
     ) -> tuple[str, float | None]:
         """What a deployment with no ready replica waits for, and when it should serve: SLURM's
         queue (its reason and expected start) or the engine's start-up (this model's usual
         time, from earlier start-ups)."""
-        states = self.scheduler.states(state.jobs(), SLURM_POLL_S)
-        jobs = [states.get(slot.job.job_id, JobState("UNKNOWN")) for slot in state.slots.values()]
+        refs = [slot.job for slot in slots if not slot.gave_up]
+        states = self.scheduler.states(refs, SLURM_POLL_S)
+        jobs = [states.get(ref.job_id, JobState("UNKNOWN")) for ref in refs]
         self._running_since = {
-            slot.job.job_id: job.start or self._running_since.get(slot.job.job_id, now)
-            for slot, job in zip(state.slots.values(), jobs, strict=True)
+            ref.job_id: job.start or self._running_since.get(ref.job_id, now)
+            for ref, job in zip(refs, jobs, strict=True)
             if job.state == "RUNNING"
         }
         if self._running_since:
@@ -505,12 +531,14 @@ class Deployment:
         states = self.scheduler.states(state.jobs())
         facts = {}
         for index, slot in state.slots.items():
+            # A router's report from before it could see a drain marker says nothing of it.
+            since = 0.0 if slot.draining_since is None else slot.draining_since + ROUTERS_NOTICE_S
             for job in slot.jobs():
                 job_state = states.get(job.job_id, JobState("UNKNOWN"))
                 record = records.get((index, job.job_id))
                 deadline = record.deadline if record is not None else None
                 fact = JobFacts(job_state, record is not None, deadline,
-                                routed=still_routed(reports, job.job_id))  # fmt: skip
+                                routed=still_routed(reports, job.job_id, since))  # fmt: skip
                 if fact.ended:  # only an ended job's history matters, and it costs file reads
                     fact = replace(
                         fact,
@@ -729,6 +757,10 @@ def deploy(
         if record is None or record.dead_reason() is not None:
             deployment.start_controller()
     return deployment
+
+
+def _drain_timeout_s(spec: ModelSpec) -> float:
+    return DRAIN_TIMEOUT_S if spec.autoscale is None else spec.autoscale.drain_timeout_s
 
 
 def attach(

@@ -162,13 +162,18 @@ def _scale_down(
     result: Plan,
 ) -> None:
     """Drains slot ``index`` while a router may send it requests, then removes it."""
+    if slot.successor is not None:
+        # A successor that has published serves the slot now, and is the one to drain; one
+        # that has not is not needed.
+        slot = _advance_handover(index, slot, facts.get(slot.successor.job_id, UNKNOWN), result)
+        if slot.successor is not None:
+            result.retire(index, [slot.successor])
+            slot = replace(slot, successor=None)
     job = facts.get(slot.job.job_id, UNKNOWN)
     routed = job.published and job.routed and not slot.gave_up
     if slot.draining_since is None:
         if routed and drain_timeout_s > 0:
-            if slot.successor is not None:  # a handover of a replica that goes is not needed
-                result.retire(index, [slot.successor])
-            result.slots[index] = replace(slot, successor=None, draining_since=now)
+            result.slots[index] = replace(slot, draining_since=now)
             result.drain.append((index, slot.job.job_id))
             result.events.append(f"replica {index}: draining (scaled to {desired})")
             return

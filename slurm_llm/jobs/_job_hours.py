@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from slurm_llm.jobs._slurm_state import parse_time
 from slurm_llm.node._job_ledger import JobSpan
 
 SACCT_FIELDS = "JobID,JobName,Start,End,AllocTRES"
@@ -79,10 +80,10 @@ def parse_sacct_hours(output: str, since: float, until: float) -> list[JobHours]
         if len(parts) != 5 or not parts[1].startswith(JOB_NAME_PREFIX):
             continue
         job, name, start, end, tres = parts
-        began = _parse_time(start)
+        began = parse_time(start)
         if began is None:  # never started
             continue
-        ended = _parse_time(end) or until  # "Unknown": still running
+        ended = parse_time(end) or until  # "Unknown": still running
         hours = _overlap_s(began, ended, since, until) / 3600
         allocated = parse_tres(tres)
         found.append(
@@ -112,13 +113,6 @@ def parse_tres(text: str) -> dict[str, float]:
 
 def _overlap_s(start: float, end: float, since: float, until: float) -> float:
     return max(0.0, min(end, until) - max(start, since))
-
-
-def _parse_time(text: str) -> float | None:
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:  # Unknown, None
-        return None
 
 
 def _sacct_time(epoch: float) -> str:

@@ -18,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 logger = logging.getLogger("slurm_llm")
 
@@ -133,9 +134,10 @@ def parse_squeue(output: str | None) -> dict[str, JobState]:
 
 
 def parse_time(text: str) -> float | None:
-    """SLURM's ``2026-12-01T14:02:00`` (local time) as epoch seconds; None for N/A, Unknown."""
+    """SLURM's ``2026-12-01T14:02:00`` (local time) as epoch seconds; None for N/A, Unknown,
+    None."""
     try:
-        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+        return datetime.fromisoformat(text.strip()).timestamp()
     except ValueError:
         return None
 

@@ -87,6 +87,7 @@ class Waiter:
     exclude: Collection[str]
     rank: float  # arrival, plus the aging handicap for batch requests
     priority: Priority = "interactive"
+    waking: bool = False  # it came for a model with no replica, and waits for one to start
     order: int = field(default_factory=lambda: next(_arrivals))
     future: asyncio.Future[Backend] = field(default_factory=asyncio.Future)
 
@@ -154,7 +155,7 @@ class Admission:
         now = time.monotonic()
         self.last_request[model] = time.time()
         backends = self.pool.of(model)
-        waking = not backends and self.pool.wakeable(model)
+        waking = self.pool.waking(model)
         if not backends and not waking:  # its last replica went between the model check and here
             raise Rejected(
                 503, f"no replica of {model!r} is up right now; retry shortly", "no_replica",
@@ -177,7 +178,8 @@ class Admission:
                 "queue_full",
                 retry_after=self._retry_after(model),
             )
-        waiter = Waiter(key, exclude, rank_of(arrived, priority, self.batch_aging_s), priority)
+        rank = rank_of(arrived, priority, self.batch_aging_s)
+        waiter = Waiter(key, exclude, rank, priority, waking)
         enqueue(queue, waiter)
         if waking:
             self.on_wake(model)
@@ -259,6 +261,20 @@ class Admission:
                 free_now.remove(backend)
             if not free_now:
                 return
+
+    def abandon_hopeless_wakes(self, hopeless: Callable[[str], str]) -> None:
+        """Fails the requests waiting for a model to wake that nothing will wake
+        (``hopeless(model)`` says why, or "" while something will), rather than let them wait
+        out ``wake_timeout_s``."""
+        for model, queue in self.queues.items():
+            waking = [w for w in queue if w.waking and not w.future.done()]
+            if not waking or self.pool.of(model) or not (why := hopeless(model)):
+                continue
+            for waiter in waking:
+                waiter.future.set_exception(Rejected(
+                    503, f"{model!r} has no replica and will not start one: {why}",
+                    "wake_failed", retry_after=60,
+                ))  # fmt: skip
 
     def waiting_for_wake(self) -> bool:
         """Whether a request waits for a model that has no replica yet."""

@@ -193,7 +193,14 @@ class BackendPool:
         """Whether ``model`` belongs to an elastic deployment whose controller is running, so
         a request for it may wait for a replica to start."""
         record = self.elastic.get(model)
-        return record is not None and time.time() - record.written < CONTROLLER_SILENT_S
+        if record is None or record.failed:
+            return False
+        return time.time() - record.written < CONTROLLER_SILENT_S
+
+    def waking(self, model: str) -> bool:
+        """Whether a request for ``model`` would wait for an elastic deployment to wake (it
+        has no replica a request may go to, and can be woken)."""
+        return not self.of(model) and self.wakeable(model)
 
     def of(self, model: str) -> list[Backend]:
         """The replicas a new request for ``model`` may go to (none that is draining)."""

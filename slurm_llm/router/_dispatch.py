@@ -144,10 +144,11 @@ class Dispatcher:
                     "timeout",
                 )
             try:
-                backend = await self._acquire(call, tried, bounded)
+                backend, woke_s = await self._acquire(call, tried, bounded)
             except NoOtherReplica:  # each replica failed once: after the back-off, any may retry
                 tried.clear()
-                backend = await self._acquire(call, tried, bounded)
+                backend, woke_s = await self._acquire(call, tried, bounded)
+            deadline += woke_s  # a wait for the model to wake is bounded by wake_timeout_s
             tried.add(backend.url)
             give_back = self._give_back_once(backend, call.priority)
             try:
@@ -195,11 +196,15 @@ class Dispatcher:
 
         return give_back
 
-    async def _acquire(self, call: Call, tried: set[str], bounded: bool) -> Backend:
+    async def _acquire(self, call: Call, tried: set[str], bounded: bool) -> tuple[Backend, float]:
+        """A replica, and the seconds the request waited for its model to wake (0 if it had a
+        replica): that wait is not taken from the request's own deadline."""
         started = time.monotonic()
+        waking = self.admission.pool.waking(call.model)
         backend = await self.admission.acquire(call.model, call.key, tried, bounded, call.priority)
-        self.metrics.queue_wait.labels(call.model).observe(time.monotonic() - started)
-        return backend
+        waited = time.monotonic() - started
+        self.metrics.queue_wait.labels(call.model).observe(waited)
+        return backend, waited if waking else 0.0
 
     async def _forward(
         self,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -21,10 +22,11 @@ from pathlib import Path
 from slurm_llm._demand import DemandReport, ModelDemand, remove_report, router_id, write_report
 from slurm_llm.control._autoscale import ScalingRecord, scaling_records
 from slurm_llm.router._admission import Admission, Rejected
-from slurm_llm.router._backends import BackendPool
+from slurm_llm.router._backends import CONTROLLER_SILENT_S, BackendPool
 from slurm_llm.router._metrics import RouterMetrics
 from slurm_llm.router._streams import ClientStream
 
+log = logging.getLogger("slurm_llm.router")
 REPORT_EVERY_S = 1.0
 PROGRESS_EVERY_S = 0.5  # how often a waiting stream looks for news
 KEEPALIVE_S = 10.0  # an unchanged progress line is sent again this often, to keep proxies open
@@ -74,20 +76,41 @@ class ElasticLink:
         )  # fmt: skip
 
     async def run(self) -> None:
+        """Until cancelled; a round that fails (a full disk, a stale NFS handle) is logged
+        and tried again: controllers must never stop hearing of this router's requests."""
         self._nudge = asyncio.Event()
         try:
             while True:
-                records = await asyncio.to_thread(scaling_records, self.home)
-                if self.pool.deployment is not None:  # a router of one deployment knows only it
-                    records = {m: r for m, r in records.items()
-                               if r.deployment == self.pool.deployment}  # fmt: skip
-                self.pool.elastic = records
-                await asyncio.to_thread(write_report, self.home, self.report())
+                try:
+                    await self._exchange()
+                except Exception:
+                    log.exception("could not exchange demand and scaling records; retrying")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._nudge.wait(), REPORT_EVERY_S)
                 self._nudge.clear()
         finally:
-            remove_report(self.home, self.router)  # gone at once, not after going stale
+            with contextlib.suppress(OSError):
+                remove_report(self.home, self.router)  # gone at once, not after going stale
+
+    async def _exchange(self) -> None:
+        """Reads the controllers' records, gives up on requests nothing will wake, and
+        writes this router's report."""
+        records = await asyncio.to_thread(scaling_records, self.home, self.pool.deployment)
+        self.pool.elastic = records
+        self.admission.abandon_hopeless_wakes(lambda model: failed_wake(records.get(model)))
+        await asyncio.to_thread(write_report, self.home, self.report())
+
+
+def failed_wake(record: ScalingRecord | None) -> str:
+    """Why nothing will wake a model: no controller writes its record any more (its deployment
+    stopped, or its controller died), or its replica failed to start."""
+    if record is None:
+        return "its deployment is no longer running"
+    if record.failed:
+        return f"its replica could not start: {record.failed}"
+    if time.time() - record.written >= CONTROLLER_SILENT_S:
+        return "its controller has stopped"
+    return ""
 
 
 def waiting_for(record: ScalingRecord | None) -> str:

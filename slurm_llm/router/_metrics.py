@@ -125,7 +125,7 @@ class RouterMetrics:
         self.rejections = Counter(
             f"{prefix}_rejections",
             "Requests turned away: queue_full, queue_timeout, unhealthy, no_replica, key_limit, "
-            "wake_timeout, cold_start.",
+            "wake_timeout, wake_failed, cold_start.",
             ["model", "reason"], registry=self.registry,
         )  # fmt: skip
         # Labelled by the key's name from the keys file: the operator bounds the label set,

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from slurm_llm._sse import json_event
 from slurm_llm.router import _tribunal_api
+from slurm_llm.router._admission import Rejected
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call, GiveBack, Relay, Reply
 from slurm_llm.router._elastic import refuse_cold_start, tell_progress
@@ -38,8 +39,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             return answered
         if checked.stream:
             return await streamed(request, model, raw, body, meter)
-        cold = not state.pool.of(model) and state.pool.wakeable(model)
-        if cold and state.config.cold_start == "reject":
+        if state.config.cold_start == "reject" and state.pool.waking(model):
             raise refuse_cold_start(state.pool, state.admission, model)
         call = Call(model, request.path, raw, affinity_key(request, body), priority=meter.priority)
         reply = await state.dispatcher.send(call)
@@ -64,7 +64,7 @@ async def streamed(
     state = request.app[STATE]
     relay_for = sse_relay(stream, state.metrics, model, meter, keep_usage=asked)
     progress = None
-    if not state.pool.of(model) and state.pool.wakeable(model):  # it waits for a wake-up
+    if state.pool.waking(model):
         progress = asyncio.create_task(tell_progress(stream, state.pool, model))
     try:
         outcome: web.StreamResponse | Reply | RouterError = await stream_with_failover(
@@ -74,6 +74,8 @@ async def streamed(
         if not stream.response.prepared:
             raise
         outcome = exc  # the stream is open (it waited for a wake-up): the error goes in it
+        if isinstance(exc, Rejected):
+            state.metrics.rejections.labels(model, exc.reason).inc()
     finally:
         if progress is not None:
             progress.cancel()

@@ -88,6 +88,9 @@ class SlurmOptions(BaseModel):
         return None if self.time_limit is None else parse_time_limit(self.time_limit)
 
 
+DRAIN_TIMEOUT_S = 300.0  # a replica being scaled down may take this long to finish its requests
+
+
 class Autoscale(BaseModel):
     """Bounds and target of an elastic deployment: its controller grows it while demand stays
     above the target, drains and shrinks it when demand falls, and scales it to
@@ -117,7 +120,7 @@ class Autoscale(BaseModel):
         description="demand must stay low this long before a replica goes (against flapping)",
     )
     drain_timeout_s: float = Field(
-        default=300.0,
+        default=DRAIN_TIMEOUT_S,
         ge=0,
         description="longest a replica that is scaled down may take to finish its requests",
     )

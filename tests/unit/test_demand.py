@@ -47,3 +47,10 @@ def test_a_replica_is_routed_until_every_router_has_seen_its_drain_and_finished(
     assert still_routed([unaware, done], "7")
     assert still_routed([finishing, done], "7")
     assert not still_routed([done], "7") and not still_routed([], "7")
+
+
+def test_a_report_from_before_a_router_could_see_a_drain_counts_as_routing() -> None:
+    now = time.time()
+    before = DemandReport(router="a", written=now - 5, routed_jobs=["8"])
+    assert still_routed([before], "7", since=now - 2)
+    assert not still_routed([before], "7", since=now - 10)

@@ -46,8 +46,11 @@ def test_the_first_request_wakes_it_at_once() -> None:
 
 def test_a_crowd_wakes_as_many_replicas_as_it_needs() -> None:
     scaler = Autoscaler(BOUNDS, SLOTS, started=T0)
-    scaler.observe(T0 + 1, ModelDemand(queued=100, last_request=T0 + 1))
-    assert scaler.decide(0, T0 + 1)[0] == BOUNDS.max_replicas
+    run(scaler, 0, range(0, 60), requests=0)  # a quiet window before it: the crowd still counts
+    scaler.observe(T0 + 60, ModelDemand(queued=4, last_request=T0 + 60))
+    assert scaler.decide(0, T0 + 60)[0] == 2  # 4 requests at 50 % of 4 slots
+    scaler.observe(T0 + 61, ModelDemand(queued=100, last_request=T0 + 61))
+    assert scaler.decide(0, T0 + 61)[0] == BOUNDS.max_replicas
 
 
 def test_sustained_demand_grows_it_after_a_window_and_never_past_the_maximum() -> None:
@@ -81,11 +84,12 @@ def test_it_shrinks_only_after_demand_stays_low_for_scale_down_after_s() -> None
 def test_an_idle_deployment_goes_to_its_minimum_and_a_busy_one_never_to_zero() -> None:
     scaler = Autoscaler(BOUNDS, SLOTS, started=T0)
     run(scaler, 1, range(0, 5), requests=1)
-    # One long request still in flight, no new one for two minutes: it must not go to zero.
+    # One long answer still streaming, no new request for two minutes: it must not go to zero,
+    # nor the moment that answer ends.
     desired, reasons = run(scaler, 1, range(5, 125), requests=1, asked=False)
     assert desired == 1
-    desired, reasons = run(scaler, 1, range(125, 130), requests=0)
-    assert desired == 0 and reasons == ["no request for 121 s"]  # the last came at 4 s
+    desired, reasons = run(scaler, 1, range(125, 200), requests=0)
+    assert desired == 0 and reasons == ["unused for 60 s"]  # from its answer's end, at 124 s
     kept = Autoscaler(BOUNDS.model_copy(update={"min_replicas": 1}), SLOTS, started=T0)
     assert run(kept, 2, range(0, 200), requests=0)[0] == 1
 
@@ -114,7 +118,7 @@ def test_decisions_stay_in_bounds_wake_waiters_and_do_not_flap(
         if requests:
             assert new >= 1, "requests are waiting for a replica"
         if new < desired and last_up is not None and now - last_up < bounds.scale_down_after_s:
-            assert why is not None and why.startswith("no request for")
+            assert why is not None and why.startswith("unused for")
         if new > desired:
             last_up = now
         desired = new

@@ -184,11 +184,19 @@ def routed() -> JobFacts:
 
 def test_a_replica_routers_still_use_is_drained_before_it_is_scaled_down() -> None:
     slots = {0: Slot(ref("1")), 1: Slot(ref("2"), successor=ref("3"))}
-    facts = {"1": running(), "2": routed(), "3": running()}
+    facts = {"1": running(), "2": routed(), "3": running(published=False)}
     todo = plan(1, slots, facts, NOW, HANDOVER_S, DRAIN_S)
     assert todo.slots[1] == Slot(ref("2"), draining_since=NOW)  # its handover is not needed
     assert todo.drain == [(1, "2")] and todo.cancel == [ref("3")]
     assert todo.events == ["replica 1: draining (scaled to 1)"]
+
+
+def test_a_replica_scaled_down_during_its_handover_drains_its_published_successor() -> None:
+    slots = {0: Slot(ref("1")), 1: Slot(ref("2"), successor=ref("3"))}
+    facts = {"1": running(), "2": routed(), "3": routed()}
+    todo = plan(1, slots, facts, NOW, HANDOVER_S, DRAIN_S)
+    assert todo.slots[1] == Slot(ref("3"), draining_since=NOW)  # the successor serves now
+    assert todo.cancel == [ref("2")] and todo.drain == [(1, "3")]
 
 
 def test_a_draining_replica_goes_once_no_router_uses_it() -> None:

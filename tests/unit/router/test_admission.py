@@ -428,3 +428,21 @@ def test_a_wake_up_that_takes_too_long_is_a_503_that_says_so() -> None:
         assert gate.load("smollm2").queued == 0
 
     run(scenario)
+
+
+def test_requests_waiting_for_a_wake_that_will_not_come_are_failed_at_once() -> None:
+    async def scenario() -> None:
+        gate = sleeping_model()
+        waiting = asyncio.create_task(gate.acquire("smollm2"))
+        await asyncio.sleep(0.01)
+        gate.abandon_hopeless_wakes(lambda model: "")  # its controller still writes
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        gate.abandon_hopeless_wakes(lambda model: "its deployment is no longer running")
+        with pytest.raises(Rejected) as given_up:
+            await waiting
+        assert given_up.value.reason == "wake_failed"
+        assert "no longer running" in given_up.value.message
+        assert gate.load("smollm2").queued == 0
+
+    run(scenario)

@@ -69,3 +69,6 @@ def test_a_model_scaled_to_zero_is_known_while_its_controller_writes(tmp_path: P
     assert require_served(pool, "smollm2") == "smollm2" and "smollm2" in pool.known_models()
     pool.elastic = {"smollm2": asleep.model_copy(update={"written": time.time() - 60})}
     assert not pool.wakeable("smollm2")  # its controller is gone: nothing would wake it
+    failed = asleep.model_copy(update={"failed": "job 7 failed before it was ready: OOM"})
+    pool.elastic = {"smollm2": failed}
+    assert not pool.wakeable("smollm2")  # its replica cannot start: no request should wait
