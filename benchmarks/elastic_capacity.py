@@ -5,8 +5,9 @@ twice, one after the other, behind a ``slurm-llm router`` process: first with a 
 replicas, then with autoscale bounds 0..2 (``--idle-s`` to zero, a ``--window-s`` window). Each
 replays the same trace: quiet and busy phases (``--trace``, seconds each, quiet first), streamed
 chats arriving as a seeded Poisson process at ``--rate`` per second in the busy phases and none
-in the quiet ones. The trace is a scaled-down day: tens of seconds for the minutes and hours a
-site sees, so that it runs on a small machine; the bounds scale with it.
+in the quiet ones. The default trace is minutes (quiet 1, busy 3, quiet 3, busy 3, quiet 1)
+where a site sees hours, so that it runs on a small machine; the bounds (``--idle-s`` 15 s
+where a site would set 10 minutes) scale with it.
 
 Reported per deployment: replica-seconds (the time each replica job ran, sampled twice a
 second from the deployment's status, starting and draining replicas included), p50/p99 latency
@@ -15,7 +16,7 @@ after each quiet phase, the engine's start-up time, and failed requests. Goals (
 least 40 % fewer replica-seconds; busy-phase p99 latency within 1.2x of static; the first
 token after a quiet phase within the engine's start-up + 2 s.
 
-    python benchmarks/elastic_capacity.py                     # about 9 minutes
+    python benchmarks/elastic_capacity.py                     # about 25 minutes
     python benchmarks/elastic_capacity.py --executor slurm    # on the local SLURM cluster
 """
 
@@ -203,7 +204,7 @@ def goals(static: dict[str, Any], elastic: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--executor", default="auto", help="auto, local or slurm")
-    parser.add_argument("--trace", type=float, nargs="+", default=[15, 45, 75, 45, 60],
+    parser.add_argument("--trace", type=float, nargs="+", default=[60, 180, 180, 180, 60],
                         help="seconds of quiet, busy, quiet, ... (quiet first)")  # fmt: skip
     parser.add_argument("--rate", type=float, default=2.0, help="chats per second when busy")
     parser.add_argument("--tokens", type=int, default=24, help="tokens per answer")
