@@ -8,9 +8,11 @@ once a pass and ``Autoscaler.decide`` turns the samples into a count:
   arrives, without waiting for the window: someone is waiting for it;
 - **up** once the samples cover a whole window, to the replicas that bring the window's
   average to the target;
-- **down** only to the most replicas any moment of the last ``scale_down_after_s`` needed, so a
-  short lull does not shed capacity that the next burst needs again (no flapping); the replica
-  that goes is drained first (``_reconcile.plan``);
+- **down** only to the most replicas any moment of the last ``scale_down_after_s`` needed, and
+  needed with a margin: a replica goes only if the rest would run below ``DOWN_BAND`` of the
+  target. Demand that hovers at the target between n and n + 1 replicas then keeps n + 1,
+  where a single threshold would add and remove a replica with every burst (flapping); the
+  replica that goes is drained first (``_reconcile.plan``);
 - **idle**: unused for ``idle_s`` (no request arrived, none was in flight), and it shrinks to
   ``min_replicas``.
 
@@ -34,6 +36,7 @@ from slurm_llm._paths import deployments_dir
 from slurm_llm.spec._model_spec import Autoscale
 
 DECISIONS_KEPT = 20
+DOWN_BAND = 0.8  # scale down only to replicas that would run below 80 % of the target
 STARTUPS_KEPT = 10
 
 
@@ -42,6 +45,7 @@ class Sample:
     at: float
     requests: int  # in flight and queued, over all routers
     need: int  # replicas the window's average needed at this moment
+    keep: int  # replicas to keep for it: its need within the scale-down band
 
 
 class Autoscaler:
@@ -69,13 +73,14 @@ class Autoscaler:
             self.samples.popleft()
         window = [s.requests for s in self.samples if s.at > now - self.bounds.window_s]
         mean = statistics.fmean([*window, demand.requests])
-        need = math.ceil(mean / (self.slots * self.bounds.target_utilisation))
-        self.samples.append(Sample(now, demand.requests, need))
+        target = self.slots * self.bounds.target_utilisation
+        need, keep = math.ceil(mean / target), math.ceil(mean / (target * DOWN_BAND))
+        self.samples.append(Sample(now, demand.requests, need, keep))
 
     def decide(self, desired: int, now: float) -> tuple[int, str | None]:
         """The replicas to have, and why they change (None: they do not)."""
         bounds = self.bounds
-        latest = self.samples[-1] if self.samples else Sample(now, 0, 0)
+        latest = self.samples[-1] if self.samples else Sample(now, 0, 0, 0)
         quiet_for = now - (self.last_used or self.started)
         if latest.requests == 0 and quiet_for >= bounds.idle_s:
             if desired > bounds.min_replicas:
@@ -99,7 +104,7 @@ class Autoscaler:
             )
         settled = now - bounds.scale_down_after_s
         if need < desired and self._watched_for(bounds.scale_down_after_s, now):
-            most = max(s.need for s in self.samples if s.at >= settled)
+            most = max(s.keep for s in self.samples if s.at >= settled)
             enough = min(max(most, floor), bounds.max_replicas)
             if enough < desired:
                 return enough, (

@@ -134,3 +134,18 @@ def test_the_scaling_record_counts_decisions_and_keeps_the_latest() -> None:
         record = record.with_startup(f"job{n}", 10.0 + n)
     assert list(record.startups_s) == [f"job{n}" for n in range(2, 12)]
     assert record.typical_startup_s() == 16.5
+
+
+def test_demand_just_under_one_replicas_target_keeps_two_against_flapping() -> None:
+    """1.8 requests on average: one replica would run at 90 % of its target, within the
+    scale-down band, so the second stays; the next burst would only bring it back."""
+    scaler = Autoscaler(BOUNDS, SLOTS, started=T0)
+    desired, reasons = 2, []
+    for second in range(0, 120):
+        now = T0 + second
+        scaler.observe(now, ModelDemand(in_flight=1 if second % 5 == 0 else 2, last_request=now))
+        desired, why = scaler.decide(desired, now)
+        reasons += [why] if why else []
+    assert (desired, reasons) == (2, [])
+    desired, reasons = run(scaler, desired, range(120, 160), requests=1)
+    assert desired == 1  # 1 request: half the target, well within one replica
