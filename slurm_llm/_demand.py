@@ -1,11 +1,11 @@
 """What routers see of demand, for the controllers that scale deployments to it.
 
-Each router writes one report, ``<home>/demand/<host>-<pid>.json``, about once a second and at
-once when a request arrives for a model that has no replica: per model, the requests in flight
-and waiting and when the last one arrived; per replica job, the requests in flight on it, and
-which jobs it would still send a new request to (not those it has seen a drain marker for). A
-controller sums the reports that are fresh; a router that died leaves a report that goes stale
-and stops counting.
+Each router writes one report, ``<home>/demand/<host>-<pid>-<random>.json``, about once a
+second and at once when a request arrives for a model that has no replica: per model, the
+requests in flight and waiting and when the last one arrived; per replica job, the requests in
+flight on it, and which jobs it would still send a new request to (not those it has seen a
+drain marker for). A controller sums the reports that are fresh; a router that died leaves a
+report that goes stale and stops counting.
 
 Both sides reach ``<home>`` (the shared filesystem), so no address or port has to be found,
 and a controller that restarts reads the same reports again. The file is the one link; the
@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -63,7 +64,9 @@ def demand_dir(home: Path | None = None) -> Path:
 
 
 def router_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """Unique per router: two routers in one process (a notebook, a test) must not share a
+    report, or one's exit would remove the other's."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def report_path(home: Path | None, router: str) -> Path:

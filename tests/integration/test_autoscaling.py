@@ -4,7 +4,7 @@ a controller job of its own, a router in this process, clients that count every 
 One deployment lives through the whole story, because each step starts where the last ended:
 at zero jobs it is still listed; its first (streamed) request waits, told what it waits for,
 then gets its tokens; sustained load grows it to its maximum; lighter load shrinks it by
-draining a replica that has requests in flight, which all succeed; after ``idle_s`` it has no
+draining a replica while requests go on, and none of them fails; after ``idle_s`` it has no
 job left; and a non-streamed request then either waits for the wake-up or, from a router told
 to reject cold starts, gets a 503 with a Retry-After.
 """
@@ -55,6 +55,8 @@ def post(url: str, body: dict[str, Any], timeout: float = 120) -> tuple[int, dic
     except urllib.error.HTTPError as refused:
         refused.read()
         return refused.code, dict(refused.headers)
+    except urllib.error.URLError:  # no answer at all (the router has gone)
+        return 0, {}
 
 
 def models(router: RouterThread) -> dict[str, dict[str, Any]]:
@@ -119,15 +121,18 @@ def test_an_elastic_deployment_wakes_grows_drains_and_sleeps(
         assert first_data.startswith("{")  # tokens came after the progress lines
 
         clients = Clients(router)
-        clients.start(6)  # 6 requests at once, 2 slots a replica: it needs its maximum
-        wait_until(lambda: ready_replicas(elastic) == 2, timeout=120,
-                   what="growing to two ready replicas")  # fmt: skip
-        clients.stop()
-        clients.start(2)  # one replica's worth: one of the two goes, drained first
-        wait_until(lambda: any("drained in" in e or "drain timed out" in e for e in elastic.events),
-                   timeout=90, what="a replica drained away")  # fmt: skip
-        time.sleep(2)  # requests sent to the remaining replica after the drain, too
-        clients.stop()
+        try:
+            clients.start(6)  # 6 requests at once, 2 slots a replica: it needs its maximum
+            wait_until(lambda: ready_replicas(elastic) == 2, timeout=120,
+                       what="growing to two ready replicas")  # fmt: skip
+            clients.stop()
+            clients.start(1)  # half a replica's slots: one of the two goes, drained first
+            wait_until(lambda: any("drained in" in e or "drain timed out" in e
+                                   for e in elastic.events),
+                       timeout=90, what="a replica drained away")  # fmt: skip
+            time.sleep(2)  # requests sent to the remaining replica after the drain, too
+        finally:
+            clients.stop()
         assert clients.failures == [] and clients.answered > 10
         assert not any("drain timed out" in event for event in elastic.events)
         wait_until(lambda: len(replica_jobs()) == 1, timeout=30, what="the drained job's end")
@@ -143,9 +148,9 @@ def test_an_elastic_deployment_wakes_grows_drains_and_sleeps(
         with RouterThread(home=slurm_llm_home, deployment=NAME, config=reject) as impatient:
             wait_until(lambda: MODEL in models(impatient), timeout=10, what="the second router")
             code, headers = post(f"{impatient.url}/v1/chat/completions", CHAT)
-            assert code == 503 and int(headers["Retry-After"]) >= 1
+            assert code == 503 and int(headers["Retry-After"]) >= 1, (code, headers)
         code, _ = post(f"{router.url}/v1/chat/completions", CHAT)  # waits for the wake-up
-        assert code == 200
+        assert code == 200, "\n".join(elastic.events[-10:])
 
 
 def ready_replicas(deployment: Deployment) -> int:
