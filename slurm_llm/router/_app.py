@@ -102,7 +102,7 @@ async def ready(request: web.Request) -> web.Response:
     wait for real capacity."""
     state = request.app[STATE]
     loads = [state.admission.load(model) for model in state.pool.models()]
-    wakeable = [model for model in state.pool.elastic if state.pool.wakeable(model)]
+    wakeable = state.pool.wakeable_models()
     if not any(load.routable for load in loads) and not wakeable:
         return web.json_response({"status": "no routable replica yet"}, status=503)
     models = sorted({*(load.model for load in loads), *wakeable})

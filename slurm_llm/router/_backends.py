@@ -187,15 +187,28 @@ class BackendPool:
         """The models served now or lately (their replicas may be being replaced), and those
         of elastic deployments that can be woken."""
         lately = {m for m in self._last_served if self.served_lately(m)}
-        return frozenset(self._by_model) | lately | {m for m in self.elastic if self.wakeable(m)}
+        return frozenset(self._by_model) | lately | set(self.wakeable_models())
+
+    def wake_problem(self, model: str) -> str:
+        """Why nothing would wake ``model``, or "" while its elastic deployment's controller
+        runs: no controller writes its record (it is not elastic, its deployment stopped, or
+        its controller died), or its replica failed to start."""
+        record = self.elastic.get(model)
+        if record is None:
+            return "its deployment is no longer running"
+        if record.failed:
+            return f"its replica could not start: {record.failed}"
+        if time.time() - record.written >= CONTROLLER_SILENT_S:
+            return "its controller has stopped"
+        return ""
 
     def wakeable(self, model: str) -> bool:
         """Whether ``model`` belongs to an elastic deployment whose controller is running, so
         a request for it may wait for a replica to start."""
-        record = self.elastic.get(model)
-        if record is None or record.failed:
-            return False
-        return time.time() - record.written < CONTROLLER_SILENT_S
+        return not self.wake_problem(model)
+
+    def wakeable_models(self) -> list[str]:
+        return [model for model in self.elastic if self.wakeable(model)]
 
     def waking(self, model: str) -> bool:
         """Whether a request for ``model`` would wait for an elastic deployment to wake (it

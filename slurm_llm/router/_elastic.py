@@ -16,13 +16,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import Counter
 from pathlib import Path
 
 from slurm_llm._demand import DemandReport, ModelDemand, remove_report, router_id, write_report
 from slurm_llm.control._autoscale import ScalingRecord, scaling_records
 from slurm_llm.router._admission import Admission, Rejected
-from slurm_llm.router._backends import CONTROLLER_SILENT_S, BackendPool
+from slurm_llm.router._backends import BackendPool
 from slurm_llm.router._metrics import RouterMetrics
 from slurm_llm.router._streams import ClientStream
 
@@ -54,25 +54,20 @@ class ElasticLink:
             self._nudge.set()
 
     def report(self) -> DemandReport:
-        models: dict[str, ModelDemand] = defaultdict(ModelDemand)
-        busy: dict[str, int] = {}
-        routed = []
-        for backend in self.pool.backends.values():
-            demand = models[backend.model]
-            models[backend.model] = demand.model_copy(
-                update={"in_flight": demand.in_flight + backend.in_flight}
-            )
-            if backend.job is not None:
-                busy[backend.job] = backend.in_flight
-                if not backend.draining:
-                    routed.append(backend.job)
-        for model, queue in self.admission.queues.items():
-            models[model] = models[model].model_copy(update={"queued": len(queue)})
-        for model, when in self.admission.last_request.items():
-            models[model] = models[model].model_copy(update={"last_request": when})
+        in_flight: Counter[str] = Counter()
+        for backend in self.pool.backends.values():  # draining ones too: their answers count
+            in_flight[backend.model] += backend.in_flight
+        queues, arrivals = self.admission.queues, self.admission.last_request
+        models = {
+            model: ModelDemand(in_flight=in_flight[model], queued=len(queues.get(model, ())),
+                               last_request=arrivals.get(model))
+            for model in {*in_flight, *queues, *arrivals}
+        }  # fmt: skip
+        jobs = [b for b in self.pool.backends.values() if b.job is not None]
         return DemandReport(
-            router=self.router, written=time.time(), models=dict(models),
-            busy_jobs={job: n for job, n in busy.items() if n}, routed_jobs=routed,
+            router=self.router, written=time.time(), models=models,
+            busy_jobs={b.job: b.in_flight for b in jobs if b.job and b.in_flight},
+            routed_jobs=[b.job for b in jobs if b.job and not b.draining],
         )  # fmt: skip
 
     async def run(self) -> None:
@@ -97,20 +92,8 @@ class ElasticLink:
         writes this router's report."""
         records = await asyncio.to_thread(scaling_records, self.home, self.pool.deployment)
         self.pool.elastic = records
-        self.admission.abandon_hopeless_wakes(lambda model: failed_wake(records.get(model)))
+        self.admission.abandon_hopeless_wakes(self.pool.wake_problem)
         await asyncio.to_thread(write_report, self.home, self.report())
-
-
-def failed_wake(record: ScalingRecord | None) -> str:
-    """Why nothing will wake a model: no controller writes its record any more (its deployment
-    stopped, or its controller died), or its replica failed to start."""
-    if record is None:
-        return "its deployment is no longer running"
-    if record.failed:
-        return f"its replica could not start: {record.failed}"
-    if time.time() - record.written >= CONTROLLER_SILENT_S:
-        return "its controller has stopped"
-    return ""
 
 
 def waiting_for(record: ScalingRecord | None) -> str:

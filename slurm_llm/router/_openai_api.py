@@ -123,8 +123,7 @@ def openai_error_event(exc: RouterError) -> bytes:
 
 def broken_openai(error: str) -> bytes:
     message = f"the replica broke off the stream ({error}); the text so far is incomplete"
-    event = {"error": {"message": message, "type": "upstream_error", "code": 502}}
-    return f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode()
+    return openai_error_event(RouterError(502, message, "upstream_error"))
 
 
 def sse_relay(
@@ -184,7 +183,7 @@ async def list_models(request: web.Request) -> web.Response:
     pool = request.app[STATE].pool
     served = pool.models()
     data: list[dict[str, Any]] = []
-    for model in sorted({*served, *(m for m in pool.elastic if pool.wakeable(m))}):
+    for model in sorted({*served, *pool.wakeable_models()}):
         entry: dict[str, Any] = {"id": model, "object": "model", "owned_by": "slurm-llm"}
         record = pool.elastic.get(model)
         if model in served:

@@ -96,12 +96,10 @@ class ClientStream:
         stream is over (it may be told again, later, which it must ignore)."""
         if not self.response.prepared:
             await self.response.prepare(self.request)
-        if self.waited and not self.replicas:
-            self.replicas.append(backend)  # before the write: progress comments stop here
-            if not await self._write(b": ready\n\n", ended):
-                return self.response
-        else:
-            self.replicas.append(backend)
+        first = not self.replicas
+        self.replicas.append(backend)  # before any write: progress comments stop here
+        if first and self.waited and not await self._write(b": ready\n\n", ended):
+            return self.response
         engine = backend.engine
         self.broken = None
         pending = b""
