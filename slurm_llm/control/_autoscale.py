@@ -89,12 +89,11 @@ class Autoscaler:
         asked = latest.requests > 0 or (self.last_used is not None and quiet_for < bounds.idle_s)
         if desired == 0 and not asked:
             return desired, None  # it started at zero, and nobody has asked for it yet
-        floor = max(bounds.min_replicas, 1)  # requests come: never zero
-        need = min(max(latest.need, floor), bounds.max_replicas)
+        need = bounds.clamp(max(latest.need, 1))  # requests come: never zero
         if desired == 0:
             # The window is mostly the quiet before: a crowd that waits now sets the count.
             crowd = math.ceil(latest.requests / (self.slots * bounds.target_utilisation))
-            need = min(max(need, crowd), bounds.max_replicas)
+            need = bounds.clamp(max(need, crowd))
             waiting = f"{latest.requests} request(s) waiting" if latest.requests else "a request"
             return need, f"woken by {waiting}"
         if need > desired and self._watched_for(bounds.window_s, now):
@@ -105,7 +104,7 @@ class Autoscaler:
         settled = now - bounds.scale_down_after_s
         if need < desired and self._watched_for(bounds.scale_down_after_s, now):
             most = max(s.keep for s in self.samples if s.at >= settled)
-            enough = min(max(most, floor), bounds.max_replicas)
+            enough = bounds.clamp(max(most, 1))
             if enough < desired:
                 return enough, (
                     f"{self._utilisation(desired, now):.0%} of {desired} replica(s)' slots in "
