@@ -5,7 +5,9 @@ over the slots of the replicas wanted now, averaged over ``window_s``. The contr
 once a pass and ``Autoscaler.decide`` turns the samples into a count:
 
 - **wake**: a deployment at zero replicas gets one (or more, for a crowd) as soon as a request
-  arrives, without waiting for the window: someone is waiting for it;
+  arrives, without waiting for the window: someone is waiting for it. Until a replica serves
+  (requests queued, none in flight) the crowd still sets the count: the requests that arrive
+  while the first replica starts get theirs started at once, not a window after it serves;
 - **up** once the samples cover a whole window, to the replicas that bring the window's
   average to the target;
 - **down** only to the most replicas any moment of the last ``scale_down_after_s`` needed, and
@@ -44,6 +46,7 @@ STARTUPS_KEPT = 10
 class Sample:
     at: float
     requests: int  # in flight and queued, over all routers
+    waiting: bool  # requests queued and none in flight: no replica serves them yet
     need: int  # replicas the window's average needed at this moment
     keep: int  # replicas to keep for it: its need within the scale-down band
 
@@ -75,12 +78,18 @@ class Autoscaler:
         mean = statistics.fmean([*window, demand.requests])
         target = self.slots * self.bounds.target_utilisation
         need, keep = math.ceil(mean / target), math.ceil(mean / (target * DOWN_BAND))
-        self.samples.append(Sample(now, demand.requests, need, keep))
+        waiting = demand.queued > 0 and demand.in_flight == 0
+        if waiting:
+            # The window is mostly the quiet before: a crowd that waits now sets the count, and
+            # keeps it (a scale-down must not undo the replicas it asked for a pass later).
+            crowd = math.ceil(demand.requests / target)
+            need, keep = max(need, crowd), max(keep, crowd)
+        self.samples.append(Sample(now, demand.requests, waiting, need, keep))
 
     def decide(self, desired: int, now: float) -> tuple[int, str | None]:
         """The replicas to have, and why they change (None: they do not)."""
         bounds = self.bounds
-        latest = self.samples[-1] if self.samples else Sample(now, 0, 0, 0)
+        latest = self.samples[-1] if self.samples else Sample(now, 0, False, 0, 0)
         quiet_for = now - (self.last_used or self.started)
         if latest.requests == 0 and quiet_for >= bounds.idle_s:
             if desired > bounds.min_replicas:
@@ -90,12 +99,12 @@ class Autoscaler:
         if desired == 0 and not asked:
             return desired, None  # it started at zero, and nobody has asked for it yet
         need = bounds.clamp(max(latest.need, 1))  # requests come: never zero
-        if desired == 0:
-            # The window is mostly the quiet before: a crowd that waits now sets the count.
-            crowd = math.ceil(latest.requests / (self.slots * bounds.target_utilisation))
-            need = bounds.clamp(max(need, crowd))
+        if desired == 0 or latest.waiting:
             waiting = f"{latest.requests} request(s) waiting" if latest.requests else "a request"
-            return need, f"woken by {waiting}"
+            if desired == 0:
+                return need, f"woken by {waiting}"
+            if need > desired:
+                return need, f"{waiting} for the wake-up"
         if need > desired and self._watched_for(bounds.window_s, now):
             return need, (
                 f"{self._utilisation(desired, now):.0%} of {desired} replica(s)' slots in use "

@@ -53,6 +53,20 @@ def test_a_crowd_wakes_as_many_replicas_as_it_needs() -> None:
     assert scaler.decide(0, T0 + 61)[0] == BOUNDS.max_replicas
 
 
+def test_requests_that_arrive_while_it_wakes_start_their_replicas_at_once() -> None:
+    """Until a replica serves, everything is queued: the crowd keeps setting the count, so a
+    burst does not wait for the first replica to serve a window before the next is asked for."""
+    scaler = Autoscaler(BOUNDS, SLOTS, started=T0)
+    run(scaler, 0, range(0, 60), requests=0)
+    scaler.observe(T0 + 60, ModelDemand(queued=1, last_request=T0 + 60))
+    assert scaler.decide(0, T0 + 60)[0] == 1
+    scaler.observe(T0 + 61, ModelDemand(queued=4, last_request=T0 + 61))
+    assert scaler.decide(1, T0 + 61) == (2, "4 request(s) waiting for the wake-up")
+    # Once one serves, growing waits for a window of demand again.
+    scaler.observe(T0 + 62, ModelDemand(in_flight=4, queued=4, last_request=T0 + 62))
+    assert scaler.decide(2, T0 + 62) == (2, None)
+
+
 def test_sustained_demand_grows_it_after_a_window_and_never_past_the_maximum() -> None:
     scaler = Autoscaler(BOUNDS, SLOTS, started=T0)
     desired, reasons = run(scaler, 1, range(0, 9), requests=6)
@@ -97,12 +111,14 @@ def test_an_idle_deployment_goes_to_its_minimum_and_a_busy_one_never_to_zero() -
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.integers(1, 20), st.integers(0, 30), st.booleans()), min_size=1, max_size=60
+        st.tuples(st.integers(1, 20), st.integers(0, 30), st.integers(0, 12), st.booleans()),
+        min_size=1,
+        max_size=60,
     ),
     st.integers(0, 2),
 )
 def test_decisions_stay_in_bounds_wake_waiters_and_do_not_flap(
-    steps: list[tuple[int, int, bool]], min_replicas: int
+    steps: list[tuple[int, int, int, bool]], min_replicas: int
 ) -> None:
     """Over random demand: the count stays within the bounds; requests waiting at zero always
     wake it; and no scale-down follows a scale-up within ``scale_down_after_s`` unless the
@@ -110,9 +126,13 @@ def test_decisions_stay_in_bounds_wake_waiters_and_do_not_flap(
     bounds = BOUNDS.model_copy(update={"min_replicas": min_replicas})
     scaler = Autoscaler(bounds, SLOTS, started=T0)
     desired, now, last_up = min_replicas, T0, None
-    for gap, requests, new_request in steps:
+    for gap, queued, in_flight, new_request in steps:
         now += gap
-        scaler.observe(now, ModelDemand(queued=requests, last_request=now if new_request else None))
+        requests = queued + in_flight
+        demand = ModelDemand(
+            in_flight=in_flight, queued=queued, last_request=now if new_request else None
+        )
+        scaler.observe(now, demand)
         new, why = scaler.decide(desired, now)
         assert bounds.min_replicas <= new <= bounds.max_replicas
         if requests:
