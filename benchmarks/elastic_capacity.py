@@ -5,9 +5,13 @@ twice, one after the other, behind a ``slurm-llm router`` process: first with a 
 replicas, then with autoscale bounds 0..2 (``--idle-s`` to zero, a ``--window-s`` window). Each
 replays the same trace: quiet and busy phases (``--trace``, seconds each, quiet first), streamed
 chats arriving as a seeded Poisson process at ``--rate`` per second in the busy phases and none
-in the quiet ones. The default trace is minutes (quiet 1, busy 3, quiet 3, busy 3, quiet 1)
-where a site sees hours, so that it runs on a small machine; the bounds (``--idle-s`` 15 s
-where a site would set 10 minutes) scale with it.
+in the quiet ones. The default trace (quiet 1 minute, busy 9, quiet 12, busy 9, quiet 1) is
+minutes where a site sees hours, so that it runs on a small machine; the bounds (``--idle-s``
+15 s where a site would set 10 minutes) scale with it. Its busy phases are long against a
+wake-up (a few seconds), as a site's are: the requests that arrive while the model wakes are
+under 1 % of a phase's, so the busy p99 measures the capacity the elastic deployment keeps,
+and the wake-up is measured on its own (the first token after a quiet phase). The quiet phase
+between them is long enough for the saving a site would see.
 
 Reported per deployment: replica-seconds (the time each replica job ran, sampled twice a
 second from the deployment's status, starting and draining replicas included), p50/p99 latency
@@ -16,7 +20,7 @@ after each quiet phase, the engine's start-up time, and failed requests. Goals (
 least 40 % fewer replica-seconds; busy-phase p99 latency within 1.2x of static; the first
 token after a quiet phase within the engine's start-up + 2 s.
 
-    python benchmarks/elastic_capacity.py                     # about 25 minutes
+    python benchmarks/elastic_capacity.py                     # about 65 minutes
     python benchmarks/elastic_capacity.py --executor slurm    # on the local SLURM cluster
 """
 
@@ -204,7 +208,7 @@ def goals(static: dict[str, Any], elastic: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--executor", default="auto", help="auto, local or slurm")
-    parser.add_argument("--trace", type=float, nargs="+", default=[60, 180, 180, 180, 60],
+    parser.add_argument("--trace", type=float, nargs="+", default=[60, 540, 720, 540, 60],
                         help="seconds of quiet, busy, quiet, ... (quiet first)")  # fmt: skip
     parser.add_argument("--rate", type=float, default=2.0, help="chats per second when busy")
     parser.add_argument("--tokens", type=int, default=24, help="tokens per answer")
