@@ -27,6 +27,10 @@ for it still joins the queue (bounded as ever) and waits up to ``wake_timeout_s`
 ``queue_timeout_s``, while ``on_wake`` tells the demand reporter at once, so the controller
 starts a replica without waiting for the next report. ``last_request`` (wall-clock) is what
 that report says of each model's demand, so a deployment that idles can be scaled down.
+
+A client that leaves while its request waits (for a slot, or for a wake-up that takes a
+minute) takes the request out of the queue: otherwise it would hold its place, count as demand
+that keeps a deployment awake, and at last have a replica compute an answer nobody reads.
 """
 
 from __future__ import annotations
@@ -51,6 +55,17 @@ class Rejected(RouterError):
         kind = "rate_limit_exceeded" if status == 429 else "service_unavailable"
         super().__init__(status, message, kind, retry_after)
         self.reason = reason  # the label rejections are counted under
+
+
+class ClientLeft(RouterError):
+    """The client closed its connection while its request waited for a replica: the request
+    gives up its place (nobody would read the answer, and a replica would compute it), and it
+    is counted under nginx's 499, "client closed request"."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            499, f"the client left while its request for {model!r} waited", "client_closed_request"
+        )
 
 
 class NoOtherReplica(Exception):
@@ -78,6 +93,7 @@ class ModelLoad:
 
 BATCH_AGING_S = 30.0
 RESERVE_WINDOW_S = 30.0  # interactive traffic this recent keeps the reserve in force
+LEFT_POLL_S = 0.25  # how often a waiting request looks whether its client is still there
 _arrivals = itertools.count()  # breaks ties between waiters of one rank: first come first
 
 
@@ -90,6 +106,19 @@ class Waiter:
     waking: bool = False  # it came for a model with no replica, and waits for one to start
     order: int = field(default_factory=lambda: next(_arrivals))
     future: asyncio.Future[Backend] = field(default_factory=asyncio.Future)
+
+
+async def wait_unless(left: Callable[[], bool], waiter: Waiter, model: str) -> Backend:
+    """The replica handed to ``waiter``, unless its client leaves first. The connection is
+    looked at every ``LEFT_POLL_S`` while it waits; a request that finds a slot free never
+    waits, so this costs nothing on the hot path."""
+    while True:
+        done, _ = await asyncio.wait([waiter.future], timeout=LEFT_POLL_S)
+        if done:
+            return waiter.future.result()
+        if left():
+            waiter.future.cancel()  # nothing is handed to it in between: no await since
+            raise ClientLeft(model)
 
 
 def rank_of(arrived: float, priority: Priority, batch_aging_s: float) -> float:
@@ -148,10 +177,13 @@ class Admission:
         exclude: Collection[str] = (),
         bounded: bool = True,
         priority: Priority = "interactive",
+        left: Callable[[], bool] | None = None,
     ) -> Backend:
         """A replica reserved for one request (``in_flight`` already counts it); give it back
         with ``release``. ``bounded=False`` lets batch items wait even when the queue is full:
-        their number is bounded by the batch itself. ``priority`` places it in the queue."""
+        their number is bounded by the batch itself. ``priority`` places it in the queue.
+        ``left()`` says whether the request's client has gone: one that leaves while its request
+        waits takes it out of the queue (``ClientLeft``)."""
         now = time.monotonic()
         self.last_request[model] = time.time()
         backends = self.pool.of(model)
@@ -189,7 +221,7 @@ class Admission:
         timeout = self.wake_timeout_s if waking else self.queue_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                return await waiter.future
+                return await (waiter.future if left is None else wait_unless(left, waiter, model))
         except (TimeoutError, asyncio.CancelledError) as exc:
             # A replica handed over in the same instant would otherwise stay reserved forever.
             if waiter.future.done() and not waiter.future.cancelled():

@@ -52,6 +52,7 @@ class Call:
     tgi: tuple[str, bytes] | None = None
     avoid: frozenset[str] = frozenset()  # replicas to try last (those that broke its stream)
     priority: Priority = "interactive"  # its place in the admission queue
+    left: Callable[[], bool] | None = None  # whether its client has gone (None: none to leave)
 
     def for_backend(self, backend: Backend) -> tuple[str, bytes]:
         if self.tgi is not None and backend.engine == "tgi":
@@ -201,7 +202,9 @@ class Dispatcher:
         replica): that wait is not taken from the request's own deadline."""
         started = time.monotonic()
         waking = self.admission.pool.waking(call.model)
-        backend = await self.admission.acquire(call.model, call.key, tried, bounded, call.priority)
+        backend = await self.admission.acquire(
+            call.model, call.key, tried, bounded, call.priority, call.left
+        )
         waited = time.monotonic() - started
         self.metrics.queue_wait.labels(call.model).observe(waited)
         return backend, waited if waking else 0.0

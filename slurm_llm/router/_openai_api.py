@@ -21,7 +21,13 @@ from slurm_llm.router._errors import RouterError
 from slurm_llm.router._failover import RelayFor, openai_plan, stream_with_failover
 from slurm_llm.router._metering import Meter, metered
 from slurm_llm.router._metrics import RouterMetrics
-from slurm_llm.router._requests import affinity_key, read_json, served_model, validated
+from slurm_llm.router._requests import (
+    affinity_key,
+    client_left,
+    read_json,
+    served_model,
+    validated,
+)
 from slurm_llm.router._schemas import ENDPOINT_MODELS, ChatCompletionRequest
 from slurm_llm.router._state import STATE
 from slurm_llm.router._streams import DONE, EVENT_END, ClientStream
@@ -41,7 +47,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
             return await streamed(request, model, raw, body, meter)
         if state.config.cold_start == "reject" and state.pool.waking(model):
             raise refuse_cold_start(state.pool, state.admission, model)
-        call = Call(model, request.path, raw, affinity_key(request, body), priority=meter.priority)
+        call = Call(model, request.path, raw, affinity_key(request, body),
+                    priority=meter.priority, left=client_left(request))  # fmt: skip
         reply = await state.dispatcher.send(call)
         meter.answered(reply)
         if reply.status == 200:
@@ -59,7 +66,8 @@ async def streamed(
     if not asked:
         body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
         raw = json.dumps(body).encode()
-    call = Call(model, request.path, raw, affinity_key(request, body), priority=meter.priority)
+    call = Call(model, request.path, raw, affinity_key(request, body),
+                priority=meter.priority, left=client_left(request))  # fmt: skip
     stream = ClientStream(request, broken_openai, closing=DONE + b"\n\n")
     state = request.app[STATE]
     relay_for = sse_relay(stream, state.metrics, model, meter, keep_usage=asked)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from itertools import accumulate
 from typing import Any, TypeVar
 
@@ -22,6 +23,15 @@ MAX_JSON_DEPTH = 64  # deeper than any chat, tool schema or batch needs; Python'
 STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def client_left(request: web.Request) -> Callable[[], bool]:
+    """Whether the client has closed its connection: looked at while its request waits."""
+
+    def left() -> bool:
+        return request.transport is None or request.transport.is_closing()
+
+    return left
 
 
 async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:

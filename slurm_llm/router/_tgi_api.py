@@ -27,7 +27,13 @@ from slurm_llm.router._failover import (
     stream_with_failover,
 )
 from slurm_llm.router._metering import metered
-from slurm_llm.router._requests import affinity_key, read_json, served_model, validated
+from slurm_llm.router._requests import (
+    affinity_key,
+    client_left,
+    read_json,
+    served_model,
+    validated,
+)
 from slurm_llm.router._schemas import GenerateRequest
 from slurm_llm.router._state import STATE
 from slurm_llm.router._streams import ClientStream, unchanged
@@ -78,7 +84,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     dispatcher = request.app[STATE].dispatcher
     async with metered(request, model, "/generate", completion, len(raw)) as meter:
         call = Call(model, "/v1/completions", json.dumps(completion).encode(),
-                    affinity_key(request, body), tgi=native, priority=meter.priority)  # fmt: skip
+                    affinity_key(request, body), tgi=native, priority=meter.priority,
+                    left=client_left(request))  # fmt: skip
         if streamed:
             stream = ClientStream(request, broken_tgi)
             plan = tgi_plan(call, completion)

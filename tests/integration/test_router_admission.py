@@ -90,6 +90,50 @@ def test_the_load_shows_in_flight_capacity_and_queue(tight_router: RouterThread)
     assert tight_router.load("smollm2").in_flight == 0
 
 
+def test_a_client_that_leaves_while_its_request_waits_takes_it_out_of_the_queue(
+    tight_router: RouterThread,
+) -> None:
+    """Its place goes to the next request, and no replica computes an answer nobody reads."""
+    story = {**LONG, "max_tokens": 256}
+    before = answered(tight_router)
+    load_url = f"{tight_router.url}/v1/load"
+
+    async def scenario() -> dict[str, int]:
+        async with aiohttp.ClientSession() as session:
+
+            async def until(field: str, value: int) -> dict[str, int]:
+                for _ in range(100):  # at most 10 s
+                    async with session.get(load_url) as reply:
+                        load: dict[str, int] = (await reply.json())["models"][0]
+                    if load[field] == value:
+                        return load
+                    await asyncio.sleep(0.1)
+                raise AssertionError(f"{field} never reached {value}: {load}")
+
+            url = f"{tight_router.url}/v1/completions"
+            running = [asyncio.create_task(session.post(url, json=story)) for _ in range(2)]
+            await until("in_flight", 2)
+            leaving = aiohttp.ClientSession()
+            waiting = [
+                asyncio.create_task(leaving.post(url, json=LONG)),
+                asyncio.create_task(leaving.post(url, json={**LONG, "stream": True})),
+            ]
+            await until("queued", 2)
+            for request in waiting:
+                request.cancel()
+            await leaving.close()  # the two clients hang up
+            left = await until("queued", 0)
+            for reply in await asyncio.gather(*running):
+                await reply.read()
+            return left
+
+    left = asyncio.run(scenario())
+    assert left["in_flight"] == 2, "they left the queue while both replicas were still busy"
+    assert spent(tight_router, before) == [1, 1], "only the two that stayed were sent"
+    text = get_text(f"{tight_router.url}/metrics")
+    assert re.search(r'endpoint="/v1/completions",model="smollm2",status="499"\} 2', text)
+
+
 def test_metrics_count_requests_queueing_rejections_and_replicas(
     tight_router: RouterThread,
 ) -> None:

@@ -21,6 +21,7 @@ from slurm_llm.router import _admission as admission_module
 from slurm_llm.router._admission import (
     RESERVE_WINDOW_S,
     Admission,
+    ClientLeft,
     NoOtherReplica,
     Rejected,
 )
@@ -122,6 +123,29 @@ def test_a_waiter_that_gives_up_leaves_no_replica_reserved() -> None:
         with pytest.raises(asyncio.CancelledError):
             await waiter
         assert held.in_flight == 0 and gate.load("m").queued == 0
+
+    run(scenario)
+
+
+def test_a_request_whose_client_leaves_while_it_waits_gives_up_its_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(admission_module, "LEFT_POLL_S", 0.01)
+
+    async def scenario() -> None:
+        gate = admission()
+        held = await gate.acquire("m")
+        gone = asyncio.Event()
+        leaving = asyncio.create_task(gate.acquire("m", left=gone.is_set))
+        staying = asyncio.create_task(gate.acquire("m", left=lambda: False))
+        await asyncio.sleep(0.05)
+        assert gate.load("m").queued == 2
+        gone.set()
+        with pytest.raises(ClientLeft) as left:
+            await leaving
+        assert left.value.status == 499 and gate.load("m").queued == 1
+        gate.release(held)  # the slot goes to the request that stayed, none is lost
+        assert (await staying).url == held.url and held.in_flight == 1
 
     run(scenario)
 
@@ -425,6 +449,27 @@ def test_a_wake_up_that_takes_too_long_is_a_503_that_says_so() -> None:
         with pytest.raises(Rejected) as late:
             await gate.acquire("smollm2")
         assert late.value.reason == "wake_timeout" and "started within 0.05 s" in late.value.message
+        assert gate.load("smollm2").queued == 0
+
+    run(scenario)
+
+
+def test_a_client_that_leaves_a_wake_up_no_longer_counts_as_demand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wake-up may take minutes: a client that gives up on it must not keep the deployment
+    awake, nor have a replica compute its answer once one starts."""
+    monkeypatch.setattr(admission_module, "LEFT_POLL_S", 0.01)
+
+    async def scenario() -> None:
+        gate = sleeping_model()
+        gone = asyncio.Event()
+        waiting = asyncio.create_task(gate.acquire("smollm2", left=gone.is_set))
+        await asyncio.sleep(0.05)
+        assert gate.load("smollm2").queued == 1
+        gone.set()
+        with pytest.raises(ClientLeft):
+            await waiting
         assert gate.load("smollm2").queued == 0
 
     run(scenario)
