@@ -6,8 +6,13 @@ replicas, then with autoscale bounds 0..2 (``--idle-s`` to zero, a ``--window-s`
 replays the same trace: quiet and busy phases (``--trace``, seconds each, quiet first), streamed
 chats arriving as a seeded Poisson process at ``--rate`` per second in the busy phases and none
 in the quiet ones. The default trace (quiet 1 minute, busy 9, quiet 12, busy 9, quiet 1) is
-minutes where a site sees hours, so that it runs on a small machine; the bounds (``--idle-s``
-15 s where a site would set 10 minutes) scale with it. Its busy phases are long against a
+minutes where a site sees hours, so that it runs on a small machine; ``--idle-s`` (15 s where
+a site would set 10 minutes) scales with it. The others do not: the demand's noise (a Poisson
+process of a few requests a second) is the same at any time scale, so ``--window-s`` and
+``--scale-down-after-s`` stay long against it (10 s and 60 s, where the defaults are 30 s and
+2 minutes). The target (50 %) is one for a service that wants a static deployment's latency
+in busy hours: at 2 chats a second a replica's two slots hold about 1.2 requests, which a 70 %
+target calls enough for one replica. Its busy phases are long against a
 wake-up (a few seconds), as a site's are: the requests that arrive while the model wakes are
 under 1 % of a phase's, so the busy p99 measures the capacity the elastic deployment keeps,
 and the wake-up is measured on its own (the first token after a quiet phase). The quiet phase
@@ -214,9 +219,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=24, help="tokens per answer")
     parser.add_argument("--slots", type=int, default=2, help="slots per replica")
     parser.add_argument("--idle-s", type=float, default=15.0)
-    parser.add_argument("--window-s", type=float, default=5.0)
-    parser.add_argument("--scale-down-after-s", type=float, default=10.0)
-    parser.add_argument("--target", type=float, default=0.7, help="target utilisation")
+    parser.add_argument("--window-s", type=float, default=10.0)
+    parser.add_argument("--scale-down-after-s", type=float, default=60.0)
+    parser.add_argument("--target", type=float, default=0.5, help="target utilisation")
     parser.add_argument("--seed", type=int, default=17)
     args = parser.parse_args()
     console = Console()
