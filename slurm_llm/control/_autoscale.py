@@ -5,9 +5,10 @@ over the slots of the replicas wanted now, averaged over ``window_s``. The contr
 once a pass and ``Autoscaler.decide`` turns the samples into a count:
 
 - **wake**: a deployment at zero replicas gets one (or more, for a crowd) as soon as a request
-  arrives, without waiting for the window: someone is waiting for it. Until a replica serves
-  (requests queued, none in flight) the crowd still sets the count: the requests that arrive
-  while the first replica starts get theirs started at once, not a window after it serves;
+  arrives, without waiting for the window: someone is waiting for it. While no replica serves
+  (requests queued, none in flight: it wakes, or every replica failed) the crowd still sets the
+  count: the requests that arrive while the first replica starts get theirs started at once,
+  not a window after it serves;
 - **up** once the samples cover a whole window, to the replicas that bring the window's
   average to the target;
 - **down** only to the most replicas any moment of the last ``scale_down_after_s`` needed, and
@@ -104,7 +105,7 @@ class Autoscaler:
             if desired == 0:
                 return need, f"woken by {waiting}"
             if need > desired:
-                return need, f"{waiting} for the wake-up"
+                return need, f"{waiting} and no replica serving"
         if need > desired and self._watched_for(bounds.window_s, now):
             return need, (
                 f"{self._utilisation(desired, now):.0%} of {desired} replica(s)' slots in use "

@@ -38,7 +38,7 @@ from slurm_llm.router._errors import RouterError
 from slurm_llm.router._metering import CALLER, add_rate_limit_headers
 from slurm_llm.router._metrics import UNKNOWN_MODEL
 from slurm_llm.router._probes import probe_forever
-from slurm_llm.router._state import MODEL, STATE, RouterState
+from slurm_llm.router._state import MODEL, STATE, STATUS, RouterState
 
 log = logging.getLogger("slurm_llm.router")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -87,7 +87,8 @@ async def checked(request: web.Request, handler: Handler) -> web.StreamResponse:
             if request.match_info.route.resource
             else "unmatched"
         )
-        state.metrics.requests.labels(model, endpoint, str(response.status)).inc()
+        status = request.get(STATUS, response.status)
+        state.metrics.requests.labels(model, endpoint, str(status)).inc()
         state.metrics.latency.labels(model, endpoint).observe(time.monotonic() - started)
     return response
 

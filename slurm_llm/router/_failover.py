@@ -17,7 +17,6 @@ router with ``stream_failover=False`` and for one request with ``X-Stream-Failov
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from slurm_llm._sse import json_event
+from slurm_llm.router._admission import ClientLeft
 from slurm_llm.router._dispatch import Call, Relay, Reply
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._metrics import RouterMetrics
@@ -201,8 +201,13 @@ async def stream_with_failover(
         next_call, rewrite = planned
         next_call = replace(next_call, avoid=frozenset(r.url for r in stream.replicas))
         continued: web.StreamResponse | Reply | None = None
-        with contextlib.suppress(RouterError):  # no replica could: it ends with the error event
+        try:
             continued = await state.dispatcher.stream(next_call, relay_for(rewrite))
+        except ClientLeft:  # while the continuation waited: nobody to send it to
+            count(state.metrics, call.model, "client_left")
+            break
+        except RouterError:  # no replica could: it ends with the error event
+            pass
         if not isinstance(continued, web.StreamResponse):
             count(state.metrics, call.model, "no_replica")
             break

@@ -121,9 +121,12 @@ async def metered_call(
         meter.status = exc.status
         raise
     finally:
-        if grant is not None:  # no usage read (a stream left early, a TGI stream): the estimate
+        if grant is not None:
+            # No usage read (a stream left early, a TGI stream): the estimate; none for a
+            # request that reached no replica (refused, or its client left while it waited).
             used = meter.prompt_tokens + meter.completion_tokens
-            state.limiter.settle(grant, used if meter.counted else estimate)
+            unread = estimate if meter.replica is not None else 0
+            state.limiter.settle(grant, used if meter.counted else unread)
         name = caller.name if caller is not None else ANONYMOUS
         state.metrics.key_requests.labels(name, str(meter.status)).inc()
         state.metrics.key_tokens.labels(name, "prompt").inc(meter.prompt_tokens)

@@ -119,7 +119,8 @@ class RouterMetrics:
         self.continuations = Counter(
             f"{prefix}_stream_continuations", "Streams whose replica broke off mid-stream, by "
             "outcome: continued (on another replica), not_continuable, no_replica, request_fault "
-            "(two replicas ended it with an error event of their own).",
+            "(two replicas ended it with an error event of their own), client_left (while the "
+            "continuation waited for a replica).",
             ["model", "outcome"], registry=self.registry,
         )  # fmt: skip
         self.rejections = Counter(

@@ -29,7 +29,7 @@ from slurm_llm.router._requests import (
     validated,
 )
 from slurm_llm.router._schemas import ENDPOINT_MODELS, ChatCompletionRequest
-from slurm_llm.router._state import STATE
+from slurm_llm.router._state import STATE, STATUS
 from slurm_llm.router._streams import DONE, EVENT_END, ClientStream
 
 
@@ -97,7 +97,7 @@ async def streamed(
             return as_response(outcome)
         outcome = RouterError(outcome.status, outcome.body.decode(errors="replace")[:2000],
                               "upstream_error")  # fmt: skip
-    meter.status = outcome.status
+    meter.status = request[STATUS] = outcome.status
     return await stream.end_with(openai_error_event(outcome))
 
 

@@ -60,3 +60,5 @@ class RouterState:
 
 STATE: web.AppKey[RouterState] = web.AppKey("state", RouterState)
 MODEL: web.RequestKey[str] = web.RequestKey("model", str)  # the model a request is counted under
+# The status a stream ended with, where it is not its response's (200, sent before it waited).
+STATUS: web.RequestKey[int] = web.RequestKey("status", int)

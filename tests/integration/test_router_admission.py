@@ -94,7 +94,9 @@ def test_a_client_that_leaves_while_its_request_waits_takes_it_out_of_the_queue(
     tight_router: RouterThread,
 ) -> None:
     """Its place goes to the next request, and no replica computes an answer nobody reads."""
-    story = {**LONG, "max_tokens": 256}
+    # long enough (a few seconds on a core) that both replicas stay busy while two clients
+    # queue, hang up and leave the queue
+    story = {**LONG, "max_tokens": 960}  # within a slot's 1,024-token context
     before = answered(tight_router)
     load_url = f"{tight_router.url}/v1/load"
 

@@ -61,7 +61,7 @@ def test_requests_that_arrive_while_it_wakes_start_their_replicas_at_once() -> N
     scaler.observe(T0 + 60, ModelDemand(queued=1, last_request=T0 + 60))
     assert scaler.decide(0, T0 + 60)[0] == 1
     scaler.observe(T0 + 61, ModelDemand(queued=4, last_request=T0 + 61))
-    assert scaler.decide(1, T0 + 61) == (2, "4 request(s) waiting for the wake-up")
+    assert scaler.decide(1, T0 + 61) == (2, "4 request(s) waiting and no replica serving")
     # Once one serves, growing waits for a window of demand again.
     scaler.observe(T0 + 62, ModelDemand(in_flight=4, queued=4, last_request=T0 + 62))
     assert scaler.decide(2, T0 + 62) == (2, None)
