@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import orjson
+
 from slurm_llm._paths import home_dir
 
 log = logging.getLogger("slurm_llm.usage")
@@ -94,12 +96,12 @@ class UsageLog:
 
     def _write(self, pending: list[UsageRecord]) -> None:
         # vars(), not asdict(): the fields are plain values, and asdict deep-copies each one
-        data = "".join(json.dumps(vars(r), separators=(",", ":")) + "\n" for r in pending)
+        data = b"".join(orjson.dumps(vars(r)) + b"\n" for r in pending)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             start = os.fstat(fd).st_size  # this process is the file's only writer
             try:
-                view = memoryview(data.encode())
+                view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)

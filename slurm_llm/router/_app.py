@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 from slurm_llm._usage import UsageLog
@@ -39,6 +38,7 @@ from slurm_llm.router._metering import CALLER, add_rate_limit_headers
 from slurm_llm.router._metrics import UNKNOWN_MODEL
 from slurm_llm.router._probes import probe_forever
 from slurm_llm.router._state import MODEL, STATE, STATUS, RouterState
+from slurm_llm.router._upstream import Upstreams
 
 log = logging.getLogger("slurm_llm.router")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -60,8 +60,8 @@ async def checked(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
     started = time.monotonic()
     try:
-        if request.path not in OPEN_PATHS and (caller := state.callers.identify(request)):
-            request[CALLER] = caller
+        if request.path not in OPEN_PATHS:
+            request[CALLER] = state.callers.identify(request)
         response = await handler(request)
     except RouterError as exc:
         if isinstance(exc, Rejected):
@@ -151,22 +151,24 @@ def build_app(
     _openapi.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-        session = aiohttp.ClientSession(connector=connector)
-        state.dispatcher = Dispatcher(state.admission, session, state.config, state.metrics)
+        upstreams = Upstreams(state.config.connect_timeout_s)
+        state.dispatcher = Dispatcher(state.admission, upstreams, state.config, state.metrics)
         if state.config.record_usage:
             state.usage = UsageLog(state.usage_dir)
         pool.refresh()
-        tasks = [asyncio.create_task(pool.watch())]
+        tasks = [
+            asyncio.create_task(pool.watch()),
+            asyncio.create_task(state.metrics.share_forever()),
+        ]
         if pool.registry is not None:  # replicas of deployments: some may be elastic
             tasks.append(asyncio.create_task(state.elastic.run()))
         if state.config.probes.interval_s > 0:
-            tasks.append(asyncio.create_task(probe_forever(pool, session, state.config.probes)))
+            tasks.append(asyncio.create_task(probe_forever(pool, upstreams, state.config.probes)))
         yield
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await session.close()
+        upstreams.close()
         if state.usage is not None:
             state.usage.close()
 

@@ -24,10 +24,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from slurm_llm._registry import EndpointRecord, Registry
 from slurm_llm.control._autoscale import ScalingRecord
+from slurm_llm.router._upstream import Answer
+
+
+def slot_share(slots: int, worker: int, workers: int) -> int:
+    """Worker ``worker``'s share of a replica's ``slots``: together the workers have the
+    replica's slots, and each has at least one."""
+    return max(1, slots // workers + (1 if worker < slots % workers else 0))
+
 
 log = logging.getLogger("slurm_llm.router")
 
@@ -62,7 +68,7 @@ class Backend:
     probed_down: bool = False
     last_success: float = 0.0  # monotonic time of its last good answer (probes skip it)
     # Answers being read from it now: cut off when it leaves the pool (below).
-    upstreams: set[aiohttp.ClientResponse] = field(default_factory=set, repr=False)
+    upstreams: set[Answer] = field(default_factory=set, repr=False)
 
     def routable(self, now: float) -> bool:
         return not self.probed_down and now >= self.ejected_until
@@ -102,24 +108,31 @@ class BackendPool:
         deployment: str | None = None,
         static: Mapping[str, str] | Iterable[tuple[str, str]] = (),
         replica_limit: int | None = None,
+        share: tuple[int, int] = (0, 1),
     ) -> None:
         """``static`` holds (model, url) pairs; ``replica_limit`` overrides every replica's own
-        slot count."""
+        slot count. ``share`` is (worker, workers): this router process takes its share of
+        each replica's slots (``slot_share``)."""
         self.registry = registry
         self.deployment = deployment
         self.replica_limit = replica_limit
+        self.share = share
         self.backends: dict[str, Backend] = {}  # by url
         self.on_change: Callable[[], None] = lambda: None
         self.hurry: Callable[[], bool] = lambda: False  # a request waits for a replica to come
         pairs = static.items() if isinstance(static, Mapping) else static
         self._static = {url: model for model, url in pairs}
         for url, model in self._static.items():
-            self.backends[url] = Backend(url, model, limit=replica_limit or DEFAULT_SLOTS)
+            self.backends[url] = Backend(url, model, limit=self.slots(replica_limit))
         self._by_model: dict[str, list[Backend]] = {}
         self._last_served: dict[str, float] = {}  # model -> monotonic time it last had a replica
         # Elastic deployments' records by model, replaced whole by ``_elastic`` (one owner).
         self.elastic: dict[str, ScalingRecord] = {}
         self._index()
+
+    def slots(self, slots: int | None) -> int:
+        """This process's share of a replica's ``slots`` (None: ``DEFAULT_SLOTS``)."""
+        return slot_share(slots or DEFAULT_SLOTS, *self.share)
 
     def refresh(self) -> None:
         self._apply(self._read())
@@ -150,7 +163,7 @@ class BackendPool:
             known = self.backends.get(url)
             # A new job may come up at an old job's address: it is a new backend.
             if known is None or (known.model, known.job) != (record.model, record.job_id):
-                limit = self.replica_limit or record.slots or DEFAULT_SLOTS
+                limit = self.slots(self.replica_limit or record.slots)
                 self.backends[url] = Backend(
                     url, record.model, record.engine, limit, record.context,
                     deployment=record.deployment, job=record.job_id,

@@ -36,6 +36,12 @@ def slots(text: str) -> int:
     return int(text)
 
 
+def workers(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of workers (1 or more), got {text!r}")
+    return int(text)
+
+
 def config_from(args: argparse.Namespace) -> RouterConfig:
     keys_file = Path(args.api_keys_file).resolve() if args.api_keys_file else None
     if keys_file is not None and not read_keys_file(keys_file):  # unreadable or invalid: raises
@@ -58,6 +64,7 @@ def config_from(args: argparse.Namespace) -> RouterConfig:
         stream_failover=not args.no_stream_failover,
         drain_s=args.drain,
         verdict_log=Path(args.verdict_log) if args.verdict_log else None,
+        workers=args.workers or (0 if args.submit else 1),
     )
 
 
@@ -155,6 +162,11 @@ def add_router_command(commands: Any) -> None:
         "--reuse-port", action="store_true",
         help="listen even where another router listens (SO_REUSEPORT): start the new router, "
         "then stop the old one, and a restart refuses no connection",
+    )  # fmt: skip
+    router.add_argument(
+        "--workers", type=workers, default=None, metavar="N",
+        help="router processes serving the port (one core each), which split every replica's "
+        "slots between them; default 1, and with --submit one per CPU of the job",
     )  # fmt: skip
     router.add_argument(
         "--no-stream-failover", action="store_true",

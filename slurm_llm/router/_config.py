@@ -31,6 +31,10 @@ class RouterConfig:
     stream_failover: bool = True  # a broken stream continues on another replica (_failover)
     drain_s: float = 30.0  # at SIGTERM: how long requests in flight may take to finish
     max_body_bytes: int = 4 * 2**20
+    # Processes serving the port (``_workers``), and which of them this one is: each takes its
+    # share of every replica's slots and of the queue bound. 0: one per CPU of a router job.
+    workers: int = 1
+    worker: int = 0
     max_batch_items: int = 10_000
     max_file_bytes: int = 2 * 2**30  # an upload to /v1/files (streamed to disk)
     session_header: str = "X-Session-ID"  # requests with the same value go to the same replica

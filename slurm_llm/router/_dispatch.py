@@ -28,7 +28,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-import aiohttp
 from aiohttp import web
 
 from slurm_llm._api_keys import Priority
@@ -37,8 +36,7 @@ from slurm_llm.router._backends import Backend
 from slurm_llm.router._config import RouterConfig
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._metrics import RouterMetrics
-
-JSON_HEADERS = {"Content-Type": "application/json"}
+from slurm_llm.router._upstream import Answer, UpstreamError, Upstreams
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,7 @@ class Reply:
 # Gives a replica back with the verdict on its answer: True counts a success, False a failure
 # (passive ejection, with why), None neither. Only the first call counts.
 GiveBack = Callable[[bool | None, str], None]
-Relay = Callable[[aiohttp.ClientResponse, Backend, GiveBack], Awaitable[web.StreamResponse]]
+Relay = Callable[[Answer, Backend, GiveBack], Awaitable[web.StreamResponse]]
 
 
 def refuses(status: int) -> bool:
@@ -107,12 +105,12 @@ class Dispatcher:
     def __init__(
         self,
         admission: Admission,
-        session: aiohttp.ClientSession,
+        upstreams: Upstreams,
         config: RouterConfig,
         metrics: RouterMetrics,
     ) -> None:
         self.admission = admission
-        self.session = session
+        self.upstreams = upstreams
         self.config = config
         self.metrics = metrics
 
@@ -219,25 +217,27 @@ class Dispatcher:
     ) -> web.StreamResponse | Reply | str:
         """The answer, or why this replica failed (then the caller tries another)."""
         path, body = call.for_backend(backend)
-        timeout = aiohttp.ClientTimeout(
-            total=None if relay else max(deadline - time.monotonic(), 0.1),
-            sock_connect=self.config.connect_timeout_s,
-            sock_read=self.config.idle_stream_timeout_s if relay else None,
-        )
         try:
-            async with self.session.post(
-                f"{backend.url}{path}", data=body, headers=JSON_HEADERS, timeout=timeout
-            ) as upstream:
-                backend.upstreams.add(upstream)
-                try:
-                    if relay is None or upstream.status != 200:
-                        payload = await upstream.read()
-                        give_back(None if upstream.status >= 500 else True, "")  # 5xx: suspect
-                        return Reply(upstream.status, payload, upstream.content_type, backend)
-                    return await relay(upstream, backend, give_back)
-                finally:
-                    backend.upstreams.discard(upstream)
-        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            # A stream has no deadline (an answer may take as long as it needs), only a limit
+            # on silence; an answer read whole has the request's deadline.
+            upstream = await self.upstreams.post(
+                backend.url,
+                path,
+                body,
+                deadline=None if relay else max(deadline, time.monotonic() + 0.1),
+                idle_s=self.config.idle_stream_timeout_s if relay else None,
+            )
+            backend.upstreams.add(upstream)
+            try:
+                if relay is None or upstream.status != 200:
+                    payload = await upstream.read()
+                    give_back(None if upstream.status >= 500 else True, "")  # 5xx: suspect
+                    return Reply(upstream.status, payload, upstream.content_type, backend)
+                return await relay(upstream, backend, give_back)
+            finally:
+                backend.upstreams.discard(upstream)
+                upstream.release()
+        except (TimeoutError, UpstreamError) as exc:
             in_time = time.monotonic() < deadline  # past it, slow is not broken
             give_back(False if in_time else None, f"did not answer ({type(exc).__name__})")
             return f"{backend.url} did not answer ({type(exc).__name__})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from slurm_llm._paths import home_dir
@@ -33,6 +34,10 @@ def launch_router(
     mem_gb: int = 4,
     home: Path | None = None,
 ) -> FrontEndJob:
-    """Submits the router as a job; ``.url`` waits for its address under ``<home>/routers``."""
-    main = RouterMain(name, str(home_dir(home)), deployment, config or RouterConfig())
+    """Submits the router as a job; ``.url`` waits for its address under ``<home>/routers``.
+    It runs one worker per CPU (``cpus``), unless ``config.workers`` says how many."""
+    config = config or RouterConfig(workers=0)
+    if config.workers == 0:
+        config = replace(config, workers=cpus)
+    main = RouterMain(name, str(home_dir(home)), deployment, config)
     return submit_front_end(main, executor=executor, slurm=slurm, cpus=cpus, mem_gb=mem_gb)

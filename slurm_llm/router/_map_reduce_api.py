@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from slurm_llm.router._admission import usable
@@ -25,25 +24,34 @@ from slurm_llm.router._requests import read_json, served_model, validated
 from slurm_llm.router._schemas import MapReduceRequest
 from slurm_llm.router._state import STATE, RouterState
 from slurm_llm.router._tribunal_api import count, tribunal_for
+from slurm_llm.router._upstream import UpstreamError, Upstreams
 from slurm_llm.tribunal._map_reduce import MapReduce, MapReduceError
 from slurm_llm.tribunal._tribunal import Messages
+
+TOKENIZE_TIMEOUT_S = 300.0
 
 
 class ReplicaTokenizer:
     """The model's own tokenizer, through a replica's ``/tokenize`` and ``/detokenize``."""
 
-    def __init__(self, session: aiohttp.ClientSession, backend: Backend) -> None:
+    def __init__(self, upstreams: Upstreams, backend: Backend) -> None:
         if backend.engine == "tgi":
             raise RouterError(400, "map-reduce needs /detokenize, which TGI replicas lack")
-        self.session = session
+        self.upstreams = upstreams
         self.backend = backend
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        async with self.session.post(f"{self.backend.url}{path}", json=body) as reply:
-            if reply.status != 200:
-                raise RouterError(502, f"{self.backend.url}{path} answered {reply.status}")
-            answer: dict[str, Any] = await reply.json()
-            return answer
+        where = f"{self.backend.url}{path}"
+        try:
+            status, payload = await self.upstreams.fetch(
+                self.backend.url, path, json.dumps(body).encode(), TOKENIZE_TIMEOUT_S
+            )
+        except (TimeoutError, UpstreamError) as exc:
+            raise RouterError(502, f"{where} did not answer ({exc})") from None
+        if status != 200:
+            raise RouterError(502, f"{where} answered {status}")
+        answer: dict[str, Any] = json.loads(payload)
+        return answer
 
     async def tokenize(self, text: str) -> list[int]:
         if self.backend.engine == "llamacpp":
@@ -83,7 +91,7 @@ async def map_reduce(request: web.Request) -> web.Response:
 async def run_map_reduce(request: web.Request, body: MapReduceRequest, model: str) -> web.Response:
     state = request.app[STATE]
     replicas = usable(state.pool.of(model), time.monotonic()) or state.pool.of(model)
-    tokenizer = ReplicaTokenizer(state.dispatcher.session, replicas[0])
+    tokenizer = ReplicaTokenizer(state.dispatcher.upstreams, replicas[0])
     priority = priority_of(request)  # every chunk's call goes in as the caller's class
 
     async def complete(messages: Messages, max_tokens: int) -> tuple[str, int]:

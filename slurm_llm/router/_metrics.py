@@ -9,11 +9,16 @@ metrics without bound.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Self
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import prometheus_client
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from slurm_llm.control._autoscale import ScalingRecord
@@ -36,6 +41,16 @@ REPLICA_METRICS: tuple[tuple[Family, str, str, Callable[[Backend, float], float]
     (CounterMetricFamily, "replica_answered", "Requests a replica answered.",
      lambda b, now: b.answered),
 )  # fmt: skip
+
+
+class ElasticCollector(Collector):
+    """Elastic deployments' records, the same in every worker."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+
+    def collect(self) -> Iterator[Metric]:
+        return elastic_metrics(self.admission.pool.elastic.values())
 
 
 class ReplicaCollector(Collector):
@@ -79,6 +94,88 @@ def elastic_metrics(records: Iterable[ScalingRecord]) -> Iterator[Metric]:
         events.add_metric([*names, "up"], record.scale_ups)
         events.add_metric([*names, "down"], record.scale_downs)
     yield from (desired, ready, events)
+
+
+class KeptChildren:
+    """``labels()`` that keeps each child it made: prometheus-client's checks the label values
+    and takes a lock on every call, a cost per request (and per streamed chunk) that the hot
+    path need not pay once a label set has been seen."""
+
+    def labels(self, *values: object, **named: object) -> Self:
+        kept: dict[tuple[object, ...], Self] = self.__dict__.setdefault("_kept", {})
+        child = kept.get(values) if not named else None
+        if child is None:
+            child = super().labels(*values, **named)  # type: ignore[misc]
+            if not named:
+                kept[values] = child
+        return child  # type: ignore[no-any-return]
+
+
+class Counter(KeptChildren, prometheus_client.Counter):
+    pass
+
+
+class Histogram(KeptChildren, prometheus_client.Histogram):
+    pass
+
+
+def workers_folder() -> str | None:
+    """prometheus-client's multiprocess folder, set where several workers serve one port."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+class SharedReplicaGauges:
+    """With several workers, the per-replica gauges are each worker's own: each writes them
+    to the multiprocess folder once a second (``write``), where a scrape sums them (in-flight,
+    slots, queue depth; healthy is the best of the workers' views, answered a counter). They
+    lag by up to a second. A replica that leaves stays, at 0, until the router restarts."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        labels = ["model", "replica"]
+        prefix = "slurm_llm_router"
+        self.gauges = {
+            name: prometheus_client.Gauge(
+                f"{prefix}_{name}",
+                text,
+                labels,
+                registry=None,
+                multiprocess_mode="livemax" if name == "replica_healthy" else "livesum",
+            )
+            for kind, name, text, _ in REPLICA_METRICS
+            if kind is GaugeMetricFamily
+        }
+        self.answered = prometheus_client.Counter(
+            f"{prefix}_replica_answered", "Requests a replica answered.", labels, registry=None
+        )
+        self.queued = prometheus_client.Gauge(
+            f"{prefix}_queue_depth", "Requests waiting for a free replica.", ["model"],
+            registry=None, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self._answered: dict[tuple[str, str], int] = {}
+        self._shown: set[tuple[str, str]] = set()
+        self._models: set[str] = set()
+
+    def write(self) -> None:
+        now = time.monotonic()
+        pool = self.admission.pool
+        shown = set()
+        for backend in pool.backends.values():
+            labels = (backend.model, backend.url)
+            shown.add(labels)
+            for _, name, _, value in REPLICA_METRICS:
+                if name in self.gauges:
+                    self.gauges[name].labels(*labels).set(value(backend, now))
+            self.answered.labels(*labels).inc(backend.answered - self._answered.get(labels, 0))
+            self._answered[labels] = backend.answered
+        for labels in self._shown - shown:
+            for gauge in self.gauges.values():
+                gauge.labels(*labels).set(0)
+        self._shown = shown
+        models = set(pool.models())
+        for model in models | self._models:
+            self.queued.labels(model).set(len(self.admission.queues.get(model, ())))
+        self._models = models
 
 
 class RouterMetrics:
@@ -149,7 +246,27 @@ class RouterMetrics:
             "(an elastic deployment scaled to zero), each of which wakes it.",
             ["model"], registry=self.registry,
         )  # fmt: skip
-        self.registry.register(ReplicaCollector(admission))
+        self.shared: SharedReplicaGauges | None = None
+        if workers_folder():
+            self.shared = SharedReplicaGauges(admission)
+            self.registry.register(ElasticCollector(admission))
+        else:
+            self.registry.register(ReplicaCollector(admission))
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """The metrics text; with several workers, theirs summed (``_workers``)."""
+        if self.shared is None:
+            return generate_latest(self.registry)
+        self.shared.write()
+        summed = CollectorRegistry()
+        MultiProcessCollector(summed)  # type: ignore[no-untyped-call]
+        summed.register(ElasticCollector(self.shared.admission))
+        return generate_latest(summed)
+
+    async def share_forever(self) -> None:
+        """With several workers: this one's replica gauges written once a second."""
+        if self.shared is None:
+            return
+        while True:
+            self.shared.write()
+            await asyncio.sleep(1.0)

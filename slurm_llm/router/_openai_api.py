@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
+import orjson
 from aiohttp import web
 
 from slurm_llm._sse import json_event
@@ -31,6 +31,7 @@ from slurm_llm.router._requests import (
 from slurm_llm.router._schemas import ENDPOINT_MODELS, ChatCompletionRequest
 from slurm_llm.router._state import STATE, STATUS
 from slurm_llm.router._streams import DONE, EVENT_END, ClientStream
+from slurm_llm.router._upstream import Answer
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -112,8 +113,8 @@ def as_response(reply: Reply) -> web.Response:
 def count_usage(metrics: RouterMetrics, model: str, payload: bytes) -> dict[str, Any]:
     """The answer's ``usage`` (empty if it has none), counted in the token metrics."""
     try:
-        usage = json.loads(payload).get("usage") or {}
-    except (json.JSONDecodeError, AttributeError):
+        usage = orjson.loads(payload).get("usage") or {}
+    except (orjson.JSONDecodeError, AttributeError):
         return {}
     if not isinstance(usage, dict):
         return {}
@@ -151,9 +152,7 @@ def sse_relay(
         metrics.tokens.labels(model, "completion").inc(max(events, 0))
 
     def relay_for(rewrite: Callable[[bytes], bytes]) -> Relay:
-        async def relay(
-            upstream: aiohttp.ClientResponse, backend: Backend, ended: GiveBack
-        ) -> web.StreamResponse:
+        async def relay(upstream: Answer, backend: Backend, ended: GiveBack) -> web.StreamResponse:
             translate = metered_events(rewrite, meter, keep_usage)
             return await stream.relay(upstream, backend, translate, seen, ended)
 

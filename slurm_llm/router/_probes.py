@@ -10,12 +10,12 @@ spend a slot on probes.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 
-import aiohttp
-
 from slurm_llm.router._backends import Backend, BackendPool
+from slurm_llm.router._upstream import UpstreamError, Upstreams
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,13 @@ def probe_request(backend: Backend) -> tuple[str, dict[str, object]]:
     return "/v1/completions", {"model": backend.model, "prompt": "Hi", "max_tokens": 1}
 
 
-async def probe(session: aiohttp.ClientSession, backend: Backend, timeout_s: float) -> bool:
+async def probe(upstreams: Upstreams, backend: Backend, timeout_s: float) -> bool:
     path, body = probe_request(backend)
     try:
-        async with session.post(
-            f"{backend.url}{path}", json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
-        ) as response:
-            await response.read()
-            return response.status == 200
-    except (TimeoutError, aiohttp.ClientError):
+        status, _ = await upstreams.fetch(backend.url, path, json.dumps(body).encode(), timeout_s)
+    except (TimeoutError, UpstreamError):
         return False
+    return status == 200
 
 
 def record_probe(backend: Backend, passed: bool, config: ProbeConfig) -> bool:
@@ -61,16 +58,14 @@ def record_probe(backend: Backend, passed: bool, config: ProbeConfig) -> bool:
     return False
 
 
-async def probe_forever(
-    pool: BackendPool, session: aiohttp.ClientSession, config: ProbeConfig
-) -> None:
+async def probe_forever(pool: BackendPool, upstreams: Upstreams, config: ProbeConfig) -> None:
     while True:
         started = time.monotonic()
         due = [
             b for b in pool.backends.values()
             if b.probed_down or b.last_success < started - config.interval_s
         ]  # fmt: skip
-        results = await asyncio.gather(*(probe(session, b, config.timeout_s) for b in due))
+        results = await asyncio.gather(*(probe(upstreams, b, config.timeout_s) for b in due))
         if any([record_probe(b, passed, config) for b, passed in zip(due, results, strict=True)]):
             pool.on_change()
         await asyncio.sleep(max(0.0, config.interval_s - (time.monotonic() - started)))

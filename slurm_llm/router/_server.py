@@ -9,6 +9,7 @@ import os
 import resource
 import signal
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from slurm_llm.router._app import build_app
 from slurm_llm.router._backends import BackendPool
 from slurm_llm.router._config import RouterConfig
 from slurm_llm.router._state import STATE
+from slurm_llm.router._workers import serve_workers
 
 # Connections the kernel holds before accept(); aiohttp's default of 128 dropped SYNs at a few
 # thousand clients connecting at once.
@@ -36,7 +38,8 @@ def make_pool(
     """The registry's replicas (or one deployment's) plus fixed ones; only the fixed ones when
     ``static`` is given and ``deployment`` is not."""
     registry = None if static and deployment is None else Registry(registry_dir(home))
-    return BackendPool(registry, deployment, static, config.replica_limit)
+    return BackendPool(registry, deployment, static, config.replica_limit,
+                       share=(config.worker, config.workers))  # fmt: skip
 
 
 def serve(
@@ -56,8 +59,28 @@ def serve(
     ``static`` adds (model, url) pairs for servers started by other means. ``on_serving`` is
     called once the router listens, so that whatever it announces can be reached.
     ``reuse_port`` lets a new router listen on the port of one still running, so a restart
-    refuses no connection: start the new one, then stop the old one, which drains."""
+    refuses no connection: start the new one, then stop the old one, which drains.
+
+    With ``config.workers`` above 1, that many router processes serve the port (``_workers``)."""
     config = config or RouterConfig()
+    config = replace(config, workers=max(config.workers, 1))  # 0 (one per CPU) means 1 here
+    if config.workers > 1:
+        serve_workers(host, port, home, deployment, config, static, on_serving)
+    else:
+        serve_process(host, port, home, deployment, config, static, on_serving, reuse_port)
+
+
+def serve_process(
+    host: str,
+    port: int,
+    home: Path | None,
+    deployment: str | None,
+    config: RouterConfig,
+    static: Sequence[tuple[str, str]],
+    on_serving: Callable[[], None] | None,
+    reuse_port: bool,
+) -> None:
+    """``serve`` in this process: one router, one event loop."""
     app = build_app(make_pool(home, deployment, static, config), config, home)
     raise_open_files_limit()
     loop = new_event_loop()

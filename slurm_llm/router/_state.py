@@ -12,7 +12,7 @@ from slurm_llm.batches._batch_store import BatchStore
 from slurm_llm.batches._file_store import FileStore
 from slurm_llm.router._admission import Admission
 from slurm_llm.router._auth import Callers
-from slurm_llm.router._backends import BackendPool
+from slurm_llm.router._backends import BackendPool, slot_share
 from slurm_llm.router._config import RouterConfig
 from slurm_llm.router._dispatch import Dispatcher
 from slurm_llm.router._elastic import ElasticLink
@@ -40,7 +40,7 @@ class RouterState:
         self.admission = Admission(
             self.pool,
             make_policy(self.config.policy),
-            self.config.max_queue,
+            slot_share(self.config.max_queue, self.config.worker, self.config.workers),
             self.config.queue_timeout_s,
             self.config.batch_aging_s,
             interactive_reserve=self.config.interactive_reserve,

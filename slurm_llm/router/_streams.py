@@ -29,11 +29,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-import aiohttp
 from aiohttp import web
 
 from slurm_llm._sse import json_event
 from slurm_llm.router._backends import Backend
+from slurm_llm.router._upstream import Answer, UpstreamError
 
 DONE = b"data: [DONE]"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -85,7 +85,7 @@ class ClientStream:
 
     async def relay(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: Answer,
         backend: Backend,
         translate: Callable[[bytes], bytes] = unchanged,
         seen: Callable[[bytes], None] = lambda chunk: None,
@@ -104,7 +104,7 @@ class ClientStream:
         self.broken = None
         pending = b""
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.chunks():
                 seen(chunk)
                 pending += chunk
                 cut = pending.rfind(EVENT_END) + len(EVENT_END)
@@ -126,7 +126,7 @@ class ClientStream:
                 if not await self._write(translate(whole), ended):
                     return self.response
                 self.forwarded.append(whole)
-        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        except (TimeoutError, UpstreamError) as exc:
             if not self.done:
                 self.broken = type(exc).__name__
             ended(False, f"its stream broke off ({type(exc).__name__})")

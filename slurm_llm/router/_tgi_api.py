@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from slurm_llm.router._backends import Backend
@@ -44,6 +43,7 @@ from slurm_llm.router._tgi_translation import (
     sse,
     to_completion,
 )
+from slurm_llm.router._upstream import Answer
 
 
 def is_tgi_path(path: str) -> bool:
@@ -135,9 +135,7 @@ def tgi_relay(stream: ClientStream, body: dict[str, Any]) -> RelayFor:
     translator = StreamTranslator(body)
 
     def relay_for(rewrite: Callable[[bytes], bytes]) -> Relay:
-        async def relay(
-            upstream: aiohttp.ClientResponse, backend: Backend, ended: GiveBack
-        ) -> web.StreamResponse:
+        async def relay(upstream: Answer, backend: Backend, ended: GiveBack) -> web.StreamResponse:
             # TGI's own stream has no end marker: that replica is given back when it closes.
             # A continuation asks any replica for an OpenAI completion, translated here.
             native = backend.engine == "tgi" and rewrite is unchanged
