@@ -354,7 +354,9 @@ def main() -> None:
             source = stack.enter_context(worktree(args.baseline, work / "baseline"))
             port = stack.enter_context(lease_port("127.0.0.1")).port
             env = {**os.environ, "PYTHONPATH": str(source)}
-            argv = [sys.executable, "-m", "slurm_llm"]
+            # -P: not the current folder first on sys.path, which would import today's package
+            # from this checkout instead of the worktree's.
+            argv = [sys.executable, "-P", "-m", "slurm_llm"]
             log = work / "baseline-router.log"
             stack.enter_context(router_process(argv, port, backends, log, env))
             baseline_url = f"http://127.0.0.1:{port}/v1/chat/completions"

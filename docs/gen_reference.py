@@ -56,6 +56,10 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
      "`local` for jobs of the local executor, whose replicas bind loopback."),
     ("PATH", "`slurm-llm cluster`, nginx", "Searched for the SLURM daemons and nginx; the "
      "system's `sbin` folders are added when missing."),
+    ("PROMETHEUS_MULTIPROC_DIR", "set for `slurm-llm router --workers N`",
+     "The folder, made and removed by the router's supervisor, where its workers' metrics meet "
+     "(prometheus-client's multiprocess mode); a worker that finds it set sums them at "
+     "`/metrics`."),
     ("VLLM_HOST_IP", "set for vLLM", "The replica's address, for vLLM's multi-node rendezvous."),
     ("VLLM_NO_USAGE_STATS", "set for vLLM", "`1`: no usage reports from compute nodes."),
     ("VLLM_CPU_KVCACHE_SPACE", "set for vLLM on CPU",
