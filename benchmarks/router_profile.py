@@ -20,8 +20,10 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import RESULTS, describe, machine_info
@@ -93,8 +95,8 @@ def main() -> None:
         url = f"http://127.0.0.1:{router_port}/v1/chat/completions"
         script = work / "post.lua"
         script.write_text(WRK_SCRIPT)
-        loads = {
-            "plain": lambda: wrk(url, script, int(args.seconds) + 4, 64),
+        loads: dict[str, Callable[[], dict[str, Any]]] = {
+            "plain": lambda: dict(wrk(url, script, int(args.seconds) + 4, 64)),
             "streamed": lambda: loadgen(
                 "streams",
                 url,
@@ -105,7 +107,7 @@ def main() -> None:
             ),
         }
         for name, load in loads.items():
-            result: dict[str, object] = {}
+            result: dict[str, Any] = {}
             driver = threading.Thread(target=lambda: result.update(load()))  # noqa: B023
             driver.start()
             time.sleep(2)  # past the load's start
@@ -116,7 +118,7 @@ def main() -> None:
                 f"{result['req_s']:.0f} req/s"
                 if "req_s" in result
                 else f"{len(result.get('ttft', []))} streams"
-            )  # type: ignore[arg-type]
+            )
             sections += [f"## {name} ({measured} while sampled)", "", table(stacks, args.rows), ""]
     out = RESULTS / f"router_profile-{stamp}.md"
     out.write_text("\n".join(sections))
