@@ -5,7 +5,10 @@ vllm-router's overhead harness, on one machine: a mock OpenAI upstream that answ
   direct   to the mock;
   router   through ``slurm-llm router --backend mock=URL`` (its own process, one worker);
   router-x2 the same with ``--workers 2`` (two processes on one port, ``SO_REUSEPORT``);
-  nginx    through slurm-llm's nginx front end (``slurm_llm.nginx``, one worker process).
+  nginx    through slurm-llm's nginx front end (``slurm_llm.nginx``, one worker process);
+  bare     through ``_bare_proxy.py``: aiohttp's server and the router's client and nothing
+           else, the floor under the router in this design (what its features cost is the
+           difference to it; what aiohttp and Python cost, its difference to nginx).
 The differences to direct are what each proxy adds. Phases, each bounded in time:
   1. streams: 100 concurrent streamed chat requests (closed loop, aiohttp on uvloop in its own
      process); TTFT and end-to-end p50/p99, paths interleaved round by round;
@@ -343,6 +346,15 @@ def main() -> None:
         router = stack.enter_context(
             router_process(router_argv, router_port, backends, work / "router.log")
         )
+        bare_port = stack.enter_context(lease_port("127.0.0.1")).port
+        stack.enter_context(
+            background(
+                [sys.executable, str(HERE / "_bare_proxy.py"), "--port", str(bare_port),
+                 "--upstream", mock],
+                answers(f"http://127.0.0.1:{bare_port}/health"),
+                work / "bare.log",
+            )
+        )  # fmt: skip
         two_port = stack.enter_context(lease_port("127.0.0.1")).port
         stack.enter_context(
             router_process(
@@ -377,6 +389,7 @@ def main() -> None:
             "router": f"http://127.0.0.1:{router_port}/v1/chat/completions",
             "nginx": f"{nginx.url}/mock/v1/chat/completions",
             TWO: f"http://127.0.0.1:{two_port}/v1/chat/completions",
+            "bare": f"http://127.0.0.1:{bare_port}/v1/chat/completions",
         }
         if baseline_url:
             urls[f"router@{args.baseline}"] = baseline_url

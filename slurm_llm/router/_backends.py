@@ -190,6 +190,10 @@ class BackendPool:
     def models(self) -> list[str]:
         return list(self._by_model)
 
+    def serves(self, model: str) -> bool:
+        """Whether a replica a new request may go to serves ``model``."""
+        return model in self._by_model
+
     def served_lately(self, model: str, within_s: float = GONE_AFTER_S) -> bool:
         """Whether ``model`` had a replica within the last ``within_s`` seconds: a model whose
         replicas are all being replaced is missing, not unknown."""

@@ -32,7 +32,7 @@ from slurm_llm._api_keys import Identity, Priority
 from slurm_llm.router._dispatch import Call, Reply
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._limits import LimitHit
-from slurm_llm.router._metering import CALLER, check_access, metered_call, priority_of
+from slurm_llm.router._metering import CALLER, MeteredCall, check_access, priority_of
 from slurm_llm.router._openai_api import count_usage
 from slurm_llm.router._requests import read_json, require_served, validated
 from slurm_llm.router._schemas import ENDPOINT_MODELS, BatchRequest
@@ -142,7 +142,7 @@ async def send_metered(
         try:
             async with (
                 limit or contextlib.nullcontext(),
-                metered_call(state, caller, priority, model, endpoint, body, len(raw)) as meter,
+                MeteredCall(state, caller, priority, model, endpoint, body, len(raw)) as meter,
             ):
                 call = Call(model, endpoint, raw, priority=meter.priority)
                 reply = await state.dispatcher.send(call, bounded=False)

@@ -11,9 +11,7 @@ for it itself.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,50 +83,61 @@ def check_access(caller: Identity | None, model: str) -> None:
 
 def metered(
     request: web.Request, model: str, endpoint: str, body: dict[str, Any], body_bytes: int
-) -> contextlib.AbstractAsyncContextManager[Meter]:
-    """A client's model request, metered as its key's (see ``metered_call``)."""
+) -> MeteredCall:
+    """A client's model request, metered as its key's (see ``MeteredCall``)."""
     caller = request.get(CALLER)
     check_access(caller, model)
-    return metered_call(
+    return MeteredCall(
         request.app[STATE], caller, priority_of(request), model, endpoint, body, body_bytes
     )
 
 
-@contextlib.asynccontextmanager
-async def metered_call(
-    state: RouterState,
-    caller: Identity | None,
-    priority: Priority,
-    model: str,
-    endpoint: str,
-    body: dict[str, Any],
-    body_bytes: int,
-) -> AsyncIterator[Meter]:
+class MeteredCall:
     """Counts a request of ``caller`` against its limits (``LimitHit`` when over one), and once
     it is over settles them and appends its usage record; ``caller`` None: a router without
-    keys. Requests without a client in front (a durable batch's lines) come here directly."""
-    grant: Grant | None = None
-    estimate = estimated_tokens(body_bytes, body)
-    if caller is not None:
-        try:
-            grant = state.limiter.admit(caller, estimate)
-        except LimitHit:
-            state.metrics.rejections.labels(model, "key_limit").inc()
-            raise
-    meter = Meter(model, endpoint, priority)
-    started = time.monotonic()
-    try:
-        yield meter
-    except RouterError as exc:  # no replica, a timeout: recorded with the status the client got
-        meter.status = exc.status
-        raise
-    finally:
-        if grant is not None:
+    keys. Requests without a client in front (a durable batch's lines) come here directly.
+
+    A class rather than an ``asynccontextmanager``: every request passes here, and a generator
+    wrapped twice cost more than the accounting itself."""
+
+    def __init__(
+        self,
+        state: RouterState,
+        caller: Identity | None,
+        priority: Priority,
+        model: str,
+        endpoint: str,
+        body: dict[str, Any],
+        body_bytes: int,
+    ) -> None:
+        self.state = state
+        self.caller = caller
+        self.meter = Meter(model, endpoint, priority)
+        self.grant: Grant | None = None
+        # Only limits need the estimate: a router without keys does not make it.
+        self.estimate = estimated_tokens(body_bytes, body) if caller is not None else 0
+        self.started = 0.0
+
+    async def __aenter__(self) -> Meter:
+        if self.caller is not None:
+            try:
+                self.grant = self.state.limiter.admit(self.caller, self.estimate)
+            except LimitHit:
+                self.state.metrics.rejections.labels(self.meter.model, "key_limit").inc()
+                raise
+        self.started = time.monotonic()
+        return self.meter
+
+    async def __aexit__(self, kind: object, exc: BaseException | None, trace: object) -> None:
+        state, caller, meter = self.state, self.caller, self.meter
+        if isinstance(exc, RouterError):  # no replica, a timeout: the status the client got
+            meter.status = exc.status
+        if self.grant is not None:
             # No usage read (a stream left early, a TGI stream): the estimate; none for a
             # request that reached no replica (refused, or its client left while it waited).
             used = meter.prompt_tokens + meter.completion_tokens
-            unread = estimate if meter.replica is not None else 0
-            state.limiter.settle(grant, used if meter.counted else unread)
+            unread = self.estimate if meter.replica is not None else 0
+            state.limiter.settle(self.grant, used if meter.counted else unread)
         name = caller.name if caller is not None else ANONYMOUS
         state.metrics.key_requests.labels(name, str(meter.status)).inc()
         state.metrics.key_tokens.labels(name, "prompt").inc(meter.prompt_tokens)
@@ -140,13 +149,13 @@ async def metered_call(
                     at=time.time(),
                     key=name,
                     account=caller.account if caller is not None else None,
-                    model=model,
-                    endpoint=endpoint,
+                    model=meter.model,
+                    endpoint=meter.endpoint,
                     priority=meter.priority,
                     status=meter.status,
                     prompt_tokens=meter.prompt_tokens,
                     completion_tokens=meter.completion_tokens,
-                    latency_s=time.monotonic() - started,
+                    latency_s=time.monotonic() - self.started,
                     replica=replica.url if replica else None,
                     deployment=replica.deployment if replica else None,
                     job=replica.job if replica else None,

@@ -112,6 +112,8 @@ def require_served(pool: BackendPool, model: object) -> str:
     else a 404 listing what is served."""
     if not isinstance(model, str):
         raise RouterError(400, "the field 'model' (a string) is required")
+    if pool.serves(model):
+        return model
     served = pool.models()
     if model not in served and pool.wakeable(model):
         return model  # scaled to zero, or being scaled down to zero: it waits for a wake-up

@@ -174,6 +174,8 @@ class ClientStream:
 def split_at_error(whole: bytes) -> tuple[bytes, bytes | None]:
     """``whole`` (complete events) split before its first error event: what comes before, and
     that event (None if there is none); what follows an error is dropped."""
+    if b"error" not in whole:  # every event of a healthy stream: no split, no parse
+        return whole, None
     events = whole.split(EVENT_END)
     for index, event in enumerate(events):
         if is_error(event):
