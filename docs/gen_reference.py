@@ -56,6 +56,9 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
      "`local` for jobs of the local executor, whose replicas bind loopback."),
     ("PATH", "`slurm-llm cluster`, nginx", "Searched for the SLURM daemons and nginx; the "
      "system's `sbin` folders are added when missing."),
+    ("SLURM_LLM_ROUTER_WORKERS", "`slurm-llm router`, `RouterThread`",
+     "Router processes serving the port when `--workers` (`RouterConfig.workers`) does not say; "
+     "default 1. A site sets it where its routers have cores to spare."),
     ("PROMETHEUS_MULTIPROC_DIR", "set for `slurm-llm router --workers N`",
      "The folder, made and removed by the router's supervisor, where its workers' metrics meet "
      "(prometheus-client's multiprocess mode); a worker that finds it set sums them at "

@@ -15,3 +15,11 @@ scripts/setup-vllm-env.sh
 echo "== ruff"; "$VENV/bin/ruff" check slurm_llm tests benchmarks docs
 echo "== mypy"; "$VENV/bin/mypy"
 echo "== pytest"; "$VENV/bin/pytest" "$@"
+if [ $# -eq 0 ]; then
+    # The router's tests once more, every router they start running as two worker processes on
+    # one port (slurm-llm router --workers 2); tests that look into one router process's state
+    # are marked single_process and skipped.
+    echo "== pytest: the router's tests with 2 workers per router"
+    SLURM_LLM_ROUTER_WORKERS=2 "$VENV/bin/pytest" tests/unit/router tests/integration/test_router*.py \
+        tests/integration/test_tribunal.py
+fi

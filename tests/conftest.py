@@ -9,8 +9,20 @@ from pathlib import Path
 import pytest
 
 from slurm_llm.cluster import LocalCluster
+from slurm_llm.router._config import default_workers
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With ``SLURM_LLM_ROUTER_WORKERS`` above 1 every router a test starts is several
+    processes (the suite's second pass over the router's tests, ``scripts/test.sh``): a test
+    that looks into one router process's state has nothing to look at, and is skipped."""
+    if default_workers() > 1:
+        skip = pytest.mark.skip(reason="looks at one router process's state")
+        for item in items:
+            if item.get_closest_marker("single_process"):
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

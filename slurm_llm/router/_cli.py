@@ -12,7 +12,7 @@ from slurm_llm._api_keys import load_api_keys, read_keys_file
 from slurm_llm._errors import SlurmLLMError
 from slurm_llm.jobs._front_end_job import add_submit_arguments, announce, submitted_options
 from slurm_llm.router._auth import Callers
-from slurm_llm.router._config import RouterConfig
+from slurm_llm.router._config import RouterConfig, default_workers
 from slurm_llm.router._job import launch_router
 from slurm_llm.router._policies import POLICIES
 from slurm_llm.router._probes import ProbeConfig
@@ -64,7 +64,9 @@ def config_from(args: argparse.Namespace) -> RouterConfig:
         stream_failover=not args.no_stream_failover,
         drain_s=args.drain,
         verdict_log=Path(args.verdict_log) if args.verdict_log else None,
-        workers=args.workers or (0 if args.submit else 1),
+        workers=args.workers
+        if args.workers is not None
+        else (0 if args.submit else default_workers()),
     )
 
 
@@ -166,7 +168,8 @@ def add_router_command(commands: Any) -> None:
     router.add_argument(
         "--workers", type=workers, default=None, metavar="N",
         help="router processes serving the port (one core each), which split every replica's "
-        "slots between them; default 1, and with --submit one per CPU of the job",
+        "slots between them; default $SLURM_LLM_ROUTER_WORKERS or 1, and with --submit one per "
+        "CPU of the job",
     )  # fmt: skip
     router.add_argument(
         "--no-stream-failover", action="store_true",

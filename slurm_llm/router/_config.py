@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from slurm_llm.router._policies import PolicyName
 from slurm_llm.router._probes import ProbeConfig
+
+WORKERS_VARIABLE = "SLURM_LLM_ROUTER_WORKERS"
+
+
+def default_workers() -> int:
+    """Router processes when nothing says how many: ``$SLURM_LLM_ROUTER_WORKERS``, or 1. A
+    site sets it where its routers have cores to spare; the test suite runs the router's tests
+    again with it set to 2."""
+    text = os.environ.get(WORKERS_VARIABLE, "1")
+    if not text.isdigit():
+        raise ValueError(f"{WORKERS_VARIABLE} must be a number of workers, not {text!r}")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -33,7 +46,7 @@ class RouterConfig:
     max_body_bytes: int = 4 * 2**20
     # Processes serving the port (``_workers``), and which of them this one is: each takes its
     # share of every replica's slots and of the queue bound. 0: one per CPU of a router job.
-    workers: int = 1
+    workers: int = field(default_factory=default_workers)
     worker: int = 0
     max_batch_items: int = 10_000
     max_file_bytes: int = 2 * 2**30  # an upload to /v1/files (streamed to disk)

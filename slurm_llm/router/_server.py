@@ -11,6 +11,8 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 from aiohttp import web
 
@@ -22,7 +24,7 @@ from slurm_llm.router._app import build_app
 from slurm_llm.router._backends import BackendPool
 from slurm_llm.router._config import RouterConfig
 from slurm_llm.router._state import STATE
-from slurm_llm.router._workers import serve_workers
+from slurm_llm.router._workers import RouterProcesses, serve_workers
 
 # Connections the kernel holds before accept(); aiohttp's default of 128 dropped SYNs at a few
 # thousand clients connecting at once.
@@ -145,7 +147,11 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class RouterThread(AppThread):
-    """The router on an event loop of its own thread; ``url`` once the context is entered."""
+    """The router on an event loop of its own thread; ``url`` once the context is entered.
+
+    With ``config.workers`` above 1 it runs that many router processes instead
+    (``RouterProcesses``): ``url`` and ``load`` work as ever, but the router's state is in those
+    processes, so ``pool`` and ``app`` are not there to look at."""
 
     def __init__(
         self,
@@ -157,9 +163,41 @@ class RouterThread(AppThread):
         static: Sequence[tuple[str, str]] = (),
     ) -> None:
         config = config or RouterConfig()
-        self.pool = make_pool(home, deployment, static, config)
-        super().__init__(build_app(self.pool, config, home), host, port, backlog=BACKLOG)
+        self.processes: RouterProcesses | None = None
+        if config.workers > 1:
+            self.processes = RouterProcesses(host, port, home, deployment, config, static)
+            self.host, self.port, self.url = host, port, ""
+            return
+        self._pool = make_pool(home, deployment, static, config)
+        super().__init__(build_app(self._pool, config, home), host, port, backlog=BACKLOG)
+
+    @property
+    def pool(self) -> BackendPool:
+        """The replicas as this router sees them (one process only)."""
+        if self.processes is not None:
+            raise RuntimeError("a router of several workers keeps its replicas in its workers")
+        return self._pool
+
+    def __enter__(self) -> Self:
+        if self.processes is None:
+            return super().__enter__()
+        self.processes.__enter__()
+        self.port, self.url = self.processes.port, self.processes.url
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.processes is None:
+            super().__exit__(exc_type, exc, tb)
+        else:
+            self.processes.__exit__(exc_type, exc, tb)
 
     def load(self, model: str) -> ModelLoad:
         """How busy ``model`` is right now (in-flight, capacity, queue)."""
+        if self.processes is not None:
+            return self.processes.load(model)
         return self.app[STATE].admission.load(model)

@@ -23,6 +23,7 @@ per-replica gauges written there by each worker once a second.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -32,12 +33,15 @@ import signal
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from slurm_llm.node._ports import PortLease, lease_port
+from slurm_llm.router._admission import ModelLoad
 from slurm_llm.router._config import RouterConfig
 
 log = logging.getLogger("slurm_llm.router")
@@ -171,3 +175,87 @@ def supervise(
                           process.exitcode)  # fmt: skip
                 time.sleep(RESTART_BACKOFF_S)
                 processes[worker] = start(worker)
+
+
+def run_supervisor(
+    host: str,
+    port: int,
+    home: Path | None,
+    deployment: str | None,
+    config: RouterConfig,
+    static: Sequence[tuple[str, str]],
+    serving: Any,
+) -> None:
+    """``serve_workers`` in a process of its own (``RouterProcesses``); sets ``serving`` once
+    every worker listens."""
+    serve_workers(host, port, home, deployment, config, static, on_serving=serving.set)
+
+
+class RouterProcesses:
+    """``config.workers`` routers on one port, started from a process that goes on with other
+    work (a notebook, a workflow, a test), as ``RouterThread`` runs one: the supervisor runs in
+    a child process, which the context stops (draining the workers) on the way out."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        home: Path | None,
+        deployment: str | None,
+        config: RouterConfig,
+        static: Sequence[tuple[str, str]],
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.url = ""
+        self._args = (home, deployment, config, static)
+        self._lease: PortLease | None = None
+        self._process: BaseProcess | None = None
+
+    def __enter__(self) -> RouterProcesses:
+        if not self.port:  # the workers must agree on one port: leased here, held while they run
+            self._lease = lease_port(self.host)
+            self.port = self._lease.port
+        context = multiprocessing.get_context("spawn")
+        serving = context.Event()
+        self._process = context.Process(
+            target=run_supervisor,
+            args=(self.host, self.port, *self._args, serving),
+            name="slurm-llm-router-supervisor",
+        )
+        self._process.start()
+        while not serving.wait(0.1):
+            if self._process.exitcode is not None:
+                self._release()
+                raise RuntimeError(
+                    f"the router's workers exited with {self._process.exitcode} before they "
+                    "listened; their output says why"
+                )
+        self.url = f"http://{self.host}:{self.port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        process = self._process
+        if process is not None and process.pid is not None and process.exitcode is None:
+            os.kill(process.pid, signal.SIGTERM)  # each worker drains, then the supervisor ends
+            _, _, config, _ = self._args
+            process.join(config.drain_s + 15)
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+
+    def load(self, model: str) -> ModelLoad:
+        """How busy ``model`` is, as ``/v1/load`` says: the view of the worker that answers."""
+        with urllib.request.urlopen(f"{self.url}/v1/load", timeout=10) as answer:
+            loads = json.loads(answer.read())["models"]
+        for load in loads:
+            if load["model"] == model:
+                load.pop("utilisation", None)
+                return ModelLoad(**load)
+        raise KeyError(f"{model!r} is not served")

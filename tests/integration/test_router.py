@@ -64,6 +64,7 @@ def test_the_async_client_works_too(router: RouterThread) -> None:
     assert asyncio.run(many()) == 6
 
 
+@pytest.mark.single_process
 def test_load_is_spread_over_the_replicas(router: RouterThread) -> None:
     before = {b.url: b.answered for b in router.pool.backends.values()}
     with ThreadPoolExecutor(8) as pool:

@@ -55,6 +55,7 @@ def burst(url: str, requests: int = 8) -> list[tuple[int, str | None]]:
     return asyncio.run(send())
 
 
+@pytest.mark.single_process
 def test_overload_gets_429_with_retry_after_and_the_rest_are_served(
     tight_router: RouterThread,
 ) -> None:
@@ -64,6 +65,7 @@ def test_overload_gets_429_with_retry_after_and_the_rest_are_served(
     assert all(retry and int(retry) >= 1 for status, retry in outcomes if status == 429)
 
 
+@pytest.mark.single_process
 def test_the_load_shows_in_flight_capacity_and_queue(tight_router: RouterThread) -> None:
     story = {**LONG, "max_tokens": 256}
 
@@ -90,6 +92,7 @@ def test_the_load_shows_in_flight_capacity_and_queue(tight_router: RouterThread)
     assert tight_router.load("smollm2").in_flight == 0
 
 
+@pytest.mark.single_process
 def test_a_client_that_leaves_while_its_request_waits_takes_it_out_of_the_queue(
     tight_router: RouterThread,
 ) -> None:
@@ -152,6 +155,7 @@ def test_metrics_count_requests_queueing_rejections_and_replicas(
     assert 'slurm_llm_router_queue_depth{model="smollm2"} 0.0' in text
 
 
+@pytest.mark.single_process
 def test_round_robin_alternates_replicas(
     smollm2_llamacpp: Deployment, slurm_llm_home: Path
 ) -> None:
@@ -163,6 +167,7 @@ def test_round_robin_alternates_replicas(
         assert spent(router, before) == [3, 3]
 
 
+@pytest.mark.single_process
 def test_a_session_sticks_to_one_replica(router: RouterThread) -> None:
     before = answered(router)
     for _ in range(6):
@@ -171,6 +176,7 @@ def test_a_session_sticks_to_one_replica(router: RouterThread) -> None:
     assert spent(router, before) == [0, 6]
 
 
+@pytest.mark.single_process
 def test_prefix_affinity_keeps_a_shared_prompt_on_one_replica(
     smollm2_llamacpp: Deployment, slurm_llm_home: Path
 ) -> None:

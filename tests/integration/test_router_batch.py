@@ -10,6 +10,7 @@ from tests.integration.helpers import post
 pytestmark = pytest.mark.llamacpp
 
 
+@pytest.mark.single_process
 def test_a_batch_comes_back_in_order_with_bad_items_reported_in_place(router: RouterThread) -> None:
     before = {b.url: b.answered for b in router.pool.backends.values()}
     requests: list[object] = [{"prompt": f"{n}, {n + 1},"} for n in range(10)]

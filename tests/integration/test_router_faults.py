@@ -13,7 +13,6 @@ import pytest
 
 from slurm_llm import Deployment
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
-from slurm_llm.router._state import STATE
 from tests.integration.helpers import (
     COUNTING_STREAMS,
     deploy_smollm2,
@@ -21,6 +20,7 @@ from tests.integration.helpers import (
     read_stream,
     wait_until,
 )
+from tests.scraping import scraped
 
 pytestmark = pytest.mark.llamacpp
 
@@ -37,10 +37,10 @@ def router(smollm2_llamacpp: Deployment, slurm_llm_home: Path) -> Iterator[Route
 
 
 def sample(router: RouterThread, name: str, labels: dict[str, str]) -> float:
-    value = router.app[STATE].metrics.registry.get_sample_value(name, labels)
-    return value or 0.0
+    return scraped(router.url, name, labels)
 
 
+@pytest.mark.single_process
 def test_the_malformed_request_that_once_ejected_every_replica_is_a_400(
     router: RouterThread,
 ) -> None:
@@ -57,6 +57,7 @@ def test_the_malformed_request_that_once_ejected_every_replica_is_a_400(
     assert [b.failures for b in router.pool.of(MODEL)] == [0, 0]
 
 
+@pytest.mark.single_process
 def test_a_request_every_engine_fails_is_passed_on_not_retried_and_ejects_nobody(
     router: RouterThread,
 ) -> None:
@@ -85,6 +86,7 @@ def test_a_request_every_engine_fails_is_passed_on_not_retried_and_ejects_nobody
 
 
 @pytest.mark.parametrize(("path", "body"), COUNTING_STREAMS, ids=["text", "chat"])
+@pytest.mark.single_process
 def test_a_stream_whose_engine_is_killed_continues_on_the_other_replica(
     slurm_llm_home: Path, path: str, body: dict[str, Any]
 ) -> None:

@@ -76,6 +76,7 @@ def operations(router_url: str) -> list[Any]:
     return [op for op in found if op.path not in SKIPPED]
 
 
+@pytest.mark.single_process
 def test_no_body_makes_the_router_fail_or_eject_a_replica(router: RouterThread) -> None:
     router_faults: list[str] = []
     request_faults: list[str] = []

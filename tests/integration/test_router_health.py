@@ -37,6 +37,7 @@ def frozen(record: EndpointRecord) -> Iterator[None]:
         os.kill(record.engine_pid, signal.SIGCONT)
 
 
+@pytest.mark.single_process
 def test_a_hung_replica_is_probed_out_and_back_in(
     frozen_pair: Deployment, slurm_llm_home: Path
 ) -> None:
@@ -56,6 +57,7 @@ def test_a_hung_replica_is_probed_out_and_back_in(
 
 
 @pytest.mark.parametrize("failover", ["on", "off"])
+@pytest.mark.single_process
 def test_a_stream_that_goes_silent_continues_elsewhere_or_ends_with_an_error_event(
     frozen_pair: Deployment, slurm_llm_home: Path, failover: str
 ) -> None:

@@ -67,6 +67,7 @@ def tight_router(smollm2_llamacpp: Deployment, slurm_llm_home: Path) -> Iterator
         yield router
 
 
+@pytest.mark.single_process
 def test_the_tribunal_degrades_under_load_and_not_without(tight_router: RouterThread) -> None:
     calm = post(f"{tight_router.url}/v1/tribunal", {**QUESTION, "max_rounds": 1}).body
     assert calm["mode"] == "full"

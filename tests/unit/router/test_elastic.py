@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from slurm_llm import Autoscale
 from slurm_llm._api_keys import KeysFile
@@ -57,6 +58,7 @@ def leave_after_the_first_comment(router: RouterThread, headers: dict[str, str])
     return asyncio.run(leave())
 
 
+@pytest.mark.single_process
 def test_a_stream_whose_client_leaves_during_a_wake_up_is_counted_499_and_leaves_the_queue(
     tmp_path: Path,
 ) -> None:
@@ -74,6 +76,7 @@ def test_a_stream_whose_client_leaves_during_a_wake_up_is_counted_499_and_leaves
         assert router.load("m").queued == 0
 
 
+@pytest.mark.single_process
 def test_a_request_that_reached_no_replica_is_charged_no_tokens(tmp_path: Path) -> None:
     """A key with room for one chat's estimate: the chat that left during the wake-up used
     none of it, so the next one is admitted (and, from a router that rejects cold starts, told

@@ -34,7 +34,7 @@ from slurm_llm.router._failover import (
     continued_events,
     sent_so_far,
 )
-from slurm_llm.router._state import STATE
+from tests.scraping import scraped
 from tests.unit.test_registry import record
 
 BREAK_AFTER = 3
@@ -149,9 +149,8 @@ def decoded(payloads: list[bytes]) -> list[dict[str, Any]]:
 
 
 def continued(router: RouterThread, outcome: str = "continued") -> float:
-    registry = router.app[STATE].metrics.registry
     labels = {"model": "m", "outcome": outcome}
-    return registry.get_sample_value("slurm_llm_router_stream_continuations_total", labels) or 0
+    return scraped(router.url, "slurm_llm_router_stream_continuations_total", labels)
 
 
 def test_a_broken_text_stream_continues_on_the_other_replica(
@@ -270,9 +269,9 @@ def test_a_replica_that_leaves_the_registry_mid_stream_is_cut_off_and_the_stream
         registry.withdraw("d", serving, f"1_{serving}")
         reader.join(60)
         assert time.monotonic() - silenced < 20  # well before the 100 s idle timeout
+        assert continued(router) == 1
     events = decoded(result[0])
     assert "".join(c["text"] for e in events for c in e["choices"]) == " 1 2 3 4 5 6 7 8"
-    assert continued(router) == 1
 
 
 def test_a_stream_that_ends_without_done_is_continued() -> None:
@@ -293,10 +292,10 @@ def test_a_stream_an_engine_ends_with_an_error_event_continues_and_nobody_is_eje
         body = {"model": "m", "prompt": "count:", "max_tokens": 8}
         payloads = stream(router, "/v1/completions", body)
         assert router.load("m").routable == 2
+        assert continued(router) == 1
     text = "".join(c["text"] for e in decoded(payloads) for c in e["choices"])
     assert text == " 1 2 3 4 5 6 7 8" and payloads[-1] == b"[DONE]"
     assert [len(r.bodies) for r in pair] == [1, 1]  # the continuation went to the other one
-    assert continued(router) == 1
 
 
 def test_a_stream_two_engines_end_with_errors_gets_the_engine_s_error_and_nobody_is_ejected() -> (
@@ -307,11 +306,11 @@ def test_a_stream_two_engines_end_with_errors_gets_the_engine_s_error_and_nobody
         body = {"model": "m", "messages": [{"role": "user", "content": "count:"}], "max_tokens": 9}
         payloads = stream(router, "/v1/chat/completions", body)
         assert router.load("m").routable == 2
+        assert continued(router) == 1 and continued(router, "request_fault") == 1
     *answer, error = decoded(payloads)
     text = "".join(c["delta"].get("content", "") for e in answer for c in e["choices"])
     assert text == " 1 2 3 4 5 6" and error["error"]["message"] == ENGINE_ERROR
     assert payloads[-1] == b"[DONE]"
-    assert continued(router) == 1 and continued(router, "request_fault") == 1
 
 
 SENT = SentSoFar(" 1 2", 2, "cmpl-1", 7, finished=False, continuable=True)

@@ -19,8 +19,8 @@ from aiohttp import web
 
 from slurm_llm._app_thread import AppThread
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
-from slurm_llm.router._state import STATE
 from tests.integration.helpers import post
+from tests.scraping import scraped
 
 GOOD = {"model": "m", "prompt": "Hi", "max_tokens": 2}
 POISONED = {**GOOD, "poison": True}
@@ -69,9 +69,8 @@ def two_picky() -> Iterator[tuple[list[StandInReplica], RouterThread]]:
 
 
 def faults_counted(router: RouterThread) -> float:
-    registry = router.app[STATE].metrics.registry
     labels = {"model": "m", "status": "500"}
-    return registry.get_sample_value("slurm_llm_router_request_faults_total", labels) or 0.0
+    return scraped(router.url, "slurm_llm_router_request_faults_total", labels)
 
 
 def test_a_request_two_replicas_refuse_is_its_own_fault(
@@ -108,6 +107,7 @@ def test_a_stream_two_replicas_refuse_is_its_own_fault(
     assert router.load("m").routable == 2
 
 
+@pytest.mark.single_process
 def test_a_replica_that_fails_what_another_answers_is_ejected() -> None:
     broken, healthy = StandInReplica(broken=True), StandInReplica()
     stack, router = routed([broken, healthy])

@@ -26,6 +26,7 @@ def fetch(url: str) -> tuple[str, str]:
         return reply.headers["Content-Type"], reply.read().decode()
 
 
+@pytest.mark.single_process
 def test_every_route_is_documented(router: RouterThread) -> None:
     kind, text = fetch(f"{router.url}/openapi.json")  # no key needed, though keys are on
     document = json.loads(text)

@@ -87,6 +87,7 @@ def test_the_replica_is_free_as_soon_as_the_client_reads_done(router: RouterThre
     read_until_done(router)
 
 
+@pytest.mark.single_process
 def test_a_client_hanging_up_after_done_neither_ejects_the_replica_nor_repeats_the_request(
     router: RouterThread, upstream: StandInUpstream
 ) -> None:
@@ -97,6 +98,7 @@ def test_a_client_hanging_up_after_done_neither_ejects_the_replica_nor_repeats_t
     assert upstream.requests == 1
 
 
+@pytest.mark.single_process
 def test_a_replica_that_breaks_off_is_ejected_before_the_client_reads_the_error(
     router: RouterThread, upstream: StandInUpstream
 ) -> None:

@@ -33,11 +33,13 @@ class CountingUpstream(AppThread):
         self.hold_s = hold_s
         self.now = 0
         self.most = 0
+        self.requests = 0
         app = web.Application()
         app.router.add_post("/v1/completions", self.complete)
         super().__init__(app)
 
     async def complete(self, request: web.Request) -> web.Response:
+        self.requests += 1
         self.now += 1
         self.most = max(self.most, self.now)
         await asyncio.sleep(self.hold_s)
@@ -45,12 +47,12 @@ class CountingUpstream(AppThread):
         return web.json_response({"choices": [{"text": "hi"}]})
 
 
-def complete(port: int) -> int:
+def complete(port: int, headers: dict[str, str] | None = None) -> int:
     """One completion on a connection of its own; its status."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/completions",
         data=b'{"model": "m", "prompt": "x"}',
-        headers={"Content-Type": "application/json", "Connection": "close"},
+        headers={"Content-Type": "application/json", "Connection": "close", **(headers or {})},
     )
     with urllib.request.urlopen(request, timeout=30) as answer:
         return int(answer.status)
@@ -152,3 +154,14 @@ def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
         assert router.wait(timeout=30) == 0
         assert len(workers) == 2
         assert wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in workers), 10, 0.1)
+
+
+def test_a_session_sticks_to_one_replica_whichever_worker_takes_it(tmp_path: Path) -> None:
+    """Rendezvous hashing of the session header is the same in every worker."""
+    with CountingUpstream() as first, CountingUpstream() as second:
+        port = free_port()
+        options = ("--workers", "2", "--backend", f"m={second.url}")
+        with router_process(port, first.url, tmp_path, *options):
+            session = {"X-Session-ID": "conversation-7"}
+            assert [complete(port, session) for _ in range(12)] == [200] * 12
+        assert sorted([first.requests, second.requests]) == [0, 12]
