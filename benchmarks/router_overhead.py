@@ -299,6 +299,11 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--waves", type=int, default=3)
     parser.add_argument("--baseline", help="a commit whose router runs beside today's")
+    parser.add_argument(
+        "--replica-limit", type=int, default=0,
+        help="slots of the mock replica in every router (default: no limit); with a limit "
+        "below the load, the routers queue, and router-x2 splits the slots between its workers",
+    )  # fmt: skip
     parser.add_argument("--with-keys", action="store_true",
                         help="also a router with named keys, limits and usage records")  # fmt: skip
     return parser.parse_args()
@@ -343,18 +348,12 @@ def main() -> None:
             )
         )
         backends = ["--backend", f"mock={mock}", "--backend", f"mock-slow={slow}"]
+        if args.replica_limit:  # the admission queue in the path: what splitting slots costs
+            backends += ["--replica-limit", str(args.replica_limit)]
         router = stack.enter_context(
             router_process(router_argv, router_port, backends, work / "router.log")
         )
-        bare_port = stack.enter_context(lease_port("127.0.0.1")).port
-        stack.enter_context(
-            background(
-                [sys.executable, str(HERE / "_bare_proxy.py"), "--port", str(bare_port),
-                 "--upstream", mock],
-                answers(f"http://127.0.0.1:{bare_port}/health"),
-                work / "bare.log",
-            )
-        )  # fmt: skip
+        bare = bare_proxy(stack, mock, work)
         two_port = stack.enter_context(lease_port("127.0.0.1")).port
         stack.enter_context(
             router_process(
@@ -389,7 +388,7 @@ def main() -> None:
             "router": f"http://127.0.0.1:{router_port}/v1/chat/completions",
             "nginx": f"{nginx.url}/mock/v1/chat/completions",
             TWO: f"http://127.0.0.1:{two_port}/v1/chat/completions",
-            "bare": f"http://127.0.0.1:{bare_port}/v1/chat/completions",
+            "bare": bare,
         }
         if baseline_url:
             urls[f"router@{args.baseline}"] = baseline_url
@@ -446,14 +445,26 @@ def prepared_machine(console: Console) -> dict[str, Any]:
     return info
 
 
+def bare_proxy(stack: ExitStack, upstream: str, work: Path) -> str:
+    """``_bare_proxy.py`` in front of ``upstream`` until ``stack`` closes; its chat URL."""
+    port = stack.enter_context(lease_port("127.0.0.1")).port
+    argv = [sys.executable, str(HERE / "_bare_proxy.py"), "--port", str(port),
+            "--upstream", upstream]  # fmt: skip
+    stack.enter_context(
+        background(argv, answers(f"http://127.0.0.1:{port}/health"), work / "bare.log")
+    )
+    return f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
 @contextmanager
 def router_process(
     argv: list[str], port: int, backends: list[str], log: Path, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     options = [
-        "router", "--host", "127.0.0.1", "--port", str(port), *backends,
-        # Measure the proxy, not the admission queue: no per-replica cap to wait for.
-        "--replica-limit", "100000", "--max-queue", "100000", "--probe-interval", "0",
+        "router", "--host", "127.0.0.1", "--port", str(port),
+        # Measure the proxy, not the admission queue: no per-replica cap to wait for (unless
+        # ``backends`` ends with a --replica-limit of its own: the last one counts).
+        "--replica-limit", "100000", "--max-queue", "100000", "--probe-interval", "0", *backends,
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}/health"
     with background([*argv, *options], answers(url), log, env=env) as process:

@@ -91,6 +91,8 @@ class Limiter:
         self.used_since = used_since
         self.clock = clock
         self.keys: dict[str, KeyState] = {}
+        self._calendar_day = -1
+        self._calendar_names = ("", "")
 
     def admit(self, identity: Identity, tokens: int) -> Grant:
         """Counts one request of ``identity`` that may use ``tokens``, or raises ``LimitHit``."""
@@ -177,19 +179,31 @@ class Limiter:
     def _state(self, identity: Identity, now: float) -> KeyState:
         """The key's state, its window aged to ``now`` and its day and month current; a key
         seen first (or first since a restart) starts from the usage log."""
-        state = self.keys.setdefault(identity.name, KeyState())
+        state = self.keys.get(identity.name)
+        if state is None:
+            state = self.keys[identity.name] = KeyState()
         state.aged_to = now - WINDOW_S
         while state.window and state.window[0].at <= state.aged_to:
             state.window_tokens -= state.window.popleft().tokens
-        when = datetime.fromtimestamp(now, UTC)
-        day, month = when.strftime("%Y-%m-%d"), when.strftime("%Y-%m")
+        day, month = self._calendar(now)
         if state.day != day and identity.tokens_per_day:
+            when = datetime.fromtimestamp(now, UTC)
             start = when.replace(hour=0, minute=0, second=0, microsecond=0)
             state.day, state.day_tokens = day, self.used_since(start).get(identity.name, 0)
         if state.month != month and identity.tokens_per_month:
+            when = datetime.fromtimestamp(now, UTC)
             start = when.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
             state.month, state.month_tokens = month, self.used_since(start).get(identity.name, 0)
         return state
+
+    def _calendar(self, now: float) -> tuple[str, str]:
+        """Today's and this month's names (UTC), worked out once a day: two ``strftime`` calls
+        on every request cost more than all of the limits' own arithmetic (profiled)."""
+        index = int(now // 86400)  # the epoch began at a UTC midnight
+        if index != self._calendar_day:
+            iso = datetime.fromtimestamp(now, UTC).date().isoformat()
+            self._calendar_day, self._calendar_names = index, (iso, iso[:7])
+        return self._calendar_names
 
 
 def next_day(when: datetime) -> datetime:
