@@ -58,3 +58,17 @@ class RouterConfig:
     record_usage: bool = True
     probes: ProbeConfig = field(default_factory=ProbeConfig)
     verdict_log: Path | None = None  # tribunal runs; None: <home>/tribunal/verdicts.jsonl
+
+
+@dataclass(frozen=True)
+class RouterSite:
+    """One router's place and settings: where it listens, whose replicas it routes (a home's
+    registry, one deployment's, fixed (model, URL) pairs) and how. What a worker process is
+    handed, whole."""
+
+    host: str
+    port: int
+    home: Path | None
+    deployment: str | None
+    config: RouterConfig
+    static: tuple[tuple[str, str], ...] = ()

@@ -22,7 +22,7 @@ from slurm_llm._registry import Registry
 from slurm_llm.router._admission import ModelLoad
 from slurm_llm.router._app import build_app
 from slurm_llm.router._backends import BackendPool
-from slurm_llm.router._config import RouterConfig
+from slurm_llm.router._config import RouterConfig, RouterSite
 from slurm_llm.router._state import STATE
 from slurm_llm.router._workers import RouterProcesses, serve_workers
 
@@ -66,28 +66,23 @@ def serve(
     With ``config.workers`` above 1, that many router processes serve the port (``_workers``)."""
     config = config or RouterConfig()
     config = replace(config, workers=max(config.workers, 1))  # 0 (one per CPU) means 1 here
+    site = RouterSite(host, port, home, deployment, config, tuple(static))
     if config.workers > 1:
-        serve_workers(host, port, home, deployment, config, static, on_serving)
+        serve_workers(site, on_serving)
     else:
-        serve_process(host, port, home, deployment, config, static, on_serving, reuse_port)
+        serve_process(site, on_serving, reuse_port)
 
 
 def serve_process(
-    host: str,
-    port: int,
-    home: Path | None,
-    deployment: str | None,
-    config: RouterConfig,
-    static: Sequence[tuple[str, str]],
-    on_serving: Callable[[], None] | None,
-    reuse_port: bool,
+    site: RouterSite, on_serving: Callable[[], None] | None, reuse_port: bool
 ) -> None:
     """``serve`` in this process: one router, one event loop."""
-    app = build_app(make_pool(home, deployment, static, config), config, home)
+    config = site.config
+    app = build_app(make_pool(site.home, site.deployment, site.static, config), config, site.home)
     raise_open_files_limit()
     loop = new_event_loop()
     try:
-        loop.run_until_complete(run_until_signalled(app, host, port, config, on_serving,
+        loop.run_until_complete(run_until_signalled(app, site.host, site.port, config, on_serving,
                                                     reuse_port))  # fmt: skip
     finally:
         loop.run_until_complete(loop.shutdown_default_executor())
@@ -165,7 +160,8 @@ class RouterThread(AppThread):
         config = config or RouterConfig()
         self.processes: RouterProcesses | None = None
         if config.workers > 1:
-            self.processes = RouterProcesses(host, port, home, deployment, config, static)
+            site = RouterSite(host, port, home, deployment, config, tuple(static))
+            self.processes = RouterProcesses(site)
             self.host, self.port, self.url = host, port, ""
             return
         self._pool = make_pool(home, deployment, static, config)
@@ -182,7 +178,7 @@ class RouterThread(AppThread):
         if self.processes is None:
             return super().__enter__()
         self.processes.__enter__()
-        self.port, self.url = self.processes.port, self.processes.url
+        self.port, self.url = self.processes.site.port, self.processes.url
         return self
 
     def __exit__(

@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -42,7 +42,7 @@ from typing import Any
 
 from slurm_llm.node._ports import PortLease, lease_port
 from slurm_llm.router._admission import ModelLoad
-from slurm_llm.router._config import RouterConfig
+from slurm_llm.router._config import RouterSite
 
 log = logging.getLogger("slurm_llm.router")
 
@@ -50,16 +50,7 @@ METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_BACKOFF_S = 1.0  # a worker that dies at once is not restarted in a tight loop
 
 
-def run_worker(
-    worker: int,
-    host: str,
-    port: int,
-    home: Path | None,
-    deployment: str | None,
-    config: RouterConfig,
-    static: Sequence[tuple[str, str]],
-    ready: Any,
-) -> None:
+def run_worker(worker: int, site: RouterSite, ready: Any) -> None:
     """One worker's life: a whole router on the shared port; tells ``ready`` once it listens.
     It has a process group of its own, so a Ctrl-C reaches the supervisor only (which has each
     worker drain once), and it drains by itself if the supervisor is gone (killed)."""
@@ -68,8 +59,8 @@ def run_worker(
     os.setpgrp()
     supervisor = os.getppid()
     threading.Thread(target=stop_when_orphaned, args=(supervisor,), daemon=True).start()
-    serve_process(host, port, home, deployment, replace(config, worker=worker), static,
-                  on_serving=lambda: ready.put(worker), reuse_port=True)  # fmt: skip
+    mine = replace(site, config=replace(site.config, worker=worker))
+    serve_process(mine, on_serving=lambda: ready.put(worker), reuse_port=True)
 
 
 def stop_when_orphaned(supervisor: int) -> None:
@@ -80,16 +71,8 @@ def stop_when_orphaned(supervisor: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def serve_workers(
-    host: str,
-    port: int,
-    home: Path | None,
-    deployment: str | None,
-    config: RouterConfig,
-    static: Sequence[tuple[str, str]],
-    on_serving: Callable[[], None] | None = None,
-) -> None:
-    """Blocks, running ``config.workers`` routers on ``host:port`` until SIGTERM or SIGINT;
+def serve_workers(site: RouterSite, on_serving: Callable[[], None] | None = None) -> None:
+    """Blocks, running ``site.config.workers`` routers on its port until SIGTERM or SIGINT;
     then each drains (as one router does) and this returns. ``on_serving`` is called once every
     worker listens."""
     metrics_dir = Path(tempfile.mkdtemp(prefix="slurm-llm-router-metrics-"))
@@ -102,7 +85,7 @@ def serve_workers(
     def start(worker: int) -> BaseProcess:
         process = context.Process(
             target=run_worker,
-            args=(worker, host, port, home, deployment, config, static, ready),
+            args=(worker, site, ready),
             name=f"slurm-llm-router-worker-{worker}",
         )
         process.start()
@@ -123,7 +106,7 @@ def serve_workers(
     processes: dict[int, BaseProcess] = {}
     old_handlers = {n: signal.signal(n, stop) for n in (signal.SIGTERM, signal.SIGINT)}
     try:
-        processes.update({worker: start(worker) for worker in range(config.workers)})
+        processes.update({worker: start(worker) for worker in range(site.config.workers)})
         waiting = set(processes)
         while waiting and not stopping:
             worker_ready(ready, waiting, processes)
@@ -177,18 +160,10 @@ def supervise(
                 processes[worker] = start(worker)
 
 
-def run_supervisor(
-    host: str,
-    port: int,
-    home: Path | None,
-    deployment: str | None,
-    config: RouterConfig,
-    static: Sequence[tuple[str, str]],
-    serving: Any,
-) -> None:
+def run_supervisor(site: RouterSite, serving: Any) -> None:
     """``serve_workers`` in a process of its own (``RouterProcesses``); sets ``serving`` once
     every worker listens."""
-    serve_workers(host, port, home, deployment, config, static, on_serving=serving.set)
+    serve_workers(site, on_serving=serving.set)
 
 
 class RouterProcesses:
@@ -196,31 +171,21 @@ class RouterProcesses:
     work (a notebook, a workflow, a test), as ``RouterThread`` runs one: the supervisor runs in
     a child process, which the context stops (draining the workers) on the way out."""
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        home: Path | None,
-        deployment: str | None,
-        config: RouterConfig,
-        static: Sequence[tuple[str, str]],
-    ) -> None:
-        self.host = host
-        self.port = port
+    def __init__(self, site: RouterSite) -> None:
+        self.site = site
         self.url = ""
-        self._args = (home, deployment, config, static)
         self._lease: PortLease | None = None
         self._process: BaseProcess | None = None
 
     def __enter__(self) -> RouterProcesses:
-        if not self.port:  # the workers must agree on one port: leased here, held while they run
-            self._lease = lease_port(self.host)
-            self.port = self._lease.port
+        if not self.site.port:  # the workers must agree on a port: leased, held while they run
+            self._lease = lease_port(self.site.host)
+            self.site = replace(self.site, port=self._lease.port)
         context = multiprocessing.get_context("spawn")
         serving = context.Event()
         self._process = context.Process(
             target=run_supervisor,
-            args=(self.host, self.port, *self._args, serving),
+            args=(self.site, serving),
             name="slurm-llm-router-supervisor",
         )
         self._process.start()
@@ -231,15 +196,14 @@ class RouterProcesses:
                     f"the router's workers exited with {self._process.exitcode} before they "
                     "listened; their output says why"
                 )
-        self.url = f"http://{self.host}:{self.port}"
+        self.url = f"http://{self.site.host}:{self.site.port}"
         return self
 
     def __exit__(self, *exc: object) -> None:
         process = self._process
         if process is not None and process.pid is not None and process.exitcode is None:
             os.kill(process.pid, signal.SIGTERM)  # each worker drains, then the supervisor ends
-            _, _, config, _ = self._args
-            process.join(config.drain_s + 15)
+            process.join(self.site.config.drain_s + 15)
             if process.exitcode is None:
                 process.kill()
                 process.join()
