@@ -197,8 +197,8 @@ class Limiter:
         return state
 
     def _calendar(self, now: float) -> tuple[str, str]:
-        """Today's and this month's names (UTC), worked out once a day: two ``strftime`` calls
-        on every request cost more than all of the limits' own arithmetic (profiled)."""
+        """Today's and this month's names (UTC), worked out once a day: ``strftime``, twice in
+        each of a request's two limiter calls, cost more than the limits' arithmetic (profiled)."""
         index = int(now // 86400)  # the epoch began at a UTC midnight
         if index != self._calendar_day:
             iso = datetime.fromtimestamp(now, UTC).date().isoformat()
