@@ -152,7 +152,7 @@ class SharedReplicaGauges:
             f"{prefix}_queue_depth", "Requests waiting for a free replica.", ["model"],
             registry=None, multiprocess_mode="livesum",
         )  # fmt: skip
-        self._answered: dict[tuple[str, str], int] = {}
+        self._answered: dict[tuple[str, str | None], int] = {}  # by (url, job): last written
         self._shown: set[tuple[str, str]] = set()
         self._models: set[str] = set()
 
@@ -160,18 +160,22 @@ class SharedReplicaGauges:
         now = time.monotonic()
         pool = self.admission.pool
         shown = set()
+        answered: dict[tuple[str, str | None], int] = {}
         for backend in pool.backends.values():
             labels = (backend.model, backend.url)
             shown.add(labels)
             for _, name, _, value in REPLICA_METRICS:
                 if name in self.gauges:
                     self.gauges[name].labels(*labels).set(value(backend, now))
-            self.answered.labels(*labels).inc(backend.answered - self._answered.get(labels, 0))
-            self._answered[labels] = backend.answered
+            # By job: a new job at an old address is a new backend, counting from 0 again.
+            job = (backend.url, backend.job)
+            self.answered.labels(*labels).inc(backend.answered - self._answered.get(job, 0))
+            answered[job] = backend.answered
         for labels in self._shown - shown:
             for gauge in self.gauges.values():
                 gauge.labels(*labels).set(0)
         self._shown = shown
+        self._answered = answered
         models = set(pool.models())
         for model in models | self._models:
             self.queued.labels(model).set(len(self.admission.queues.get(model, ())))

@@ -21,7 +21,10 @@ from hypothesis import strategies as st
 
 from slurm_llm._app_thread import AppThread
 from slurm_llm._polling import wait_until
-from slurm_llm.router._backends import slot_share
+from slurm_llm.router._admission import Admission
+from slurm_llm.router._backends import Backend, BackendPool, slot_share
+from slurm_llm.router._metrics import SharedReplicaGauges
+from slurm_llm.router._policies import make_policy
 from tests.unit.router.test_router_cli import SlowStreams, free_port, router_process, stream_text
 
 
@@ -165,3 +168,18 @@ def test_a_session_sticks_to_one_replica_whichever_worker_takes_it(tmp_path: Pat
             session = {"X-Session-ID": "conversation-7"}
             assert [complete(port, session) for _ in range(12)] == [200] * 12
         assert sorted([first.requests, second.requests]) == [0, 12]
+
+
+def test_a_new_job_at_an_old_address_keeps_the_shared_answered_counter_counting() -> None:
+    """The gauges the workers share (written without the multiprocess folder here, which
+    changes where values live, not what is written): a replica's job replaced at its address
+    starts again from 0 answered, which must neither fail the writer (a negative ``inc``) nor
+    take the counter back."""
+    pool = BackendPool(None, static=[("m", "http://127.0.0.1:9")])
+    shared = SharedReplicaGauges(Admission(pool, make_policy("power-of-two")))
+    pool.backends["http://127.0.0.1:9"].answered = 5
+    shared.write()
+    pool.backends["http://127.0.0.1:9"] = Backend("http://127.0.0.1:9", "m", job="2", answered=2)
+    shared.write()
+    [family] = shared.answered.collect()
+    assert [s.value for s in family.samples if s.name.endswith("_total")] == [7]
