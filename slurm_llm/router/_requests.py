@@ -47,7 +47,8 @@ def parsed_json(raw: bytes) -> tuple[bytes, dict[str, Any]]:
     digits: a ``seed`` must reach the engine as sent, also when the router re-encodes the body),
     is read again by the standard library, which says precisely what is wrong, or accepts it
     (a lone surrogate in a string)."""
-    if not too_deep(raw) and not LONG_INTEGER.search(raw):
+    deep = too_deep(raw)
+    if not deep and not LONG_INTEGER.search(raw):
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -59,7 +60,7 @@ def parsed_json(raw: bytes) -> tuple[bytes, dict[str, Any]]:
         text = raw.decode("utf-8")  # json.loads would take UTF-16 too, which the scan misreads
     except UnicodeDecodeError:
         raise RouterError(400, "the request body is not UTF-8 text") from None
-    if too_deep(raw):
+    if deep:
         raise RouterError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         body = json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)

@@ -90,7 +90,8 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.idle_s: float | None = None  # of the exchange under way: silence allowed
-        self.timers: list[asyncio.TimerHandle] = []
+        self.deadline_timer: asyncio.TimerHandle | None = None
+        self.silence_timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -179,14 +180,15 @@ class Connection(asyncio.Protocol):
         self.last_data = now
         self.idle_s = idle_s
         if deadline is not None:
-            self.timers.append(loop.call_later(max(deadline - now, 0.0), self._past_deadline))
+            self.deadline_timer = loop.call_later(max(deadline - now, 0.0), self._past_deadline)
         if idle_s is not None:
-            self.timers.append(loop.call_later(idle_s, self._check_silence))
+            self.silence_timer = loop.call_later(idle_s, self._check_silence)
 
     def disarm(self) -> None:
-        for timer in self.timers:
-            timer.cancel()
-        self.timers.clear()
+        for timer in (self.deadline_timer, self.silence_timer):
+            if timer is not None:
+                timer.cancel()
+        self.deadline_timer = self.silence_timer = None
 
     def _past_deadline(self) -> None:
         self.fail(TimeoutError("the replica did not answer in time"))
@@ -204,7 +206,7 @@ class Connection(asyncio.Protocol):
             return
         if not self.complete:
             loop = asyncio.get_running_loop()
-            self.timers.append(loop.call_later(self.idle_s - silent, self._check_silence))
+            self.silence_timer = loop.call_later(self.idle_s - silent, self._check_silence)
 
     def send(self, path: bytes, body: bytes) -> None:
         self._reset()

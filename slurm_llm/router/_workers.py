@@ -28,6 +28,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import shutil
 import signal
 import tempfile
@@ -127,7 +128,7 @@ def worker_ready(ready: Any, waiting: set[int], processes: dict[int, BaseProcess
     """Waits a little for a worker to say it listens; fails if one exits first."""
     try:
         waiting.discard(ready.get(timeout=0.2))
-    except Exception:  # queue.Empty: none yet
+    except queue.Empty:  # none yet
         for worker in waiting:
             if processes[worker].exitcode is not None:
                 raise RuntimeError(
