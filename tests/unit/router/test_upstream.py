@@ -68,6 +68,16 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Whether ``condition()`` came to hold within ``timeout``, looked at every 10 ms."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(test())
 
@@ -107,7 +117,8 @@ def test_a_kept_connection_the_replica_closed_costs_the_request_nothing() -> Non
         async with ScriptedServer(answer_once) as server:
             upstreams = Upstreams(connect_timeout_s=5)
             assert await upstreams.fetch(server.url, "/", b"{}", 5) == (200, b"{}")
-            await asyncio.sleep(0.05)  # its close arrives: the kept connection is dead
+            kept = [c for idle in upstreams._idle.values() for c in idle]
+            assert await until(lambda: all(c.closed for c in kept))  # the replica's close came
             assert await upstreams.fetch(server.url, "/", b"{}", 5) == (200, b"{}")
             assert server.connections == 2
 
@@ -238,9 +249,8 @@ def test_a_slow_reader_holds_bounded_memory() -> None:
     async def test() -> None:
         async with ScriptedServer(floods) as server:
             answer = await Upstreams(5).post(server.url, "/", b"{}", deadline=None, idle_s=5)
-            await asyncio.sleep(0.5)  # nobody reads
             connection = answer._connection
-            assert connection.paused
+            assert await until(lambda: connection.paused)  # nobody reads
             assert connection.buffered < HIGH_WATER + 512 * 1024  # one socket read past it
             received = 0
             async for piece in answer.chunks():
