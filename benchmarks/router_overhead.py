@@ -59,7 +59,7 @@ from _servers import answers, background, rss_mib
 from slurm_llm import _debian
 from slurm_llm._api_keys import KeysFile
 from slurm_llm.bench import percentile
-from slurm_llm.nginx import NginxConfig, NginxServer
+from slurm_llm.nginx import NginxConfig, NginxServer, ensure_nginx
 from slurm_llm.node._ports import lease_port
 
 HERE = Path(__file__).parent
@@ -424,12 +424,14 @@ def main() -> None:
 
 
 def prepared_machine(console: Console) -> dict[str, Any]:
-    """wrk installed, open files raised; the machine's description, printed and returned."""
+    """wrk and nginx installed, open files raised; the machine's description, printed and
+    returned."""
     open_files = raise_open_files()
     _debian.ensure_packages(("wrk",), ("wrk",), RuntimeError, "this benchmark")
+    nginx = ensure_nginx()
     info = machine_info(("slurm-llm", "aiohttp", "uvloop"))
     nginx_version = subprocess.run(
-        ["/usr/sbin/nginx", "-v"], capture_output=True, text=True, check=False
+        [nginx, "-v"], capture_output=True, text=True, check=False
     ).stderr.strip()
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
     info["packages"]["nginx"] = nginx_version.removeprefix("nginx version: ")

@@ -30,6 +30,7 @@ from _report import RESULTS, describe, machine_info
 from _servers import answers, background
 from router_overhead import WRK_SCRIPT, loadgen, raise_open_files, router_process, wrk
 
+from slurm_llm import _debian
 from slurm_llm.node._ports import lease_port
 
 HERE = Path(__file__).parent
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=30)
     args = parser.parse_args()
     raise_open_files()
+    _debian.ensure_packages(("wrk",), ("wrk",), RuntimeError, "this benchmark")
     info = machine_info(("slurm-llm", "aiohttp", "uvloop", "httptools", "py-spy"))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(exist_ok=True)
