@@ -64,6 +64,9 @@ class Identity(BaseModel):
     tokens_per_month: int | None = Field(default=None, ge=1)
     created: str | None = None
     revoked: str | None = None  # when; a revoked key is refused, its usage stays attributed
+    # May change the service, not only use it: scale and stop deployments, read every key's
+    # usage and the tribunal's verdict log (which holds every caller's prompts) in the console.
+    operator: bool = False
 
     def may_use(self, model: str) -> bool:
         return "*" in self.models or model in self.models
@@ -216,7 +219,10 @@ class KeysFile:
         for name, identity in identities.items():
             lines.append(f"[keys.{toml_key(name)}]")
             for field, value in identity.model_dump(exclude={"name"}).items():
-                if value is not None and not (field == "models" and value == ("*",)):
+                default = (field == "models" and value == ("*",)) or (
+                    field == "operator" and value is False
+                )  # left out, so files written before the field existed stay as they were
+                if value is not None and not default:
                     lines.append(f"{field} = {toml_value(value)}")
             lines.append("")
         write_atomic(self.path, "\n".join(lines))
@@ -228,6 +234,8 @@ def toml_key(name: str) -> str:
 
 
 def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):  # a JSON string is a TOML basic string, every character escaped
         return json.dumps(value)
     if isinstance(value, tuple | list):

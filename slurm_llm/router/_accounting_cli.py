@@ -39,7 +39,9 @@ def default_keys_file() -> Path:
 def cmd_keys(args: argparse.Namespace) -> int:
     keys = KeysFile(Path(args.file) if args.file else default_keys_file())
     if args.action == "add":
-        settings: dict[str, object] = {"account": args.account, "priority": args.priority}
+        settings: dict[str, object] = {
+            "account": args.account, "priority": args.priority, "operator": args.operator or None,
+        }  # fmt: skip
         if args.models:
             settings["models"] = tuple(args.models.split(","))
         settings.update({limit: getattr(args, limit) for limit in LIMITS})
@@ -50,11 +52,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
         keys.revoke(args.name)
         console.print(f"revoked {args.name!r}; a router reading {keys.path} refuses it within 1 s")
     else:
-        table = Table("name", "account", "models", "priority", "limits", "created", "revoked")
+        table = Table(
+            "name", "account", "models", "priority", "operator", "limits", "created", "revoked"
+        )
         for identity in keys.identities().values():
             limits = ", ".join(f"{n}={v}" for n in LIMITS if (v := getattr(identity, n)))
             table.add_row(identity.name, identity.account or "-", ",".join(identity.models),
-                          identity.priority, limits or "none", identity.created or "-",
+                          identity.priority, "yes" if identity.operator else "",
+                          limits or "none", identity.created or "-",
                           identity.revoked or "")  # fmt: skip
         console.print(table)
     return 0
@@ -153,6 +158,9 @@ def add_accounting_commands(commands: Any) -> None:
     keys.add_argument("--account", help="the SLURM account its usage is charged to")
     keys.add_argument("--models", help="comma-separated models it may use (default: all)")
     keys.add_argument("--priority", choices=["interactive", "batch"], default=None)
+    keys.add_argument("--operator", action="store_true",
+                      help="may scale and stop deployments and read every key's usage and the "
+                      "verdict log in the console")  # fmt: skip
     for limit in LIMITS:
         keys.add_argument(f"--{limit.replace('_', '-')}", dest=limit, type=int, default=None)
     keys.set_defaults(handler=checked_keys)

@@ -21,12 +21,16 @@ from slurm_llm._usage import UsageLog
 from slurm_llm.router import (
     _batch,
     _batches_api,
+    _console,
+    _deployments_api,
     _files_api,
+    _load_history,
     _map_reduce_api,
     _openai_api,
     _openapi,
     _tgi_api,
     _tribunal_api,
+    _verdicts_api,
 )
 from slurm_llm.router._admission import Rejected
 from slurm_llm.router._auth import OPEN_PATHS
@@ -41,6 +45,7 @@ from slurm_llm.router._state import MODEL, STATE, STATUS, RouterState
 from slurm_llm.router._upstream import Upstreams
 
 log = logging.getLogger("slurm_llm.router")
+OPEN = OPEN_PATHS | _console.asset_paths()  # the console's files hold no data (``_console``)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -60,7 +65,7 @@ async def checked(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
     started = time.monotonic()
     try:
-        if request.path not in OPEN_PATHS:
+        if request.path not in OPEN:
             request[CALLER] = state.callers.identify(request)
         response = await handler(request)
     except RouterError as exc:
@@ -149,6 +154,11 @@ def build_app(
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
     _openapi.add_routes(app)
+    _deployments_api.add_routes(app)
+    _load_history.add_routes(app)
+    _verdicts_api.add_routes(app)
+    if state.config.ui:
+        _console.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         upstreams = Upstreams(state.config.connect_timeout_s)

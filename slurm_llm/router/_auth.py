@@ -91,3 +91,23 @@ class Callers:
         if identity is None:
             raise RouterError(401, "the API key is not valid", "authentication_error")
         return identity
+
+
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
+
+
+def require_operator(callers: Callers, caller: Identity | None, peer: str | None) -> None:
+    """403 unless the caller may change the service (scale, stop) or read every caller's data
+    (all keys' usage, the verdict log): a key with ``operator = true``; on a router without
+    keys, a client on the router's own machine (whoever can reach an open router from
+    elsewhere is not thereby trusted to stop its models)."""
+    if caller is not None and caller.operator:
+        return
+    if not callers.required and peer in LOOPBACK:
+        return
+    why = (
+        f"key {caller.name!r} is not an operator's (slurm-llm keys add NAME --operator)"
+        if caller is not None
+        else "this router has no keys: only a client on its own machine may"
+    )
+    raise RouterError(403, f"this needs an operator: {why}", "permission_denied")

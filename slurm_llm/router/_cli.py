@@ -64,6 +64,7 @@ def config_from(args: argparse.Namespace) -> RouterConfig:
         stream_failover=not args.no_stream_failover,
         drain_s=args.drain,
         verdict_log=Path(args.verdict_log) if args.verdict_log else None,
+        ui=not args.no_ui,
         workers=args.workers
         if args.workers is not None
         else (0 if args.submit else default_workers()),
@@ -88,6 +89,8 @@ def cmd_router(args: argparse.Namespace) -> int:
             f"({config.policy}{keys}; Ctrl-C stops)",
             highlight=False,
         )
+        if config.ui:
+            console.print(f"Console: http://{args.host}:{args.port}/ui/", highlight=False)
 
     serve(args.host, args.port, deployment=args.deployment, config=config, static=args.backend,
           on_serving=serving, reuse_port=args.reuse_port)  # fmt: skip
@@ -176,6 +179,9 @@ def add_router_command(commands: Any) -> None:
         help="end a stream whose replica breaks off with an error event, instead of continuing "
         "it on another replica",
     )  # fmt: skip
+    router.add_argument(
+        "--no-ui", action="store_true", help="serve no web console at /ui (its APIs stay)"
+    )
     router.add_argument(
         "--verdict-log", default=None, help="tribunal runs (default <home>/tribunal/verdicts.jsonl)"
     )

@@ -58,6 +58,7 @@ class RouterConfig:
     record_usage: bool = True
     probes: ProbeConfig = field(default_factory=ProbeConfig)
     verdict_log: Path | None = None  # tribunal runs; None: <home>/tribunal/verdicts.jsonl
+    ui: bool = True  # the web console at /ui (``_console``)
 
 
 @dataclass(frozen=True)

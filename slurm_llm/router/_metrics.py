@@ -259,13 +259,21 @@ class RouterMetrics:
 
     def exposition(self) -> bytes:
         """The metrics text; with several workers, theirs summed (``_workers``)."""
+        return generate_latest(self.readable())
+
+    def families(self) -> Iterable[Metric]:
+        """Every metric's current values, as a scrape would read them (``_load_history``)."""
+        return self.readable().collect()
+
+    def readable(self) -> CollectorRegistry:
+        """This process's registry; with several workers, one that sums theirs."""
         if self.shared is None:
-            return generate_latest(self.registry)
+            return self.registry
         self.shared.write()
         summed = CollectorRegistry()
         MultiProcessCollector(summed)  # type: ignore[no-untyped-call]
         summed.register(ElasticCollector(self.shared.admission))
-        return generate_latest(summed)
+        return summed
 
     async def share_forever(self) -> None:
         """With several workers: this one's replica gauges written once a second."""

@@ -147,6 +147,67 @@ class BatchList(Page):
     data: list[BatchObject]
 
 
+class ReplicaView(BaseModel):
+    replica: int
+    job_id: str
+    state: str = Field(description="pending, starting, ready, draining, failed or stopped.")
+    url: str | None
+    node: str | None
+    reason: str | None = Field(description="SLURM's reason while pending; the error if failed.")
+    log_path: str | None
+    successor: str | None = Field(description="The job taking over before wall-time ends.")
+    engine: str | None
+    gpus: list[str]
+    walltime_left_s: float | None
+    ready_since: float | None
+    log_tail: list[str] = Field(description="The log's last lines, for a replica not ready.")
+
+
+class DeploymentView(BaseModel):
+    name: str
+    model: str
+    engine: str
+    executor: str
+    replicas_wanted: int
+    replicas: list[ReplicaView]
+    controller: dict[str, Any] | None = Field(description="alive, text, kind; null: none.")
+    scaling: dict[str, Any] | None = Field(description="An elastic deployment's counts.")
+    events: list[dict[str, Any]] = Field(description="The latest: seq, time, text.")
+
+
+class DeploymentList(BaseModel):
+    deployments: list[DeploymentView]
+
+
+class Scaled(BaseModel):
+    name: str
+    replicas_wanted: int
+
+
+class Stopped(BaseModel):
+    name: str
+    stopped: bool
+
+
+class LoadSeries(BaseModel):
+    sample_s: float
+    window_s: float = Field(description="Percentiles at a point cover this many seconds.")
+    models: dict[str, dict[str, list[float | None]]] = Field(
+        description="Per model, per series (t, requests_per_s, errors_per_s, tokens_per_s, "
+        "in_flight, capacity, queued, latency_p50_s ... ttft_p99_s), one value per sample."
+    )
+    keys: dict[str, dict[str, float]] | None = Field(
+        None, description="With keys=1: requests and tokens per key in the period."
+    )
+
+
+class VerdictList(BaseModel):
+    runs: list[dict[str, Any]] = Field(description="Tribunal runs, newest first.")
+    total: int
+    damaged_lines: int
+    filters: dict[str, list[str]] = Field(description="The values each filter can take.")
+
+
 class Status(BaseModel):
     status: str
     models: list[str] | None = None
@@ -164,6 +225,7 @@ class Operation:
     upload: bool = False  # takes multipart/form-data
     errors: type[BaseModel] = OpenAIError
     statuses: tuple[int, ...] = (400, 401, 403, 404, 429, 500, 503, 504)
+    query: tuple[tuple[str, str], ...] = ()  # (name, description) of optional parameters
 
 
 def tgi_operations(prefix: str) -> list[Operation]:
@@ -217,6 +279,29 @@ OPERATIONS: list[Operation] = [
               statuses=(401, 404, 409)),
     Operation("get", "/v1/load", "In-flight requests, capacity and queue per model",
               "Operations", answer=LoadReport, statuses=()),
+    Operation("get", "/v1/deployments", "Every deployment behind this router: replicas with "
+              "their jobs, nodes, GPUs, wall-time left and errors, controller, events",
+              "Operations", answer=DeploymentList, statuses=(401,)),
+    Operation("post", "/v1/deployments/{name}/scale", "Scale a deployment (an operator's key)",
+              "Operations", s.ScaleRequest, answer=Scaled, statuses=(400, 401, 403, 404, 409)),
+    Operation("delete", "/v1/deployments/{name}", "Stop a deployment: cancel its jobs and "
+              "forget it (an operator's key)", "Operations", answer=Stopped,
+              statuses=(401, 403, 404)),
+    Operation("get", "/v1/stats", "Traffic over the last minutes per model, from the "
+              "router's metrics: rates, load and latency percentiles", "Operations",
+              answer=LoadSeries, statuses=(400, 401, 403),
+              query=(("minutes", "1 to 10 (default 5)"),
+                     ("keys", "1: usage per key too (an operator's key)"))),
+    Operation("get", "/v1/verdicts", "The tribunal's verdict log, newest first (an "
+              "operator's key)", "Operations", answer=VerdictList, statuses=(400, 401, 403),
+              query=(("limit", "runs, 1 to 500 (default 50)"),
+                     ("outcome", "accepted, rejected or not judged"),
+                     ("laws", "a law book, as name@version"),
+                     ("mode", "full, reduced or base-only"))),
+    Operation("get", "/ui", "The web console (redirects to /ui/)", "Operations",
+              answer="An HTML page.", statuses=()),
+    Operation("get", "/ui/{asset}", "The web console's page, script and style", "Operations",
+              answer="The file.", statuses=(404,)),
     Operation("get", "/health", "200 while the router runs", "Operations", answer=Status,
               statuses=()),
     Operation("get", "/ready", "200 once a replica is routable or a model can be woken; 503 "
@@ -271,7 +356,8 @@ def operation(op: Operation, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
         answer["content"] = {"application/json": {"schema": ref(op.answer)}}
     else:
         answer["description"] = op.answer
-        kind = {"/metrics": "text/plain", "/docs": "text/html",
+        kind = {"/metrics": "text/plain", "/docs": "text/html", "/ui": "text/html",
+                "/ui/{asset}": "application/octet-stream",
                 "/v1/files/{file_id}/content": "application/octet-stream"}.get(
             op.path, "application/json")  # fmt: skip
         answer["content"] = {kind: {"schema": {"type": "string" if kind != "application/json"
@@ -307,16 +393,20 @@ def operation(op: Operation, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
                 "purpose": {"type": "string", "enum": ["batch"]},
             }},
         }}}  # fmt: skip
-    if names := re.findall(r"{(\w+)}", op.path):
-        found["parameters"] = [{"name": name, "in": "path", "required": True,
-                                "schema": {"type": "string"}} for name in names]  # fmt: skip
+    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for name in re.findall(r"{(\w+)}", op.path)]  # fmt: skip
+    parameters += [{"name": name, "in": "query", "required": False, "description": text,
+                    "schema": {"type": "string"}} for name, text in op.query]  # fmt: skip
+    if parameters:
+        found["parameters"] = parameters
     return found
 
 
 STATUS_TEXT = {
     400: "The body does not fit the schema; the error names the field.",
     401: "This router needs an API key, and none or a wrong one was sent.",
-    403: "The key may not use this model; the error names the models it may use.",
+    403: "The key may not use this model (the error names the models it may use), or the "
+    "operation needs an operator's key.",
     404: "The model (or the file or batch) is not here; the error lists the models served.",
     409: "The batch is already over, or the file is the input of a batch still running.",
     413: "The body or the batch is too large.",

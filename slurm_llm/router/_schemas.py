@@ -267,6 +267,17 @@ class BatchCreateRequest(Closed):
     ) = None  # fmt: skip
 
 
+# -- Operations ------------------------------------------------------------------------------
+
+
+class ScaleRequest(Closed):
+    """``POST /v1/deployments/{name}/scale``."""
+
+    replicas: Annotated[int, Field(ge=0, le=1000)] = Field(
+        description="Replicas wanted; an elastic deployment's count stays within its bounds."
+    )
+
+
 ChatCompletionRequest.model_rebuild()
 ENDPOINT_MODELS: dict[str, type[Sampling]] = {
     "/v1/chat/completions": ChatCompletionRequest,

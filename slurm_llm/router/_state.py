@@ -19,6 +19,7 @@ from slurm_llm.router._elastic import ElasticLink
 from slurm_llm.router._limits import Limiter
 from slurm_llm.router._metrics import RouterMetrics
 from slurm_llm.router._policies import make_policy
+from slurm_llm.tribunal._log import default_log_path
 
 
 @dataclass
@@ -56,6 +57,11 @@ class RouterState:
     @property
     def usage_dir(self) -> Path:
         return self.config.usage_dir or usage_dir(self.home)
+
+    @property
+    def verdict_log(self) -> Path:
+        """The tribunal's runs: the configured file, else the router's home's."""
+        return self.config.verdict_log or default_log_path(self.home)
 
 
 STATE: web.AppKey[RouterState] = web.AppKey("state", RouterState)

@@ -77,7 +77,7 @@ def tribunal_for(request: web.Request, generator: str, options: TribunalOptions)
     async def utilisation(model: str) -> float:
         return state.admission.load(model).utilisation
 
-    log = VerdictLog(state.config.verdict_log)
+    log = VerdictLog(state.verdict_log)
     return Tribunal(complete, book, config, log, utilisation)
 
 
