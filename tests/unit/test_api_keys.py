@@ -10,6 +10,7 @@ import pytest
 
 from slurm_llm import SlurmLLMError
 from slurm_llm._api_keys import KeysFile, hash_key, load_api_keys, load_identities
+from slurm_llm.cli import main
 
 
 def test_a_key_added_is_shown_once_and_stored_only_as_its_hash(tmp_path: Path) -> None:
@@ -23,6 +24,18 @@ def test_a_key_added_is_shown_once_and_stored_only_as_its_hash(tmp_path: Path) -
     identity = load_identities(keys.path, {}).find(key)
     assert identity is not None and identity.account == "physics" and identity.priority == "batch"
     assert identity.may_use("smollm2") and not identity.may_use("llama")
+
+
+def test_an_operators_key_is_made_by_the_cli_and_the_flag_written_only_where_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "keys.toml"
+    assert main(["keys", "add", "admin", "--operator", "--file", str(path)]) == 0
+    assert main(["keys", "add", "user", "--file", str(path)]) == 0
+    text = path.read_text()
+    assert text.count("operator") == 1 and "operator = true" in text  # TOML's true
+    identities = KeysFile(path).identities()
+    assert identities["admin"].operator and not identities["user"].operator
 
 
 def test_a_revoked_key_is_listed_but_no_longer_accepted(tmp_path: Path) -> None:
