@@ -26,7 +26,7 @@ from prometheus_client.core import Metric
 from slurm_llm.router._auth import require_operator
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._metering import CALLER
-from slurm_llm.router._metrics import RouterMetrics
+from slurm_llm.router._metrics import UNKNOWN_MODEL, RouterMetrics
 from slurm_llm.router._state import STATE
 
 SAMPLE_S = 2.0
@@ -172,7 +172,9 @@ class LoadHistory:
         if samples and time.time() - samples[-1].at >= 1.0:  # up to now, over a second at least
             samples.append(read_sample(self.metrics.families(), time.time()))
         since = time.time() - minutes * 60
-        models = sorted({m for s in samples for m in s.models() if m})
+        # Requests that named no served model (and the operations' POSTs) are in /metrics as
+        # model="unknown"; they have no replicas to chart.
+        models = sorted({m for s in samples for m in s.models() if m and m != UNKNOWN_MODEL})
         out: dict[str, dict[str, list[Any]]] = {m: {name: [] for name in SERIES} for m in models}
         start = 0  # the first sample inside the window before the current one
         for index in range(1, len(samples)):

@@ -262,7 +262,7 @@ function replicaRow(replica) {
     element("td", { class: `state ${replica.state}` }, replica.state),
     element("td", {}, replica.job_id),
     element("td", {}, replica.node ?? ""),
-    element("td", {}, replica.gpus.length ? replica.gpus.join(",") : "none"),
+    element("td", {}, replica.gpus.join(",") || "–"), // known once the replica is ready
     element("td", {}, wall),
     element("td", {}, replica.url ?? ""),
     element("td", { class: "problem" }, problem));

@@ -83,10 +83,12 @@ def test_the_series_has_a_point_per_sample_with_rates_since_the_one_before() -> 
     later: dict[str, Buckets] = {"m": (BOUNDS, (0.0, 4.0, 4.0, 4.0))}
     history.samples.extend([
         Sample(at=1e12, requests={"m": 10}, tokens={"m": 100}, latency=latency, capacity={"m": 4}),
-        Sample(at=1e12 + 2, requests={"m": 30}, tokens={"m": 160}, latency=later, capacity={"m": 4},
-               in_flight={"m": 3}),
+        Sample(at=1e12 + 2, requests={"m": 30, "unknown": 5}, tokens={"m": 160}, latency=later,
+               capacity={"m": 4}, in_flight={"m": 3}),
     ])  # fmt: skip
-    series = history.series(minutes=10)["models"]["m"]
+    models = history.series(minutes=10)["models"]
+    assert list(models) == ["m"]  # requests for no served model have no chart
+    series = models["m"]
     assert series["t"] == [1e12 + 2]
     assert series["requests_per_s"] == [10.0] and series["tokens_per_s"] == [30.0]
     assert series["in_flight"] == [3] and series["capacity"] == [4]
