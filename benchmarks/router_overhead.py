@@ -19,12 +19,14 @@ The differences to direct are what each proxy adds. Phases, each bounded in time
 
 With ``--baseline REF`` (a commit), the router as it was at REF runs beside today's (from a git
 worktree, its own process) and takes part in phases 1 and 2 as ``router@REF``: a change's cost
-is read side by side, in one run, on the same noisy machine. With ``--with-keys``, a second
-router of today's takes part as ``router+keys``: named keys from a keys file, a key with
-minute limits and a daily quota far above what the run sends (so every request is counted and
-settled, none refused), and usage records; every path is sent that key (the others ignore it).
+is read side by side, in one run, on the same noisy machine. With ``--without-ui``, a router
+started with ``--no-ui`` takes part as ``router-no-ui`` (the console's cost is the difference to
+``router``). With ``--with-keys``, a second router of today's takes part as ``router+keys``:
+named keys from a keys file, a key with minute limits and a daily quota far above what the run
+sends (so every request is counted and settled, none refused), and usage records; every path is
+sent that key (the others ignore it).
 
-    python benchmarks/router_overhead.py [--baseline REF] [--with-keys]
+    python benchmarks/router_overhead.py [--baseline REF] [--with-keys] [--without-ui]
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ GOALS = {
     "router_vs_nginx": 0.5,  # req/s, one worker each
 }
 TWO = "router-x2"
+NO_UI = "router-no-ui"
 WRK_BODY = {
     "model": "mock",
     "messages": [{"role": "user", "content": "Say hello."}],
@@ -306,6 +309,8 @@ def arguments() -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--with-keys", action="store_true",
                         help="also a router with named keys, limits and usage records")  # fmt: skip
+    parser.add_argument("--without-ui", action="store_true",
+                        help="also a router with --no-ui: what the console costs")  # fmt: skip
     return parser.parse_args()
 
 
@@ -360,17 +365,6 @@ def main() -> None:
                 router_argv, two_port, [*backends, "--workers", "2"], work / "router2.log"
             )
         )
-        baseline_url = None
-        if args.baseline:
-            source = stack.enter_context(worktree(args.baseline, work / "baseline"))
-            port = stack.enter_context(lease_port("127.0.0.1")).port
-            env = {**os.environ, "PYTHONPATH": str(source)}
-            # -P: not the current folder first on sys.path, which would import today's package
-            # from this checkout instead of the worktree's.
-            argv = [sys.executable, "-P", "-m", "slurm_llm"]
-            log = work / "baseline-router.log"
-            stack.enter_context(router_process(argv, port, backends, log, env))
-            baseline_url = f"http://127.0.0.1:{port}/v1/chat/completions"
         (work / "nginx").mkdir()
         nginx = stack.enter_context(
             NginxServer(
@@ -390,11 +384,7 @@ def main() -> None:
             TWO: f"http://127.0.0.1:{two_port}/v1/chat/completions",
             "bare": bare,
         }
-        if baseline_url:
-            urls[f"router@{args.baseline}"] = baseline_url
-        key = None
-        if args.with_keys:
-            urls["router+keys"], key = keyed_router(stack, router_argv, backends, work)
+        key = optional_paths(args, stack, router_argv, backends, work, urls)
         console.print(
             f"[bold]1. streams[/bold]: {args.concurrency} concurrent, {args.chunks} chunks "
             f"{args.chunk_delay * 1000:.0f} ms apart, "
@@ -421,6 +411,36 @@ def main() -> None:
     elapsed = time.monotonic() - began
     info["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     report(args, info, samples, throughput, connections, router_log, elapsed, console)
+
+
+def optional_paths(
+    args: argparse.Namespace,
+    stack: ExitStack,
+    router_argv: list[str],
+    backends: list[str],
+    work: Path,
+    urls: dict[str, str],
+) -> str | None:
+    """The routers asked for besides today's (added to ``urls``); the key to send, if any."""
+    if args.baseline:
+        source = stack.enter_context(worktree(args.baseline, work / "baseline"))
+        port = stack.enter_context(lease_port("127.0.0.1")).port
+        env = {**os.environ, "PYTHONPATH": str(source)}
+        # -P: not the current folder first on sys.path, which would import today's package
+        # from this checkout instead of the worktree's.
+        argv = [sys.executable, "-P", "-m", "slurm_llm"]
+        log = work / "baseline-router.log"
+        stack.enter_context(router_process(argv, port, backends, log, env))
+        urls[f"router@{args.baseline}"] = f"http://127.0.0.1:{port}/v1/chat/completions"
+    if args.without_ui:
+        port = stack.enter_context(lease_port("127.0.0.1")).port
+        log = work / "router-no-ui.log"
+        stack.enter_context(router_process(router_argv, port, [*backends, "--no-ui"], log))
+        urls[NO_UI] = f"http://127.0.0.1:{port}/v1/chat/completions"
+    if not args.with_keys:
+        return None
+    urls["router+keys"], key = keyed_router(stack, router_argv, backends, work)
+    return key
 
 
 def prepared_machine(console: Console) -> dict[str, Any]:
