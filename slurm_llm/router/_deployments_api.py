@@ -11,6 +11,7 @@ open consoles cost SLURM what one does. Nothing here is on the path of a model r
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -129,6 +130,9 @@ class DeploymentsView:
         try:
             self.latest = await asyncio.shield(reading)
             self.read_at = time.monotonic()
+        except (SlurmLLMError, OSError, subprocess.SubprocessError) as exc:  # SLURM, the files
+            raise RouterError(503, f"cannot read the deployments now: {exc}",
+                              "service_unavailable", retry_after=2) from None  # fmt: skip
         finally:
             if self.reading is reading and reading.done():
                 self.reading = None

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -241,3 +242,18 @@ def test_the_load_page_charts_the_traffic_and_each_keys_usage(
     expect(charts).to_have_count(5, timeout=30_000)
     expect(page.locator("#key-table")).to_contain_text("researcher")
     snap(page, "load")
+
+
+def test_an_operator_stops_the_deployment_from_the_page(
+    page: Page, keys: tuple[Path, str, str], replica: Deployment
+) -> None:
+    use_key(page, keys[1])
+    page.click("button[data-tab=deployments]")
+    card = page.locator(".deployment[data-name='console-smollm2']")
+    jobs = [status.job_id for status in replica.status()]
+    card.locator(".actions button", has_text="Stop").click()  # confirmed by the dialog handler
+    expect(page.locator("#deployment-list")).to_contain_text("No deployment", timeout=60_000)
+    assert not replica.exists()
+    running = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+                             check=True).stdout.split()  # fmt: skip
+    assert not set(jobs) & set(running), "a job of the stopped deployment still runs"

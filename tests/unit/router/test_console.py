@@ -4,6 +4,7 @@ the service needs an operator's."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import urllib.error
@@ -15,9 +16,18 @@ from typing import Any
 import pytest
 
 from slurm_llm._api_keys import KeysFile
+from slurm_llm._errors import SlurmLLMError
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
+from slurm_llm.router._backends import BackendPool
 from slurm_llm.router._console import POLICY, asset_names
-from slurm_llm.router._deployments_api import LOG_TAIL_BYTES, LOG_TAIL_LINES, log_tail
+from slurm_llm.router._deployments_api import (
+    LOG_TAIL_BYTES,
+    LOG_TAIL_LINES,
+    DeploymentsView,
+    log_tail,
+)
+from slurm_llm.router._errors import RouterError
+from slurm_llm.router._state import RouterState
 from slurm_llm.router._verdicts_api import chosen
 from slurm_llm.tribunal import VerdictLog
 
@@ -140,3 +150,20 @@ def test_a_log_tail_is_the_logs_last_whole_lines(tmp_path: Path) -> None:
     assert len(tail) == LOG_TAIL_LINES and tail[-1].startswith("line 999 ")
     assert log.stat().st_size > LOG_TAIL_BYTES
     assert log_tail(str(tmp_path / "gone.log")) == [] and log_tail(None) == []
+
+
+def test_a_deployments_reading_that_fails_is_a_503_and_the_next_look_reads_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool = BackendPool(None, static=[("m", "http://127.0.0.1:9")])
+    view = DeploymentsView(RouterState(RouterConfig(), pool))
+
+    def unreachable() -> list[dict[str, Any]]:
+        raise SlurmLLMError("squeue: error: Unable to contact slurm controller")
+
+    monkeypatch.setattr(view, "read_all", unreachable)
+    with pytest.raises(RouterError, match="Unable to contact") as caught:
+        asyncio.run(view.current())
+    assert caught.value.status == 503 and caught.value.retry_after == 2
+    monkeypatch.setattr(view, "read_all", lambda: [{"name": "back"}])
+    assert asyncio.run(view.current()) == [{"name": "back"}]
