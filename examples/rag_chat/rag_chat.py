@@ -56,8 +56,11 @@ def passages_of(path: Path, root: Path) -> Iterator[Passage]:
         if text:
             yield Passage(source, start + 1, heading, text)
 
+    fenced = False  # inside a code block, where "#" starts a comment, not a heading
     for number, line in enumerate(path.read_text(errors="replace").splitlines()):
-        if line.startswith("#"):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        if line.startswith("#") and not fenced:
             yield from flush()
             heading, start, lines = line.lstrip("#").strip(), number, []
             continue
@@ -121,7 +124,8 @@ def ask(
         model=model,
         messages=[{"role": "system", "content": INSTRUCTION},
                   {"role": "user", "content": prompt(question, retrieved)}],
-        max_tokens=max_tokens, temperature=0, stream=True,
+        # A little against repeating itself: small models loop on "The answer is:" without it.
+        max_tokens=max_tokens, temperature=0, frequency_penalty=0.5, stream=True,
     )  # fmt: skip
     pieces = []
     for chunk in stream:

@@ -57,3 +57,11 @@ def test_the_prompt_numbers_the_passages_as_the_answer_cites_them(folder: Path) 
 def test_an_empty_folder_says_what_it_looked_for(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"no \.md, \.txt, \.rst documents under"):
         rag_chat.Index(tmp_path)
+
+
+def test_a_comment_in_a_code_block_is_not_a_heading(tmp_path: Path) -> None:
+    (tmp_path / "guide.md").write_text(
+        "# Keys\n\nMake one:\n\n```bash\n# prints the key once\nslurm-llm keys add alice\n```\n"
+    )
+    [passage] = rag_chat.Index(tmp_path).passages
+    assert passage.heading == "Keys" and "# prints the key once" in passage.text
