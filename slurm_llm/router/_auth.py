@@ -93,21 +93,34 @@ class Callers:
         return identity
 
 
-LOOPBACK = frozenset({"127.0.0.1", "::1"})
+def sees_everything(callers: Callers, caller: Identity | None) -> bool:
+    """Whether the caller may read every caller's data (all keys' usage, the verdict log with
+    their prompts, replicas' logs): an operator's key, or anyone on a router without keys,
+    which tells no caller from another."""
+    return not callers.required or (caller is not None and caller.operator)
 
 
-def require_operator(callers: Callers, caller: Identity | None, peer: str | None) -> None:
-    """403 unless the caller may change the service (scale, stop) or read every caller's data
-    (all keys' usage, the verdict log): a key with ``operator = true``; on a router without
-    keys, a client on the router's own machine (whoever can reach an open router from
-    elsewhere is not thereby trusted to stop its models)."""
+def require_sight(callers: Callers, caller: Identity | None, what: str) -> None:
+    """403 unless ``sees_everything``."""
+    if not sees_everything(callers, caller):
+        name = caller.name if caller is not None else "?"
+        raise RouterError(
+            403, f"{what} needs an operator's key; key {name!r} is not one "
+            "(slurm-llm keys add NAME --operator makes one)", "permission_denied",
+        )  # fmt: skip
+
+
+def require_operator(callers: Callers, caller: Identity | None, what: str) -> None:
+    """403 unless the caller may change the service (scale, stop): an operator's key, always.
+    A router without keys has no operators: any page a user's browser opens could otherwise
+    send it a request that stops a deployment, and a tunnel or proxy makes every client look
+    local."""
     if caller is not None and caller.operator:
-        return
-    if not callers.required and peer in LOOPBACK:
         return
     why = (
         f"key {caller.name!r} is not an operator's (slurm-llm keys add NAME --operator)"
         if caller is not None
-        else "this router has no keys: only a client on its own machine may"
+        else "this router has no keys; start it with --api-keys-file and an operator's key "
+        "(slurm-llm keys add NAME --operator)"
     )
-    raise RouterError(403, f"this needs an operator: {why}", "permission_denied")
+    raise RouterError(403, f"{what} needs an operator: {why}", "permission_denied")

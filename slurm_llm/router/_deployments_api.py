@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from typing import Any
 from aiohttp import web
 
 from slurm_llm._errors import SlurmLLMError
-from slurm_llm.control._deployment import ReplicaStatus, attach, list_deployments
-from slurm_llm.router._auth import require_operator
+from slurm_llm.control._deployment import Deployment, ReplicaStatus, attach, list_deployments
+from slurm_llm.router._auth import require_operator, sees_everything
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._metering import CALLER
 from slurm_llm.router._requests import read_json, validated
@@ -83,7 +84,10 @@ def describe(name: str, home: Path | None, now: float) -> dict[str, Any] | None:
         "replicas": replicas,
         "controller": None if controller is None else {
             "alive": (dead := controller.dead_reason(now)) is None,
-            "text": controller.describe(now) if dead is None else dead,
+            "text": controller.describe(now) if dead is None else (
+                f"dead: {dead}; dead replicas are not replaced. Restart it with: "
+                f"slurm-llm controller start {name}"
+            ),
             "kind": controller.kind,
         },
         "scaling": None if scaling is None else {
@@ -100,13 +104,19 @@ def wants_tail(status: ReplicaStatus) -> bool:
 
 
 class DeploymentsView:
-    """The latest reading of every deployment, shared by all viewers; one reading at a time."""
+    """The latest reading of every deployment, shared by all viewers; one reading at a time.
+
+    A reading is fresh for ``FRESH_S`` from when it began. A change (scale, stop) calls
+    ``forget``: a reading that began before it is then served to no one as fresh, whoever
+    waited for it, so the page shows the change on its next look."""
 
     def __init__(self, state: RouterState) -> None:
         self.state = state
         self.read_at = -FRESH_S
         self.latest: list[dict[str, Any]] = []
+        self.changes = 0  # forget()s so far
         self.reading: asyncio.Task[list[dict[str, Any]]] | None = None
+        self.reading_since = (0.0, 0)  # when the reading began, and after how many changes
 
     def names(self) -> list[str]:
         pool = self.state.pool
@@ -116,6 +126,13 @@ class DeploymentsView:
             return [pool.deployment]
         return list_deployments(self.state.home)
 
+    def attached(self, name: str) -> Deployment:
+        """The deployment ``name`` behind this router, or a 404. Blocks (files)."""
+        found = attach(name, self.state.home, missing_ok=True) if name in self.names() else None
+        if found is None:
+            raise RouterError(404, f"no deployment {name!r} behind this router", "not_found")
+        return found
+
     def read_all(self) -> list[dict[str, Any]]:
         now = time.time()
         found = (describe(name, self.state.home, now) for name in self.names())
@@ -124,22 +141,31 @@ class DeploymentsView:
     async def current(self) -> list[dict[str, Any]]:
         if time.monotonic() - self.read_at < FRESH_S:
             return self.latest
-        if self.reading is None:
+        if self.reading is None or self.reading_since[1] != self.changes:
             self.reading = asyncio.create_task(asyncio.to_thread(self.read_all))
-        reading = self.reading
+            self.reading_since = (time.monotonic(), self.changes)
+            self.reading.add_done_callback(self.read)
+        reading, (began, changes) = self.reading, self.reading_since
         try:
-            self.latest = await asyncio.shield(reading)
-            self.read_at = time.monotonic()
+            found = await asyncio.shield(reading)
         except (SlurmLLMError, OSError, subprocess.SubprocessError) as exc:  # SLURM, the files
             raise RouterError(503, f"cannot read the deployments now: {exc}",
                               "service_unavailable", retry_after=2) from None  # fmt: skip
-        finally:
-            if self.reading is reading and reading.done():
-                self.reading = None
-        return self.latest
+        if changes == self.changes and began > self.read_at:
+            self.latest, self.read_at = found, began
+        return found
+
+    def read(self, reading: asyncio.Task[list[dict[str, Any]]]) -> None:
+        """A reading is over: the next look after its freshness starts another (its failure,
+        if no viewer waited any more, is consumed here rather than logged as never read)."""
+        if self.reading is reading:
+            self.reading = None
+        if not reading.cancelled():
+            reading.exception()
 
     def forget(self) -> None:
         """After a change: the next viewer reads afresh."""
+        self.changes += 1
         self.read_at = -FRESH_S
 
 
@@ -147,42 +173,44 @@ VIEW: web.AppKey[DeploymentsView] = web.AppKey("deployments", DeploymentsView)
 
 
 async def deployments(request: web.Request) -> web.Response:
-    return web.json_response({"deployments": await request.app[VIEW].current()})
-
-
-def operated(request: web.Request) -> str:
-    """The deployment named in the path, once the caller may change it."""
+    """Replicas' log tails (which may hold prompts, where an engine logs them) go only to
+    callers who see everything (``sees_everything``)."""
+    found = await request.app[VIEW].current()
     state = request.app[STATE]
-    require_operator(state.callers, request.get(CALLER), request.remote)
+    if not sees_everything(state.callers, request.get(CALLER)):
+        found = [{**d, "replicas": [{**r, "log_tail": []} for r in d["replicas"]]} for d in found]
+    return web.json_response({"deployments": found})
+
+
+async def changed(request: web.Request, change: Callable[[Deployment], Any]) -> Any:
+    """``change`` applied to the deployment in the path, in a thread, for an operator."""
+    state = request.app[STATE]
+    require_operator(state.callers, request.get(CALLER), "scaling or stopping a deployment")
+    view = request.app[VIEW]
     name = request.match_info["name"]
-    if name not in request.app[VIEW].names():
-        raise RouterError(404, f"no deployment {name!r} behind this router", "not_found")
-    return name
+    try:
+        return await asyncio.to_thread(lambda: change(view.attached(name)))
+    except SlurmLLMError as exc:
+        raise RouterError(409, str(exc), "conflict") from None
+    finally:
+        view.forget()
 
 
 async def scale(request: web.Request) -> web.Response:
-    name = operated(request)
     _, body = await read_json(request)
     replicas = validated(ScaleRequest, body).replicas
-    home = request.app[STATE].home
-    deployment = attach(name, home, missing_ok=True)
-    if deployment is None:
-        raise RouterError(404, f"deployment {name!r} has stopped", "not_found")
-    try:
-        await asyncio.to_thread(deployment.scale, replicas)
-    except SlurmLLMError as exc:
-        raise RouterError(409, str(exc), "conflict") from None
-    request.app[VIEW].forget()
-    return web.json_response({"name": name, "replicas_wanted": deployment.spec.replicas})
+
+    def scaled(deployment: Deployment) -> int:
+        deployment.scale(replicas)
+        return deployment.spec.replicas
+
+    wanted = await changed(request, scaled)
+    return web.json_response({"name": request.match_info["name"], "replicas_wanted": wanted})
 
 
 async def stop(request: web.Request) -> web.Response:
-    name = operated(request)
-    deployment = attach(name, request.app[STATE].home, missing_ok=True)
-    if deployment is not None:
-        await asyncio.to_thread(deployment.stop)
-    request.app[VIEW].forget()
-    return web.json_response({"name": name, "stopped": True})
+    await changed(request, Deployment.stop)
+    return web.json_response({"name": request.match_info["name"], "stopped": True})
 
 
 def add_routes(app: web.Application) -> None:

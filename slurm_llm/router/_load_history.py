@@ -13,6 +13,7 @@ over the ``WINDOW_S`` before each sample, interpolated within a bucket as Promet
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -23,12 +24,13 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.core import Metric
 
-from slurm_llm.router._auth import require_operator
+from slurm_llm.router._auth import require_sight
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._metering import CALLER
 from slurm_llm.router._metrics import UNKNOWN_MODEL, RouterMetrics
 from slurm_llm.router._state import STATE
 
+log = logging.getLogger("slurm_llm.router")
 SAMPLE_S = 2.0
 KEEP_S = 600.0
 WINDOW_S = 30.0
@@ -152,12 +154,14 @@ class LoadHistory:
 
     async def sample_forever(self) -> None:
         while True:
-            self.take()
+            try:
+                self.take()
+            except Exception:  # a sample lost, not the history: the next one is taken
+                log.exception("cannot sample the router's metrics for /v1/stats")
             await asyncio.sleep(SAMPLE_S)
 
     def start(self) -> None:
-        if self.task is None:
-            self.take()
+        if self.task is None:  # its first sample is taken at once
             self.task = asyncio.create_task(self.sample_forever())
 
     async def stop(self) -> None:
@@ -244,7 +248,7 @@ async def stats(request: web.Request) -> web.Response:
     answer = history.series(minutes)
     if request.query.get("keys") == "1":
         state = request.app[STATE]
-        require_operator(state.callers, request.get(CALLER), request.remote)
+        require_sight(state.callers, request.get(CALLER), "usage per key")
         answer["keys"] = history.keys(minutes)
     return web.json_response(answer)
 

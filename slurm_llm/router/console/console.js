@@ -12,7 +12,9 @@ const state = {
   key: localStorage.getItem(KEY) || "",
   conversation: JSON.parse(localStorage.getItem(CONVERSATION) || "[]"),
   streaming: null, // the AbortController of the answer being received
-  poller: null,
+  poller: null, // the next poll's timer
+  tab: "chat",
+  round: 0, // tab changes so far: a poll of an earlier round stops
   keysDenied: false, // usage per key needs an operator's key: asked for once, then not again
 };
 
@@ -47,32 +49,49 @@ async function errorOf(response) {
   return new ApiError(response.status, message);
 }
 
-function showError(error) {
+// An error stays until what showed it succeeds: a poll's until that poll's next success, an
+// action's (send, scale, stop) until the next action, a key or a tab change.
+function showError(error, source = "action") {
   const box = $("#error");
   box.textContent = error.status === 401
     ? `Refused: ${error.message}. Enter a valid key above.`
     : error.message;
+  box.dataset.source = source;
   box.hidden = false;
 }
 
-function clearError() {
-  $("#error").hidden = true;
+function clearError(source = null) {
+  const box = $("#error");
+  if (source === null || box.dataset.source === source) box.hidden = true;
+}
+
+// Folded sections (logs, rounds) stay open across a redraw: by their data-key.
+function redraw(container, children) {
+  const open = new Set([...container.querySelectorAll("details[open]")].map((d) => d.dataset.key));
+  container.replaceChildren(...children);
+  for (const details of container.querySelectorAll("details")) {
+    if (open.has(details.dataset.key)) details.open = true;
+  }
 }
 
 // Server-sent events of a streamed answer: each event's data, as it arrives.
 async function* serverSentEvents(body) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  const dataOf = (block) => block.split("\n").filter((line) => line.startsWith("data:"))
+    .map((line) => line.slice(5).trimStart()).join("\n");
   let buffer = "";
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return;
-    buffer += value.replaceAll("\r\n", "\n");
+    if (done) {
+      const last = dataOf(buffer); // a last event without its blank line
+      if (last) yield last;
+      return;
+    }
+    buffer = (buffer + value).replaceAll("\r\n", "\n"); // a CR and its LF may come apart
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, end);
+      const data = dataOf(buffer.slice(0, end));
       buffer = buffer.slice(end + 2);
-      const data = block.split("\n").filter((line) => line.startsWith("data:"))
-        .map((line) => line.slice(5).trimStart()).join("\n");
       if (data) yield data;
     }
   }
@@ -116,7 +135,8 @@ async function loadModels() {
 
 function tribunalView(run) {
   const outcome = run.outcome.replace(" ", "-");
-  const rounds = run.rounds.map((round, index) => element("details", { class: "round" },
+  const rounds = run.rounds.map((round, index) => element("details",
+    { class: "round", "data-key": `round:${run.started}:${index}` },
     element("summary", {}, `Round ${index + 1}: `, ...round.verdicts.map((v) =>
       element("span", { class: `badge ${v.outcome}` }, `${v.law}: ${v.outcome}`))),
     element("pre", {}, round.draft),
@@ -145,10 +165,20 @@ function render() {
   $("#messages").replaceChildren(...state.conversation.map(messageView));
 }
 
+// The conversation as the model gets it: a question whose answer failed or was stopped before
+// any text is left out with it, so user and assistant turns still alternate.
 function sent() {
   const system = $("#system").value.trim();
-  const history = state.conversation.filter((m) => !m.failed && (m.role === "user" || m.content))
-    .map(({ role, content }) => ({ role, content }));
+  const history = [];
+  const turns = state.conversation;
+  for (let i = 0; i < turns.length; i++) {
+    const reply = turns[i + 1];
+    if (turns[i].role === "user" && reply && (reply.failed || !reply.content)) {
+      i++;
+      continue;
+    }
+    history.push({ role: turns[i].role, content: turns[i].content });
+  }
   return system ? [{ role: "system", content: system }, ...history] : history;
 }
 
@@ -171,7 +201,7 @@ async function answer(reply, ask) {
   $("#messages").append(view);
   const controller = new AbortController();
   busy(controller);
-  clearError();
+  clearError("action");
   try {
     await ask(view, controller.signal);
   } catch (error) {
@@ -189,10 +219,10 @@ async function answer(reply, ask) {
   }
 }
 
-function streamed(reply) {
+function streamed(reply, messages) {
   return async (view, signal) => {
     const response = await api("/v1/chat/completions", {
-      method: "POST", signal, body: { ...settings(), messages: sent(), stream: true },
+      method: "POST", signal, body: { ...settings(), messages, stream: true },
     });
     const text = view.querySelector(".text");
     let pieces = 0;
@@ -210,12 +240,12 @@ function streamed(reply) {
   };
 }
 
-function judged(reply) {
+function judged(reply, messages) {
   return async (_view, signal) => {
     const tribunal = { laws: $("#laws").value.trim(), max_rounds: Number($("#rounds").value),
       max_tokens: Number($("#max-tokens").value) };
     const response = await api("/v1/chat/completions", {
-      method: "POST", signal, body: { ...settings(), messages: sent(), tribunal },
+      method: "POST", signal, body: { ...settings(), messages, tribunal },
     });
     const body = await response.json();
     reply.content = body.choices[0].message.content;
@@ -244,11 +274,12 @@ async function send(event) {
   const longText = $("#long-text").value.trim();
   state.conversation.push({ role: "user", content: longText ? `${text}\n\n[long text: ${longText.length} characters]` : text });
   $("#messages").append(messageView(state.conversation.at(-1)));
+  const messages = sent(); // before the reply is added: it ends with this question
   const reply = { role: "assistant", content: "" };
   state.conversation.push(reply);
   if (longText) await answer(reply, mapReduced(reply, text, longText));
-  else if ($("#tribunal").checked) await answer(reply, judged(reply));
-  else await answer(reply, streamed(reply));
+  else if ($("#tribunal").checked) await answer(reply, judged(reply, messages));
+  else await answer(reply, streamed(reply, messages));
 }
 
 // ---- deployments -------------------------------------------------------------------------
@@ -268,18 +299,19 @@ function replicaRow(replica) {
     element("td", { class: "problem" }, problem));
   if (!replica.log_tail.length) return [row];
   const log = element("tr", { class: "log-row" }, element("td", { colspan: 8 },
-    element("details", {}, element("summary", {}, `log: ${replica.log_path}`),
+    element("details", { "data-key": `log:${replica.job_id}` },
+      element("summary", {}, `log: ${replica.log_path}`),
       element("pre", { class: "log" }, replica.log_tail.join("\n")))));
   return [row, log];
 }
 
 async function operate(action) {
-  clearError();
+  clearError("action");
   try {
     await action();
     await refreshDeployments();
   } catch (error) {
-    showError(error);
+    showError(error, "action");
   }
 }
 
@@ -310,7 +342,8 @@ function deploymentView(deployment) {
       deployment.scaling ? ` · elastic: ${deployment.scaling.ready} ready, ` +
         `${deployment.scaling.desired} desired` : ""),
     element("div", { class: `controller ${controller?.alive ? "alive" : "dead"}` },
-      controller ? `controller: ${controller.text}` : "no controller: dead replicas are not replaced"),
+      controller ? `controller: ${controller.text}`
+        : `no controller: dead replicas are not replaced; start one with: slurm-llm controller start ${name}`),
     element("div", { class: "actions" }, scaleTo, scale, stop),
     element("table", { class: "replicas" }, element("tr", {}, ...header),
       ...deployment.replicas.flatMap(replicaRow)),
@@ -321,9 +354,9 @@ function deploymentView(deployment) {
 async function refreshDeployments() {
   const { deployments } = await (await api("/v1/deployments")).json();
   const list = $("#deployment-list");
-  // Keep a scale field the user is typing in: only the rest is redrawn while it has focus.
+  // A scale field the user is typing in keeps its text: the list waits until it loses focus.
   if (list.contains(document.activeElement) && document.activeElement.tagName === "INPUT") return;
-  list.replaceChildren(...(deployments.length
+  redraw(list, (deployments.length
     ? deployments.map(deploymentView)
     : [element("p", { class: "hint" }, "No deployment behind this router (it routes fixed replicas, or none is running).")]));
   $("#deployments-updated").textContent = `Updated ${new Date().toLocaleTimeString()}; every 2 s.`;
@@ -429,7 +462,7 @@ async function refreshVerdicts() {
   }
   $("#verdict-count").textContent = `${report.runs.length} shown of ${report.total} run(s)` +
     (report.damaged_lines ? `; ${report.damaged_lines} damaged line(s) skipped` : "");
-  $("#verdict-list").replaceChildren(...report.runs.map(verdictView));
+  redraw($("#verdict-list"), report.runs.map(verdictView));
 }
 
 // ---- tabs and start-up -------------------------------------------------------------------
@@ -440,9 +473,18 @@ const REFRESH = { chat: loadModels, deployments: refreshDeployments, load: refre
 async function refresh(tab) {
   try {
     await REFRESH[tab]();
-    if (tab !== "chat") clearError();
+    clearError(tab);
   } catch (error) {
-    showError(error);
+    if (state.tab === tab) showError(error, tab); // not a late answer for a tab left since
+  }
+}
+
+// One poll at a time: the next is planned once this one has been answered, so a slow router
+// is not sent a pile of them; leaving the tab ends its polling.
+async function poll(tab, round) {
+  await refresh(tab);
+  if (state.tab === tab && state.round === round) {
+    state.poller = setTimeout(() => poll(tab, round), POLL_MS);
   }
 }
 
@@ -453,9 +495,12 @@ function show(tab) {
   for (const section of document.querySelectorAll("main > section")) {
     section.hidden = section.id !== tab;
   }
-  clearInterval(state.poller);
-  refresh(tab);
-  if (tab !== "chat") state.poller = setInterval(() => refresh(tab), POLL_MS);
+  clearTimeout(state.poller);
+  clearError();
+  state.tab = tab;
+  state.round += 1;
+  if (tab === "chat") refresh(tab);
+  else poll(tab, state.round);
 }
 
 function start() {

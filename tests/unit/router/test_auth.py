@@ -10,7 +10,13 @@ from aiohttp.test_utils import make_mocked_request
 
 from slurm_llm import SlurmLLMError
 from slurm_llm._api_keys import KeysFile, load_api_keys
-from slurm_llm.router._auth import Callers, presented_key, require_operator
+from slurm_llm.router._auth import (
+    Callers,
+    presented_key,
+    require_operator,
+    require_sight,
+    sees_everything,
+)
 from slurm_llm.router._errors import RouterError
 
 
@@ -96,22 +102,25 @@ def test_revoking_the_last_key_closes_the_router_it_does_not_open_it(tmp_path: P
         callers.identify(request({}))
 
 
-def test_only_an_operators_key_may_operate_a_keyed_router(tmp_path: Path) -> None:
+def test_only_an_operators_key_may_change_or_see_everything(tmp_path: Path) -> None:
     keys = KeysFile(tmp_path / "keys.toml")
     admin_key, user_key = keys.add("admin", operator=True), keys.add("user")
     callers = Callers(frozenset(), keys.path)
     admin = callers.identities.find(admin_key)
     user = callers.identities.find(user_key)
-    require_operator(callers, admin, "10.0.0.7")
-    for caller, peer in ((user, "127.0.0.1"), (None, "127.0.0.1")):
-        with pytest.raises(RouterError, match="needs an operator") as caught:
-            require_operator(callers, caller, peer)
-        assert caught.value.status == 403
+    require_operator(callers, admin, "stopping")
+    require_sight(callers, admin, "the verdict log")
+    with pytest.raises(RouterError, match="stopping needs an operator: key 'user' is not") as no:
+        require_operator(callers, user, "stopping")
+    assert no.value.status == 403
+    with pytest.raises(RouterError, match="the verdict log needs an operator's key"):
+        require_sight(callers, user, "the verdict log")
 
 
-def test_a_router_without_keys_lets_only_its_own_machine_operate() -> None:
+def test_a_router_without_keys_hides_nothing_but_lets_nobody_change_it() -> None:
+    """Without keys, any page open in a user's browser could send it a request; behind an SSH
+    tunnel or a proxy every client looks local: so no client of an open router operates."""
     callers = Callers(frozenset(), None)
-    require_operator(callers, None, "127.0.0.1")
-    require_operator(callers, None, "::1")
-    with pytest.raises(RouterError, match="only a client on its own machine"):
-        require_operator(callers, None, "10.0.0.7")
+    assert sees_everything(callers, None)
+    with pytest.raises(RouterError, match="this router has no keys; start it with"):
+        require_operator(callers, None, "stopping")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from slurm_llm.router._console import POLICY, asset_names
 from slurm_llm.router._deployments_api import (
     LOG_TAIL_BYTES,
     LOG_TAIL_LINES,
+    VIEW,
     DeploymentsView,
     log_tail,
 )
@@ -90,6 +92,16 @@ def test_a_router_without_the_console_serves_no_page() -> None:
         assert call(f"{running.url}/v1/stats")[0] == 200  # its APIs stay
 
 
+def test_a_router_without_keys_shows_everything_and_lets_nobody_scale_or_stop() -> None:
+    config = RouterConfig(probes=ProbeConfig(interval_s=0))
+    with RouterThread(static=[("m", "http://127.0.0.1:9")], config=config) as running:
+        assert call(f"{running.url}/v1/verdicts")[0] == 200
+        assert call(f"{running.url}/v1/stats?keys=1")[0] == 200
+        status, _, body = call(f"{running.url}/v1/deployments/any/scale", method="POST",
+                               body={"replicas": 0})  # fmt: skip
+        assert status == 403 and b"this router has no keys" in body
+
+
 def test_what_the_console_shows_needs_a_valid_key(router: RouterThread) -> None:
     for path in ("/v1/deployments", "/v1/stats", "/v1/verdicts"):
         status, _, body = call(f"{router.url}{path}", key="not-a-key")
@@ -120,6 +132,7 @@ def test_usage_per_key_and_the_verdicts_are_an_operators(
     status, _, body = call(f"{router.url}/v1/stats?keys=1", key=keys["admin"])
     assert status == 200 and "keys" in json.loads(body)
     assert call(f"{router.url}/v1/verdicts", key=keys["user"])[0] == 403
+    assert call(f"{router.url}/v1/verdicts?limit=%C2%B2", key=keys["admin"])[0] == 400
     status, _, body = call(f"{router.url}/v1/verdicts?outcome=accepted", key=keys["admin"])
     found = json.loads(body)
     assert status == 200 and found["total"] == 3
@@ -167,3 +180,47 @@ def test_a_deployments_reading_that_fails_is_a_503_and_the_next_look_reads_again
     assert caught.value.status == 503 and caught.value.retry_after == 2
     monkeypatch.setattr(view, "read_all", lambda: [{"name": "back"}])
     assert asyncio.run(view.current()) == [{"name": "back"}]
+
+
+@pytest.mark.single_process
+def test_replicas_logs_are_shown_only_to_operators(
+    router: RouterThread, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replica = {"replica": 0, "state": "failed", "log_tail": ["prompt: my secret question"]}
+    monkeypatch.setattr(DeploymentsView, "read_all", lambda self: [{"replicas": [replica]}])
+    router.app[VIEW].forget()
+    shown = {
+        who: json.loads(call(f"{router.url}/v1/deployments", key=keys[who])[2])
+        for who in ("user", "admin")
+    }
+    assert shown["user"]["deployments"][0]["replicas"][0]["log_tail"] == []
+    assert shown["admin"]["deployments"][0]["replicas"][0]["log_tail"] == replica["log_tail"]
+
+
+def test_a_change_makes_a_reading_begun_before_it_stale_for_everyone() -> None:
+    pool = BackendPool(None, static=[("m", "http://127.0.0.1:9")])
+    view = DeploymentsView(RouterState(RouterConfig(), pool))
+    release = threading.Event()
+    readings: list[int] = []
+
+    def slow_reading() -> list[dict[str, Any]]:
+        readings.append(len(readings) + 1)
+        number = readings[-1]
+        release.wait(10)
+        return [{"reading": number}]
+
+    view.read_all = slow_reading  # type: ignore[method-assign]
+
+    async def look() -> None:
+        before = asyncio.create_task(view.current())
+        await asyncio.sleep(0.05)
+        view.forget()  # a scale, while the first reading runs
+        after = asyncio.create_task(view.current())
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await before == [{"reading": 1}]  # its own waiter gets it...
+        assert await after == [{"reading": 2}]  # ...but whoever came after the change reads anew
+        assert await view.current() == [{"reading": 2}]  # and only the new one is kept
+
+    asyncio.run(look())
+    assert readings == [1, 2]
