@@ -85,9 +85,12 @@ def page(browser: Browser, router: RouterThread) -> Iterator[Page]:
     assert errors == [], f"script errors on the page: {errors}"
 
 
-def use_key(page: Page, key: str) -> None:
+def use_key(page: Page, key: str, tab: str | None = None) -> None:
+    """``key`` typed into the page, then ``tab`` opened, as a user does."""
     page.fill("#api-key", key)
     page.click("#key-form button")
+    if tab is not None:
+        page.click(f"button[data-tab={tab}]")
 
 
 def snap(page: Page, name: str) -> None:
@@ -193,8 +196,7 @@ def test_a_tribunal_run_shows_each_rounds_verdicts(page: Page, keys: tuple[Path,
 def test_a_killed_replica_is_seen_failing_and_being_replaced(
     page: Page, keys: tuple[Path, str, str], replica: Deployment
 ) -> None:
-    use_key(page, keys[2])
-    page.click("button[data-tab=deployments]")
+    use_key(page, keys[2], "deployments")
     first = page.locator("tr[data-replica='0']")
     expect(first).to_have_attribute("data-state", "ready", timeout=60_000)
     expect(first.locator("td").nth(4)).to_have_text(re.compile(r"^\w+(,\w+){3}$"))  # 4 GPUs
@@ -213,8 +215,7 @@ def test_a_killed_replica_is_seen_failing_and_being_replaced(
 def test_scaling_shows_slurms_reason_for_a_pending_replica_and_needs_an_operator(
     page: Page, keys: tuple[Path, str, str], replica: Deployment
 ) -> None:
-    use_key(page, keys[2])  # a researcher's key: refused
-    page.click("button[data-tab=deployments]")
+    use_key(page, keys[2], "deployments")  # a researcher's key: refused
     card = page.locator(".deployment[data-name='console-smollm2']")
     card.locator(".actions input").fill("4")
     card.locator(".actions button", has_text="Scale").click()
@@ -236,8 +237,7 @@ def test_scaling_shows_slurms_reason_for_a_pending_replica_and_needs_an_operator
 def test_the_load_page_charts_the_traffic_and_each_keys_usage(
     page: Page, keys: tuple[Path, str, str]
 ) -> None:
-    use_key(page, keys[1])
-    page.click("button[data-tab=load]")
+    use_key(page, keys[1], "load")
     charts = page.locator(f".model-load[data-model='{MODEL}'] .chart")
     expect(charts).to_have_count(5, timeout=30_000)
     expect(page.locator("#key-table")).to_contain_text("researcher")
@@ -247,8 +247,7 @@ def test_the_load_page_charts_the_traffic_and_each_keys_usage(
 def test_an_operator_stops_the_deployment_from_the_page(
     page: Page, keys: tuple[Path, str, str], replica: Deployment
 ) -> None:
-    use_key(page, keys[1])
-    page.click("button[data-tab=deployments]")
+    use_key(page, keys[1], "deployments")
     card = page.locator(".deployment[data-name='console-smollm2']")
     jobs = [status.job_id for status in replica.status()]
     card.locator(".actions button", has_text="Stop").click()  # confirmed by the dialog handler
