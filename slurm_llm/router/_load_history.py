@@ -149,8 +149,12 @@ class LoadHistory:
         self.samples: deque[Sample] = deque(maxlen=int(KEEP_S / SAMPLE_S) + 1)
         self.task: asyncio.Task[None] | None = None
 
+    def reading(self) -> Sample:
+        """The metrics as they are now."""
+        return read_sample(self.metrics.families(), time.time())
+
     def take(self) -> None:
-        self.samples.append(read_sample(self.metrics.families(), time.time()))
+        self.samples.append(self.reading())
 
     async def sample_forever(self) -> None:
         while True:
@@ -169,12 +173,13 @@ class LoadHistory:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
 
-    def series(self, minutes: float) -> dict[str, Any]:
+    def series(self, minutes: float, now: Sample | None = None) -> dict[str, Any]:
         """Per model, one point per sample in the last ``minutes``: rates since the sample
-        before, gauges as sampled, percentiles over the ``WINDOW_S`` before it."""
+        before, gauges as sampled, percentiles over the ``WINDOW_S`` before it; up to now
+        (``now``, or a reading taken here), if that is over a second after the last sample."""
         samples = list(self.samples)
-        if samples and time.time() - samples[-1].at >= 1.0:  # up to now, over a second at least
-            samples.append(read_sample(self.metrics.families(), time.time()))
+        if samples and time.time() - samples[-1].at >= 1.0:
+            samples.append(now or self.reading())
         since = time.time() - minutes * 60
         # Requests that named no served model (and the operations' POSTs) are in /metrics as
         # model="unknown"; they have no replicas to chart.
@@ -208,14 +213,13 @@ class LoadHistory:
                         )
         return {"sample_s": SAMPLE_S, "window_s": WINDOW_S, "models": out}
 
-    def keys(self, minutes: float) -> dict[str, dict[str, float]]:
-        """Requests and tokens per key in the last ``minutes``."""
+    def keys(self, minutes: float, last: Sample) -> dict[str, dict[str, float]]:
+        """Requests and tokens per key in the last ``minutes``, up to ``last`` (a reading)."""
         samples = list(self.samples)
         if not samples:
             return {}
         since = time.time() - minutes * 60
         first = next((s for s in samples if s.at >= since), samples[0])
-        last = read_sample(self.metrics.families(), time.time())
         return {
             key: {
                 "requests": last.key_requests.get(key, 0.0) - first.key_requests.get(key, 0.0),
@@ -245,12 +249,12 @@ async def stats(request: web.Request) -> web.Response:
                           param="minutes")  # fmt: skip
     history = request.app[HISTORY]
     history.start()
-    answer = history.series(minutes)
-    if request.query.get("keys") == "1":
-        state = request.app[STATE]
-        require_sight(state.callers, request.get(CALLER), "usage per key")
-        answer["keys"] = history.keys(minutes)
-    return web.json_response(answer)
+    if request.query.get("keys") != "1":
+        return web.json_response(history.series(minutes))
+    state = request.app[STATE]
+    require_sight(state.callers, request.get(CALLER), "usage per key")
+    now = history.reading()  # one reading of the metrics serves both answers
+    return web.json_response({**history.series(minutes, now), "keys": history.keys(minutes, now)})
 
 
 def add_routes(app: web.Application) -> None:
