@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import uvloop
 from aiohttp import web
 
+from slurm_llm.router._server import settle_heap
 from slurm_llm.router._upstream import Upstreams
 
 UPSTREAMS = web.AppKey("upstreams", Upstreams)
@@ -49,6 +50,7 @@ def build_app(upstream: str) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         app[UPSTREAMS] = Upstreams(connect_timeout_s=5)
+        settle_heap()  # as the router does: what it costs is the router's, not the floor's
         yield
         app[UPSTREAMS].close()
 
