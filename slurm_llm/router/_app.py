@@ -184,5 +184,6 @@ def build_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(_batches_api.batch_runs)  # inside the dispatcher's life
-    app.on_response_prepare.append(add_rate_limit_headers)
+    if state.callers.required:  # without keys no caller has limits: no hook on each answer
+        app.on_response_prepare.append(add_rate_limit_headers)
     return app

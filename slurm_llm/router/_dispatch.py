@@ -39,9 +39,11 @@ from slurm_llm.router._metrics import RouterMetrics
 from slurm_llm.router._upstream import Answer, UpstreamError, Upstreams
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Call:
-    """One request for one model; ``tgi`` is what a TGI replica gets instead, if different."""
+    """One request for one model; ``tgi`` is what a TGI replica gets instead, if different.
+    Never changed once made (``replace`` makes a new one); not frozen, because a frozen
+    dataclass costs several times as much to make, on every request."""
 
     model: str
     path: str
@@ -74,11 +76,11 @@ def with_engine_priority(body: bytes, priority: Priority) -> bytes:
     return json.dumps({**fields, "priority": ENGINE_PRIORITY[priority]}).encode()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Reply:
     """A replica's answer. ``request_fault``: the request was refused again after a 5xx (by
     another replica, or by the only one), so it is the request that fails; the client should
-    not send it again."""
+    not send it again. Never changed once made (not frozen for the reason ``Call`` is not)."""
 
     status: int
     body: bytes

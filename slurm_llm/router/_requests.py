@@ -74,10 +74,13 @@ def parsed_json(raw: bytes) -> tuple[bytes, dict[str, Any]]:
 def too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether a UTF-8 JSON text nests deeper than ``limit``, found without parsing it: strings
     removed, then brackets counted (Python's parser recurses, so a body nested 5,000 deep must
-    be refused before it is parsed)."""
+    be refused before it is parsed). A body with fewer openings than ``limit`` in all, strings
+    included, is answered by two counts in C, without the scan."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False  # cannot be deeper than it has openings: the common case stops here
     brackets = STRINGS.sub(b"", raw).translate(None, NOT_BRACKETS)
     if brackets.count(b"[") + brackets.count(b"{") <= limit:
-        return False  # cannot be deeper than it has openings: the common case stops here
+        return False  # only the strings held so many (brackets quoted in a prompt, say)
     return max(accumulate(STEP[b] for b in brackets)) > limit
 
 

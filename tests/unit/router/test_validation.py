@@ -15,6 +15,8 @@ from typing import Any
 import openai
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 from slurm_llm._app_thread import AppThread
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
@@ -167,6 +169,28 @@ def test_deep_nesting_is_refused_before_parsing(router: RouterThread) -> None:
     utf16 = json.dumps({"model": "m", "prompt": "\u2200", "x": [[[]]]}).encode("utf-16")
     status, answer, _ = post(router.url + "/v1/completions", utf16)
     assert status == 400 and "not UTF-8" in answer["error"]["message"]
+
+
+def depth(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(depth, value.values()), default=0)
+    return 0
+
+
+JSON = st.recursive(
+    st.none() | st.integers() | st.text(alphabet='[]{}"\\ab'),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text("[{a"), inner, max_size=3),
+    max_leaves=30,
+)
+
+
+@given(JSON, st.integers(min_value=0, max_value=6))
+def test_the_depth_scan_agrees_with_the_parsed_depth(value: object, limit: int) -> None:
+    """Brackets inside strings (escaped quotes too) never count, whichever path answers: the
+    count of all openings, the count without strings, or the full scan."""
+    assert too_deep(json.dumps(value).encode(), limit) == (depth(value) > limit)
 
 
 def test_nan_and_infinity_are_not_json(router: RouterThread) -> None:
