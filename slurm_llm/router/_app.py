@@ -93,8 +93,7 @@ async def checked(request: web.Request, handler: Handler) -> web.StreamResponse:
             else "unmatched"
         )
         status = request.get(STATUS, response.status)
-        state.metrics.requests.labels(model, endpoint, str(status)).inc()
-        state.metrics.latency.labels(model, endpoint).observe(time.monotonic() - started)
+        state.metrics.answered(model, endpoint, status, time.monotonic() - started)
     return response
 
 
@@ -168,7 +167,7 @@ def build_app(
         pool.refresh()
         tasks = [
             asyncio.create_task(pool.watch()),
-            asyncio.create_task(state.metrics.share_forever()),
+            asyncio.create_task(state.metrics.publish_forever()),
         ]
         if pool.registry is not None:  # replicas of deployments: some may be elastic
             tasks.append(asyncio.create_task(state.elastic.run()))
@@ -178,6 +177,7 @@ def build_app(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        state.metrics.fold()  # with several workers, the last second's counts into the files
         upstreams.close()
         if state.usage is not None:
             state.usage.close()

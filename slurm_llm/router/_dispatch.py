@@ -206,7 +206,7 @@ class Dispatcher:
             call.model, call.key, tried, bounded, call.priority, call.left
         )
         waited = time.monotonic() - started
-        self.metrics.queue_wait.labels(call.model).observe(waited)
+        self.metrics.waited(call.model, waited)
         return backend, waited if waking else 0.0
 
     async def _forward(

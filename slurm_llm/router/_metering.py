@@ -139,9 +139,7 @@ class MeteredCall:
             unread = self.estimate if meter.replica is not None else 0
             state.limiter.settle(self.grant, used if meter.counted else unread)
         name = caller.name if caller is not None else ANONYMOUS
-        state.metrics.key_requests.labels(name, str(meter.status)).inc()
-        state.metrics.key_tokens.labels(name, "prompt").inc(meter.prompt_tokens)
-        state.metrics.key_tokens.labels(name, "completion").inc(meter.completion_tokens)
+        state.metrics.key_used(name, meter.status, meter.prompt_tokens, meter.completion_tokens)
         if state.usage is not None:
             replica = meter.replica
             state.usage.record(

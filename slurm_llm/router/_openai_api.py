@@ -118,9 +118,9 @@ def count_usage(metrics: RouterMetrics, model: str, payload: bytes) -> dict[str,
         return {}
     if not isinstance(usage, dict):
         return {}
-    for kind in ("prompt", "completion"):
-        if isinstance(tokens := usage.get(f"{kind}_tokens"), int):
-            metrics.tokens.labels(model, kind).inc(tokens)
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    metrics.used(model, prompt if isinstance(prompt, int) else 0,
+                 completion if isinstance(completion, int) else 0)  # fmt: skip
     return usage
 
 
@@ -146,10 +146,11 @@ def sse_relay(
     def seen(chunk: bytes) -> None:
         nonlocal first
         if first:
-            metrics.first_byte.labels(model).observe(time.monotonic() - started)
+            metrics.first_byte_after(model, time.monotonic() - started)
             first = False
         events = chunk.count(b"data:") - chunk.count(b"[DONE]")
-        metrics.tokens.labels(model, "completion").inc(max(events, 0))
+        if events > 0:
+            metrics.used(model, 0, events)
 
     def relay_for(rewrite: Callable[[bytes], bytes]) -> Relay:
         async def relay(upstream: Answer, backend: Backend, ended: GiveBack) -> web.StreamResponse:
