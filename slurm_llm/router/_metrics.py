@@ -18,7 +18,7 @@ import asyncio
 import math
 import os
 import time
-from bisect import bisect_left
+from bisect import bisect_right
 from collections import Counter as Tally
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -130,20 +130,22 @@ class Histogram(KeptChildren, prometheus_client.Histogram):
         prometheus-client's own fields, as ``observe`` does; a test holds the two equal."""
         self._raise_if_not_observable()  # type: ignore[no-untyped-call]
         self._sum.inc(math.fsum(amounts))
-        bounds = self._upper_bounds
-        for bucket, count in Tally(bisect_left(bounds, amount) for amount in amounts).items():
-            self._buckets[bucket].inc(count)
+        ordered = sorted(amounts)  # then one search per bucket, not one per amount
+        below = 0  # amounts in the buckets before this one: ``observe``'s ``amount <= bound``
+        for bucket, bound in enumerate(self._upper_bounds):
+            upto = bisect_right(ordered, bound)
+            if upto > below:
+                self._buckets[bucket].inc(upto - below)
+                below = upto
 
 
-def observe_by_labels(
-    histogram: Histogram, observed: Iterable[tuple[tuple[str, ...], float]]
-) -> None:
-    """Observations given as (label values, amount), each label set's handed over at once."""
-    grouped: defaultdict[tuple[str, ...], list[float]] = defaultdict(list)
-    for labels, amount in observed:
-        grouped[labels].append(amount)
-    for labels, amounts in grouped.items():
-        histogram.labels(*labels).observe_many(amounts)
+def observe_by_model(histogram: Histogram, observed: list[tuple[str, float]]) -> None:
+    """Observations given as (model, amount), each model's handed over at once."""
+    grouped: defaultdict[str, list[float]] = defaultdict(list)
+    for model, amount in observed:
+        grouped[model].append(amount)
+    for model, amounts in grouped.items():
+        histogram.labels(model).observe_many(amounts)
 
 
 def workers_folder() -> str | None:
@@ -318,11 +320,17 @@ class RouterMetrics:
         waits, self._waits = self._waits, []
         first_bytes, self._first_bytes = self._first_bytes, []
         keys, self._keys = self._keys, []
-        for (model, endpoint, status), count in Tally(a[:3] for a in answers).items():
-            self.requests.labels(model, endpoint, str(status)).inc(count)
-        observe_by_labels(self.latency, (((m, e), s) for m, e, _, s in answers))
-        observe_by_labels(self.queue_wait, (((m,), s) for m, s in waits))
-        observe_by_labels(self.first_byte, (((m,), s) for m, s in first_bytes))
+        by_status: defaultdict[tuple[str, str, int], list[float]] = defaultdict(list)
+        for model, endpoint, status, seconds in answers:
+            by_status[model, endpoint, status].append(seconds)
+        by_route: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
+        for (model, endpoint, status), seconds_each in by_status.items():
+            self.requests.labels(model, endpoint, str(status)).inc(len(seconds_each))
+            by_route[model, endpoint] += seconds_each
+        for route, seconds_each in by_route.items():
+            self.latency.labels(*route).observe_many(seconds_each)
+        observe_by_model(self.queue_wait, waits)
+        observe_by_model(self.first_byte, first_bytes)
         used: Tally[tuple[str, str]] = Tally()
         for model, prompt, completion in tokens:
             used[model, "prompt"] += prompt
@@ -330,12 +338,14 @@ class RouterMetrics:
         for labels, count in used.items():
             if count:
                 self.tokens.labels(*labels).inc(count)
-        for (key, status), count in Tally((k, s) for k, s, _, _ in keys).items():
-            self.key_requests.labels(key, str(status)).inc(count)
+        requests_by_key: Tally[tuple[str, int]] = Tally()
         by_key: Tally[tuple[str, str]] = Tally()
-        for key, _, prompt, completion in keys:
+        for key, status, prompt, completion in keys:
+            requests_by_key[key, status] += 1
             by_key[key, "prompt"] += prompt
             by_key[key, "completion"] += completion
+        for (key, status), count in requests_by_key.items():
+            self.key_requests.labels(key, str(status)).inc(count)
         for labels, count in by_key.items():
             self.key_tokens.labels(*labels).inc(count)
 
