@@ -26,6 +26,7 @@ tokens_per_month = 10000000
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -72,7 +73,11 @@ class Identity(BaseModel):
         return "*" in self.models or model in self.models
 
 
+@functools.lru_cache(maxsize=4096)
 def hash_key(key: str) -> str:
+    """A key's hash, as the keys file stores it. Kept for the keys last presented: a front
+    end hashes the key of every request, and a site's keys are far fewer than 4,096 (a
+    client sending random keys only pushes out older ones)."""
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 

@@ -156,15 +156,15 @@ class Limiter:
             if (over := state.window_tokens + tokens - tpm) > 0:
                 wait = self._frees(state, over, now)
                 raise LimitHit(f"key {name!r} is over its {tpm} tokens per minute", wait)
-        when = datetime.fromtimestamp(now, UTC)
         for quota, used, period, ends in (
-            (identity.tokens_per_day, state.day_tokens, "day", next_day(when)),
-            (identity.tokens_per_month, state.month_tokens, "month", next_month(when)),
+            (identity.tokens_per_day, state.day_tokens, "day", next_day),
+            (identity.tokens_per_month, state.month_tokens, "month", next_month),
         ):
             if quota is not None and used + tokens > quota:
+                when = datetime.fromtimestamp(now, UTC)  # only for a refusal: it costs
                 raise LimitHit(
                     f"key {name!r} has used {used} of its {quota} tokens this {period} (UTC)",
-                    (ends - when).total_seconds(),
+                    (ends(when) - when).total_seconds(),
                 )
 
     def _frees(self, state: KeyState, needed: int, now: float) -> float:
