@@ -3,19 +3,41 @@ file, a line cut short by a crash skipped."""
 
 from __future__ import annotations
 
+import json
 import resource
 import signal
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from slurm_llm._usage import UsageLog, UsageRecord, read_usage, tokens_used_since
+from hypothesis import given
+from hypothesis import strategies as st
+
+from slurm_llm._usage import UsageLog, UsageRecord, json_lines, read_usage, tokens_used_since
 
 
 def record(key: str, at: float, prompt: int = 10, completion: int = 5) -> UsageRecord:
     return UsageRecord(at=at, key=key, account="physics", model="m", endpoint="/v1/completions",
                        priority="interactive", status=200, prompt_tokens=prompt,
                        completion_tokens=completion, latency_s=0.5, replica="http://r")  # fmt: skip
+
+
+TEXT = st.text(alphabet=st.sampled_from('},{"at":\\\nab'), max_size=20)  # the separator's bytes
+RECORDS = st.builds(
+    UsageRecord, at=st.floats(0, 2e9), key=TEXT, account=st.none() | TEXT, model=TEXT,
+    endpoint=TEXT, priority=TEXT, status=st.integers(100, 599), prompt_tokens=st.integers(0, 2**70),
+    completion_tokens=st.integers(0, 2**70), latency_s=st.floats(0, 1e4), replica=st.none() | TEXT,
+    deployment=st.none() | TEXT, job=st.none() | TEXT,
+)  # fmt: skip
+
+
+@given(st.lists(RECORDS, max_size=5))
+def test_records_become_one_line_each_whatever_their_strings_hold(
+    records: list[UsageRecord],
+) -> None:
+    lines = json_lines(records).decode().splitlines()
+    assert [json.loads(line) for line in lines] == [asdict(r) for r in records]
 
 
 def test_records_reach_the_file_within_the_flush_interval(tmp_path: Path) -> None:
