@@ -87,12 +87,12 @@ async def checked(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
     if request.method == "POST":
         model = request.get(MODEL, UNKNOWN_MODEL)
-        endpoint = (
-            request.match_info.route.resource.canonical
-            if request.match_info.route.resource
-            else "unmatched"
-        )
-        status = request.get(STATUS, response.status)
+        resource = request.match_info.route.resource
+        endpoint = resource.canonical if resource else "unmatched"
+        # Only an open stream can end with another status than its response's: a plain answer
+        # need not be looked up (a lookup that misses raises and catches a KeyError).
+        plain = type(response) is web.Response
+        status = response.status if plain else request.get(STATUS, response.status)
         state.metrics.answered(model, endpoint, status, time.monotonic() - started)
     return response
 

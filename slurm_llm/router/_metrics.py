@@ -3,8 +3,8 @@
 What every request adds (its count and duration, its tokens, its wait for a replica, its key's
 share) is tallied on the hot path as one tuple in a list, and handed to the prometheus metrics
 (``RouterMetrics.fold``) when they are read and once a second: a prometheus update takes a lock
-and half a dozen calls, and a request made eight of them, a tenth of the router's own work per
-request. Rarer events (retries, rejections, continuations) update their metric at once. Gauges
+and half a dozen calls, and a request made eight of them. A scrape sees every request answered
+before it. Rarer events (retries, rejections, continuations) update their metric at once. Gauges
 that describe the replicas
 (in-flight, health, queue depth) are read from the pool and the queue at scrape time, so they
 can never drift from what the router actually does. Requests for models that are not served are

@@ -15,7 +15,10 @@ What it keeps of a serious client:
   without reading, so the replica is not at fault and the request is not run twice.
 - **Timeouts.** Connecting (``connect_timeout_s``), the whole exchange (``deadline``, for an
   answer read whole), and silence (``idle_s``, between two pieces of a stream, and before its
-  head): each ends the exchange with ``TimeoutError`` and closes its connection.
+  head): each ends the exchange with ``TimeoutError`` and closes its connection. A deadline
+  more than ``NEAR_S`` away (a request's default is 600 s) is not given a timer of its own
+  but checked with the others every ``SWEEP_S`` (``FarDeadlines``), so it ends at most that
+  late: a timer armed and cancelled for every request cost 4 µs of it, more than the dict.
 - **Flow control.** A stream's reader that falls behind (a slow client) pauses reading from the
   replica once ``HIGH_WATER`` bytes wait, so memory stays bounded per stream.
 - **Cut-off.** ``Answer.close()`` ends an exchange at once; its reader sees ``BrokenOff``.
@@ -39,6 +42,8 @@ import httptools
 from yarl import URL
 
 KEEP_IDLE_S = 4.0
+NEAR_S = 5.0  # a deadline nearer than this gets a timer of its own
+SWEEP_S = 0.25  # how often the far deadlines are checked
 HIGH_WATER = 256 * 1024  # bytes of a stream read from the replica but not yet by the relay
 LOW_WATER = 64 * 1024
 
@@ -55,9 +60,10 @@ class BrokenOff(UpstreamError):
     """The replica's connection ended (or stopped speaking HTTP) before its answer was whole."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Origin:
-    """Where a replica listens, parsed once per URL: the request line's prefix and Host."""
+    """Where a replica listens, parsed once per URL: the request line's prefix and Host. One
+    per URL (``Upstreams`` keeps them), so it is hashed as itself, not field by field."""
 
     host: str
     port: int
@@ -80,11 +86,39 @@ class Origin:
         )
 
 
+class FarDeadlines:
+    """The exchanges whose deadline is more than ``NEAR_S`` away, each failed by one timer that
+    looks at them every ``SWEEP_S`` while there are any."""
+
+    def __init__(self) -> None:
+        self.due: dict[Connection, float] = {}
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, connection: Connection, deadline: float) -> None:
+        self.due[connection] = deadline
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+
+    def discard(self, connection: Connection) -> None:
+        self.due.pop(connection, None)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for connection, deadline in [*self.due.items()]:
+            if deadline <= now:
+                del self.due[connection]
+                connection.past_deadline()
+        self.timer = None
+        if self.due:
+            self.timer = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+
+
 class Connection(asyncio.Protocol):
     """One connection to a replica, and the answer being read on it (one at a time)."""
 
-    def __init__(self, origin: Origin) -> None:
+    def __init__(self, origin: Origin, far: FarDeadlines) -> None:
         self.origin = origin
+        self.far = far
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -179,18 +213,21 @@ class Connection(asyncio.Protocol):
         now = time.monotonic()
         self.last_data = now
         self.idle_s = idle_s
-        if deadline is not None:
-            self.deadline_timer = loop.call_later(max(deadline - now, 0.0), self._past_deadline)
+        if deadline is not None and deadline - now > NEAR_S:
+            self.far.add(self, deadline)
+        elif deadline is not None:
+            self.deadline_timer = loop.call_later(max(deadline - now, 0.0), self.past_deadline)
         if idle_s is not None:
             self.silence_timer = loop.call_later(idle_s, self._check_silence)
 
     def disarm(self) -> None:
+        self.far.discard(self)
         for timer in (self.deadline_timer, self.silence_timer):
             if timer is not None:
                 timer.cancel()
         self.deadline_timer = self.silence_timer = None
 
-    def _past_deadline(self) -> None:
+    def past_deadline(self) -> None:
         self.fail(TimeoutError("the replica did not answer in time"))
 
     def _check_silence(self) -> None:
@@ -288,6 +325,7 @@ class Upstreams:
         self._origins: dict[str, Origin] = {}
         self._idle: dict[Origin, list[Connection]] = {}
         self._tls: ssl.SSLContext | None = None
+        self._far = FarDeadlines()
 
     async def post(
         self, url: str, path: str, body: bytes, deadline: float | None, idle_s: float | None
@@ -358,7 +396,7 @@ class Upstreams:
         try:
             async with asyncio.timeout(limit):
                 _, connection = await loop.create_connection(
-                    lambda: Connection(origin),
+                    lambda: Connection(origin, self._far),
                     origin.host,
                     origin.port,
                     ssl=self._tls_context() if origin.tls else None,
@@ -389,3 +427,5 @@ class Upstreams:
             for connection in idle:
                 connection.close()
         self._idle.clear()
+        if self._far.timer is not None:
+            self._far.timer.cancel()

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from slurm_llm.router import _upstream
 from slurm_llm.router._upstream import (
     HIGH_WATER,
     BrokenOff,
@@ -199,6 +200,35 @@ def test_an_answer_read_whole_is_bounded_by_its_deadline() -> None:
             with pytest.raises(TimeoutError):
                 await Upstreams(connect_timeout_s=5).fetch(server.url, "/", b"{}", 0.3)
             assert time.monotonic() - started < 2
+
+    run(test)
+
+
+def test_a_far_deadline_is_kept_by_the_sweep_and_left_by_what_ends_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_upstream, "NEAR_S", 0.1)  # 0.3 s is far: no timer of its own
+    monkeypatch.setattr(_upstream, "SWEEP_S", 0.05)
+
+    async def slow_then_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await read_request(reader)).endswith(b"[]"):  # answered; then {}: silence
+            writer.write(OK)
+            await writer.drain()
+        await asyncio.sleep(5)
+
+    async def test() -> None:
+        async with ScriptedServer(slow_then_silent) as server:
+            upstreams = Upstreams(connect_timeout_s=5)
+            for _ in range(3):  # answered in time: each leaves the sweep's list
+                assert await upstreams.fetch(server.url, "/", b"[]", 0.3) == (200, b"{}")
+            assert not upstreams._far.due
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await upstreams.fetch(server.url, "/", b"{}", 0.3)
+            assert 0.3 <= time.monotonic() - started < 1.5
+            assert not upstreams._far.due
+            assert await until(lambda: upstreams._far.timer is None)  # the sweep stops
+            upstreams.close()
 
     run(test)
 
