@@ -26,7 +26,6 @@ tokens_per_month = 10000000
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -73,11 +72,7 @@ class Identity(BaseModel):
         return "*" in self.models or model in self.models
 
 
-@functools.lru_cache(maxsize=4096)
 def hash_key(key: str) -> str:
-    """A key's hash, as the keys file stores it. Kept for the keys last presented: a front
-    end hashes the key of every request, and a site's keys are far fewer than 4,096 (a
-    client sending random keys only pushes out older ones)."""
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -91,12 +86,21 @@ class Identities:
 
     def __init__(self, identities: Mapping[str, Identity] = {}) -> None:
         self.by_hash = {i.hash: i for i in identities.values() if i.revoked is None}
+        # Keys already found, so that a front end hashes each once, not on every request. Only
+        # keys that are active here: a wrong guess is not kept, and a reload (a revocation)
+        # makes new Identities.
+        self._found: dict[str, Identity] = {}
 
     def __len__(self) -> int:
         return len(self.by_hash)
 
     def find(self, key: str) -> Identity | None:
-        return self.by_hash.get(hash_key(key))
+        found = self._found.get(key)
+        if found is None:
+            found = self.by_hash.get(hash_key(key))
+            if found is not None:
+                self._found[key] = found
+        return found
 
 
 def read_keys_file(path: Path) -> dict[str, Identity]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiohttp import web
 
@@ -66,9 +66,15 @@ class Meter:
         if isinstance(usage, dict):
             self.counted = True
             prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            self.prompt_tokens = prompt if isinstance(prompt, int) else self.prompt_tokens
-            if isinstance(completion, int):
+            if is_token_count(prompt):  # a replica's odd count (negative, a text) is not taken
+                self.prompt_tokens = prompt
+            if is_token_count(completion):
                 self.completion_tokens = completion
+
+
+def is_token_count(value: object) -> TypeGuard[int]:
+    """Whether a replica's usage field is a count of tokens (``bool`` is an ``int`` too)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def check_access(caller: Identity | None, model: str) -> None:

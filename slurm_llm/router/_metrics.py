@@ -15,6 +15,7 @@ metrics without bound.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import time
@@ -34,6 +35,7 @@ from slurm_llm.control._autoscale import ScalingRecord
 from slurm_llm.router._admission import Admission
 from slurm_llm.router._backends import Backend
 
+log = logging.getLogger("slurm_llm.router")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 UNKNOWN_MODEL = "unknown"
 
@@ -336,7 +338,7 @@ class RouterMetrics:
             used[model, "prompt"] += prompt
             used[model, "completion"] += completion
         for labels, count in used.items():
-            if count:
+            if count > 0:
                 self.tokens.labels(*labels).inc(count)
         requests_by_key: Tally[tuple[str, int]] = Tally()
         by_key: Tally[tuple[str, str]] = Tally()
@@ -373,7 +375,10 @@ class RouterMetrics:
         requests; with several workers, this one's replica gauges written too (the others'
         tallies are up to a second behind in a scrape that one worker answers)."""
         while True:
-            self.fold()
-            if self.shared is not None:
-                self.shared.write()
+            try:
+                self.fold()
+                if self.shared is not None:
+                    self.shared.write()
+            except Exception:  # one bad hand-over must not end the publishing
+                log.exception("cannot hand the request metrics to prometheus")
             await asyncio.sleep(1.0)

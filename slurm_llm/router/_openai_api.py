@@ -19,7 +19,7 @@ from slurm_llm.router._dispatch import Call, GiveBack, Relay, Reply
 from slurm_llm.router._elastic import refuse_cold_start, tell_progress
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._failover import RelayFor, openai_plan, stream_with_failover
-from slurm_llm.router._metering import Meter, metered
+from slurm_llm.router._metering import Meter, is_token_count, metered
 from slurm_llm.router._metrics import RouterMetrics
 from slurm_llm.router._requests import (
     affinity_key,
@@ -119,8 +119,8 @@ def count_usage(metrics: RouterMetrics, model: str, payload: bytes) -> dict[str,
     if not isinstance(usage, dict):
         return {}
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    metrics.used(model, prompt if isinstance(prompt, int) else 0,
-                 completion if isinstance(completion, int) else 0)  # fmt: skip
+    metrics.used(model, prompt if is_token_count(prompt) else 0,
+                 completion if is_token_count(completion) else 0)  # fmt: skip
     return usage
 
 

@@ -104,13 +104,20 @@ class FarDeadlines:
 
     def _sweep(self) -> None:
         now = time.monotonic()
-        for connection, deadline in [*self.due.items()]:
-            if deadline <= now:
-                del self.due[connection]
-                connection.past_deadline()
-        self.timer = None
-        if self.due:
-            self.timer = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+        try:
+            for connection, deadline in [*self.due.items()]:
+                if deadline <= now:
+                    del self.due[connection]
+                    connection.past_deadline()
+        finally:  # whatever a connection's closing raised, the sweep goes on
+            self.timer = None
+            if self.due:
+                self.timer = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class Connection(asyncio.Protocol):
@@ -427,5 +434,4 @@ class Upstreams:
             for connection in idle:
                 connection.close()
         self._idle.clear()
-        if self._far.timer is not None:
-            self._far.timer.cancel()
+        self._far.stop()

@@ -18,7 +18,9 @@ quotas are shared, since each worker reads the others' usage records.
 
 Metrics are the workers' summed: counters and histograms through prometheus-client's
 multiprocess mode (a folder of memory-mapped files the supervisor makes and removes), and the
-per-replica gauges written there by each worker once a second.
+per-replica gauges written there by each worker once a second. Each worker hands its requests'
+tallies to those files once a second too (``RouterMetrics.fold``), at once when it answers a
+scrape, and as it stops; a worker that is killed loses up to its last second of counts.
 """
 
 from __future__ import annotations

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from slurm_llm import SlurmLLMError
-from slurm_llm._api_keys import KeysFile, hash_key, load_api_keys, load_identities
+from slurm_llm._api_keys import (
+    Identities,
+    Identity,
+    KeysFile,
+    hash_key,
+    load_api_keys,
+    load_identities,
+)
 from slurm_llm.cli import main
 
 
@@ -97,3 +104,12 @@ def test_keys_added_at_once_by_several_writers_are_all_kept(tmp_path: Path) -> N
     identities = load_identities(keys.path, {})
     assert sorted(keys.identities()) == sorted(name for name, _ in added)
     assert all(identities.find(key) is not None for _, key in added)
+
+
+def test_a_key_found_is_hashed_once_and_a_wrong_guess_is_not_kept() -> None:
+    alice = Identity(name="alice", hash=hash_key("sk-alice"))
+    identities = Identities({"alice": alice})
+    assert identities.find("sk-alice") == alice
+    assert identities.find("sk-alice") == alice  # from what was found, not hashed again
+    assert identities.find("sk-guess") is None
+    assert list(identities._found) == ["sk-alice"]

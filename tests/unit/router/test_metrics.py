@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
+
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from slurm_llm.router._admission import Admission
 from slurm_llm.router._backends import BackendPool
+from slurm_llm.router._metering import Meter
 from slurm_llm.router._metrics import LATENCY_BUCKETS, Histogram, RouterMetrics
+from slurm_llm.router._openai_api import count_usage
 from slurm_llm.router._policies import make_policy
 
 AMOUNTS = st.lists(
@@ -86,7 +92,43 @@ def test_a_tally_is_handed_over_once() -> None:
     router.answered("m", "/v1/completions", 200, 0.1)
     router.fold()  # the once-a-second hand-over
     router.answered("m", "/v1/completions", 200, 0.1)
+    router.fold()
+    router.fold()  # nothing new: nothing added
     assert sample(router, "slurm_llm_router_requests_total", model="m",
                   endpoint="/v1/completions", status="200") == 2  # fmt: skip
+
+
+def test_the_publisher_hands_over_every_second_and_outlives_a_bad_fold() -> None:
+    router = metrics()
+
+    async def publishing() -> None:
+        task = asyncio.create_task(router.publish_forever())
+        router.answered("m", "/v1/completions", 200, 0.1)
+        assert await until(lambda: not router._answers)
+        router._tokens.append(("m", 1, "not a count"))  # type: ignore[arg-type]  # fold fails
+        assert await until(lambda: not router._tokens, timeout=2.5)
+        router.answered("m", "/v1/completions", 200, 0.1)
+        assert await until(lambda: not router._answers, timeout=2.5)  # a fold after it
+        task.cancel()
+
+    asyncio.run(publishing())
     assert sample(router, "slurm_llm_router_requests_total", model="m",
                   endpoint="/v1/completions", status="200") == 2  # fmt: skip
+
+
+async def until(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def test_a_replicas_odd_usage_is_not_counted() -> None:
+    router = metrics()
+    odd = b'{"usage": {"prompt_tokens": -5, "completion_tokens": true}}'
+    meter = Meter("m", "/v1/completions", "interactive")
+    meter.read_usage(count_usage(router, "m", odd))
+    assert (meter.prompt_tokens, meter.completion_tokens) == (0, 0)
+    assert sample(router, "slurm_llm_router_tokens_total", model="m", kind="prompt") is None
