@@ -125,7 +125,10 @@ class UsageLog:
 
     def _flush_forever(self) -> None:
         while not self._stop.wait(self.flush_every_s):
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # a bug must not end the flushing: later records still go out
+                log.exception("cannot write usage records to %s", self.path)
 
 
 def json_lines(records: list[UsageRecord]) -> bytes:

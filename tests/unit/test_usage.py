@@ -11,9 +11,11 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from slurm_llm import _usage
 from slurm_llm._usage import UsageLog, UsageRecord, json_lines, read_usage, tokens_used_since
 
 
@@ -61,6 +63,31 @@ def test_every_router_s_file_is_read_and_a_torn_line_skipped(tmp_path: Path) -> 
     with (tmp_path / "b.jsonl").open("a") as torn:
         torn.write('{"at": 101.0, "key": "cut sho')
     assert sorted(r.key for r in read_usage(tmp_path)) == ["key-a", "key-b"]
+
+
+def test_the_flushing_outlives_an_unexpected_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = []
+
+    def fails_once(records: list[UsageRecord]) -> bytes:
+        calls.append(len(records))
+        if len(calls) == 1:
+            raise RuntimeError("a bug in writing records")
+        return json_lines(records)
+
+    monkeypatch.setattr(_usage, "json_lines", fails_once)
+    log = UsageLog(tmp_path, flush_every_s=0.05)
+    log.record(record("alice", time.time()))  # its flush fails, and says so
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.02)
+    log.record(record("bob", time.time()))
+    while not list(read_usage(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    log.close()
+    assert [r.key for r in read_usage(tmp_path)] == ["bob"]
+    assert "cannot write usage records" in caplog.text
 
 
 def test_tokens_since_a_moment_per_key(tmp_path: Path) -> None:
