@@ -128,7 +128,7 @@ class UsageLog:
             try:
                 self.flush()
             except Exception:  # a bug must not end the flushing: later records still go out
-                log.exception("cannot write usage records to %s", self.path)
+                log.exception("cannot write usage records to %s; this flush's are lost", self.path)
 
 
 def json_lines(records: list[UsageRecord]) -> bytes:
