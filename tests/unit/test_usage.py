@@ -77,6 +77,9 @@ def test_the_flushing_outlives_an_unexpected_error(
         return json_lines(records)
 
     monkeypatch.setattr(_usage, "json_lines", fails_once)
+    # Straight to the logger: a CLI test may have stopped slurm_llm's records reaching the root.
+    _usage.log.addHandler(caplog.handler)
+    monkeypatch.setattr(_usage.log, "disabled", False)
     log = UsageLog(tmp_path, flush_every_s=0.05)
     log.record(record("alice", time.time()))  # its flush fails, and says so
     deadline = time.monotonic() + 5
@@ -87,6 +90,7 @@ def test_the_flushing_outlives_an_unexpected_error(
         time.sleep(0.02)
     log.close()
     assert [r.key for r in read_usage(tmp_path)] == ["bob"]
+    _usage.log.removeHandler(caplog.handler)
     assert "cannot write usage records" in caplog.text
 
 
