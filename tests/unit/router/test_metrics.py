@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,6 +14,7 @@ from slurm_llm.router._metering import Meter
 from slurm_llm.router._metrics import LATENCY_BUCKETS, Histogram, RouterMetrics
 from slurm_llm.router._openai_api import count_usage
 from slurm_llm.router._policies import make_policy
+from tests.unit.router.test_upstream import until
 
 AMOUNTS = st.lists(
     st.one_of(
@@ -114,15 +113,6 @@ def test_the_publisher_hands_over_every_second_and_outlives_a_bad_fold() -> None
     asyncio.run(publishing())
     assert sample(router, "slurm_llm_router_requests_total", model="m",
                   endpoint="/v1/completions", status="200") == 2  # fmt: skip
-
-
-async def until(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 def test_a_replicas_odd_usage_is_not_counted() -> None:
