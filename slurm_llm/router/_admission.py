@@ -187,7 +187,7 @@ class Admission:
         now = time.monotonic()
         self.last_request[model] = time.time()
         backends = self.pool.of(model)
-        waking = not backends and self.pool.wakeable(model)  # ``pool.waking``, of what is read
+        waking = self.pool.waking(model)
         if not backends and not waking:  # its last replica went between the model check and here
             raise Rejected(
                 503, f"no replica of {model!r} is up right now; retry shortly", "no_replica",
