@@ -2,7 +2,9 @@
 
 ``streams``: a closed loop of ``--concurrency`` clients, each sending one streamed chat request
 after the other for ``--duration`` seconds; per request it records the time to the first SSE
-chunk (TTFT) and to ``data: [DONE]`` (end to end). ``hold``: ``--concurrency`` streamed requests
+chunk (TTFT) and to ``data: [DONE]`` (end to end). With ``--spread-s`` the clients start one
+after the other over that many seconds: streams of equal length started together stay in step,
+and their requests arrive in waves. ``hold``: ``--concurrency`` streamed requests
 opened at once (one connection each) and held until they end, to see whether the proxy serves
 them all. Both print one JSON object on stdout.
 
@@ -65,13 +67,16 @@ async def streams(args: argparse.Namespace) -> dict[str, Any]:
     ttft: list[float] = []
     e2e: list[float] = []
     errors: dict[str, int] = {}
-    deadline = time.perf_counter() + args.duration
+    measured_from = deadline = time.perf_counter() + args.duration
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(connector=connector, headers=auth(args)) as session:
 
-        async def client() -> None:
-            while time.perf_counter() < deadline:
+        async def client(number: int) -> None:
+            await asyncio.sleep(number * args.spread_s / args.concurrency)
+            while (began := time.perf_counter()) < deadline:
                 outcome = await one_stream(session, args.url, args.chunks, args.timeout, args.model)
+                if began < measured_from:  # the others are still starting
+                    continue
                 if isinstance(outcome, str):
                     errors[outcome] = errors.get(outcome, 0) + 1
                     await asyncio.sleep(0.01)
@@ -86,8 +91,9 @@ async def streams(args: argparse.Namespace) -> dict[str, Any]:
                 for _ in range(args.concurrency)
             )
         )
-        deadline = time.perf_counter() + args.duration
-        await asyncio.gather(*(client() for _ in range(args.concurrency)))
+        measured_from = time.perf_counter() + args.spread_s  # every client running
+        deadline = measured_from + args.duration
+        await asyncio.gather(*(client(number) for number in range(args.concurrency)))
     return {"ttft": ttft, "e2e": e2e, "errors": errors, "seconds": args.duration}
 
 
@@ -127,6 +133,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--chunks", type=int, default=8, help="chunks the upstream sends")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument(
+        "--spread-s", type=float, default=0.0,
+        help="streams: the clients' first requests spread evenly over this many seconds",
+    )  # fmt: skip
     parser.add_argument("--api-key", help="sent as Authorization: Bearer KEY with every request")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
