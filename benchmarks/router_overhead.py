@@ -718,6 +718,7 @@ def plot(
     goal = GOALS["router_vs_nginx"] * req_s["nginx"]
     rate.axhline(goal, color="red", linestyle="--", label="goal (router): 0.5 x nginx")
     rate.set_ylabel("requests/s (wrk, non-streamed)")
+    rate.tick_params(axis="x", labelrotation=30)
     rate.legend()
     timeline = connections["timeline"]
     memory.plot([t for t, _ in timeline], [r for _, r in timeline])
