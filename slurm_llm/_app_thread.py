@@ -8,8 +8,11 @@ and the stand-in servers of the tests.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import sys
 import threading
-from types import TracebackType
+import traceback
+from types import CoroutineType, TracebackType
 from typing import Self
 
 from aiohttp import web
@@ -18,6 +21,8 @@ from aiohttp import web
 class AppThread:
     """Serves ``app`` on ``host``:``port`` (0: one the OS picks) while the context is open;
     ``port`` and ``url`` are the real ones once it is entered."""
+
+    stop_timeout_s = 30.0  # what leaving the context waits for the server's cleanup
 
     def __init__(
         self, app: web.Application, host: str = "127.0.0.1", port: int = 0, backlog: int = 128
@@ -51,7 +56,33 @@ class AppThread:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
+        stopping = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+        try:
+            stopping.result(timeout=self.stop_timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(
+                f"the server at {self.url} did not stop within {self.stop_timeout_s:g} s; "
+                f"{self._what_runs()}"
+            ) from None
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
+
+    def _what_runs(self) -> str:
+        """Where the event loop's thread is and what its tasks wait on: what a stop that hangs
+        is stuck in. Read from this thread while the loop runs on its own, for a report only."""
+        frame = sys._current_frames().get(self._thread.ident or -1)
+        where = "".join(traceback.format_stack(frame)[-6:]) if frame else "(not running)\n"
+        tasks = "".join(f"  {awaiting(task)}\n" for task in asyncio.all_tasks(self._loop))
+        return f"its loop's thread is at:\n{where}its tasks:\n{tasks or '  none'}"
+
+
+def awaiting(task: asyncio.Task[object]) -> str:
+    """The chain of coroutines a task is suspended in, outermost first (a task's own stack
+    shows its outermost coroutine only)."""
+    chain = []
+    coroutine: object = task.get_coro()
+    while isinstance(coroutine, CoroutineType) and (frame := coroutine.cr_frame) is not None:
+        chain.append(f"{coroutine.__qualname__} ({frame.f_code.co_filename}:{frame.f_lineno})")
+        coroutine = coroutine.cr_await
+    return " -> ".join(chain) or repr(task)
