@@ -67,7 +67,6 @@ async def streams(args: argparse.Namespace) -> dict[str, Any]:
     ttft: list[float] = []
     e2e: list[float] = []
     errors: dict[str, int] = {}
-    measured_from = deadline = time.perf_counter() + args.duration
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(connector=connector, headers=auth(args)) as session:
 

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slurm_llm import _usage
+from slurm_llm._polling import wait_until
 from slurm_llm._usage import UsageLog, UsageRecord, json_lines, read_usage, tokens_used_since
 
 
@@ -80,17 +81,16 @@ def test_the_flushing_outlives_an_unexpected_error(
     # Straight to the logger: a CLI test may have stopped slurm_llm's records reaching the root.
     _usage.log.addHandler(caplog.handler)
     monkeypatch.setattr(_usage.log, "disabled", False)
-    log = UsageLog(tmp_path, flush_every_s=0.05)
-    log.record(record("alice", time.time()))  # its flush fails, and says so
-    deadline = time.monotonic() + 5
-    while not calls and time.monotonic() < deadline:
-        time.sleep(0.02)
-    log.record(record("bob", time.time()))
-    while not list(read_usage(tmp_path)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    log.close()
+    try:
+        log = UsageLog(tmp_path, flush_every_s=0.05)
+        log.record(record("alice", time.time()))  # its flush fails, and says so
+        assert wait_until(lambda: calls, timeout=5, every=0.02)
+        log.record(record("bob", time.time()))
+        assert wait_until(lambda: list(read_usage(tmp_path)), timeout=5, every=0.02)
+        log.close()
+    finally:
+        _usage.log.removeHandler(caplog.handler)
     assert [r.key for r in read_usage(tmp_path)] == ["bob"]
-    _usage.log.removeHandler(caplog.handler)
     assert "cannot write usage records" in caplog.text
 
 
