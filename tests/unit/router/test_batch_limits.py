@@ -15,6 +15,7 @@ from tests.integration.helpers import post
 from tests.unit.router.test_fault_attribution import StandInReplica
 
 
+@pytest.mark.single_process  # the shortened window is patched into this process only
 def test_batch_items_over_a_key_s_rate_wait_and_all_succeed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
