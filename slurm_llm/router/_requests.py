@@ -23,7 +23,11 @@ M = TypeVar("M", bound=BaseModel)
 MAX_JSON_DEPTH = 64  # deeper than any chat, tool schema or batch needs; Python's parser recurses
 STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-LONG_INTEGER = re.compile(rb"\d{20}")
+# Every digit made a "0": a run of LONG_DIGITS of them is then one substring search, in C (a
+# regular expression for the run tried each position of the body, ~25 ns a byte: 2 ms for a
+# 100 kB prompt).
+DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+LONG_DIGITS = b"0" * 19
 STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
@@ -43,12 +47,12 @@ async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
 
 def parsed_json(raw: bytes) -> tuple[bytes, dict[str, Any]]:
     """``raw`` and its object: parsed by orjson, several times faster than the standard
-    library; a body it refuses, or one with an integer it would turn into a float (over 19
-    digits: a ``seed`` must reach the engine as sent, also when the router re-encodes the body),
-    is read again by the standard library, which says precisely what is wrong, or accepts it
-    (a lone surrogate in a string)."""
+    library; a body it refuses, or one that may hold an integer it would turn into a float
+    (one beyond 64 bits, which has 19 digits or more: a ``seed`` must reach the engine as sent,
+    also when the router re-encodes the body), is read again by the standard library, which
+    says precisely what is wrong, or accepts it (a lone surrogate in a string)."""
     deep = too_deep(raw)
-    if not deep and not LONG_INTEGER.search(raw):
+    if not deep and LONG_DIGITS not in raw.translate(DIGITS_AS_ZERO):
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:

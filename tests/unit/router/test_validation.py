@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from slurm_llm._app_thread import AppThread
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
-from slurm_llm.router._requests import too_deep
+from slurm_llm.router._requests import parsed_json, too_deep
 from tests.integration.helpers import post
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
@@ -191,6 +191,16 @@ def test_the_depth_scan_agrees_with_the_parsed_depth(value: object, limit: int) 
     """Brackets inside strings (escaped quotes too) never count, whichever path answers: the
     count of all openings, the count without strings, or the full scan."""
     assert too_deep(json.dumps(value).encode(), limit) == (depth(value) > limit)
+
+
+@given(JSON, st.integers(min_value=-(2**70), max_value=2**70) | st.sampled_from([-(2**63) - 1, 2**64]))
+def test_every_integer_is_read_as_the_integer_it_is(value: object, integer: int) -> None:
+    """orjson reads an integer beyond 64 bits as a float: any body that may hold one (19 digits
+    or more, in a string or not) is read by the standard library instead, exactly."""
+    raw = json.dumps({"seed": integer, "other": value}).encode()
+    _, body = parsed_json(raw)
+    assert type(body["seed"]) is int and body["seed"] == integer
+    assert body == json.loads(raw)
 
 
 def test_nan_and_infinity_are_not_json(router: RouterThread) -> None:
