@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Callable
 from itertools import accumulate
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from aiohttp import web
@@ -23,11 +23,10 @@ M = TypeVar("M", bound=BaseModel)
 MAX_JSON_DEPTH = 64  # deeper than any chat, tool schema or batch needs; Python's parser recurses
 STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-# Every digit made a "0": a run of LONG_DIGITS of them is then one substring search, in C (a
-# regular expression for the run tried each position of the body, ~25 ns a byte: 2 ms for a
-# 100 kB prompt).
+CONTAINERS = (dict, list)
 DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
-LONG_DIGITS = b"0" * 19
+LONG_DIGITS = b"0" * 19  # an integer beyond 64 bits has 19 digits or more
+BEYOND_64_BITS = 2.0**63  # orjson keeps -2**63 to 2**64 - 1; any other integer is this far out
 STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
@@ -47,25 +46,32 @@ async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
 
 def parsed_json(raw: bytes) -> tuple[bytes, dict[str, Any]]:
     """``raw`` and its object: parsed by orjson, several times faster than the standard
-    library; a body it refuses, or one that may hold an integer it would turn into a float
-    (one beyond 64 bits, which has 19 digits or more: a ``seed`` must reach the engine as sent,
-    also when the router re-encodes the body), is read again by the standard library, which
-    says precisely what is wrong, or accepts it (a lone surrogate in a string)."""
-    deep = too_deep(raw)
-    if not deep and LONG_DIGITS not in raw.translate(DIGITS_AS_ZERO):
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            if isinstance(body, dict):
+    library. A body it refuses, or one where it may have read an integer beyond 64 bits as a
+    float (a ``seed`` must reach the engine as sent, also when the router re-encodes the body),
+    is read again by the standard library, which says precisely what is wrong, or accepts it (a
+    lone surrogate in a string). Either way a body that nests deeper than ``MAX_JSON_DEPTH``
+    is refused."""
+    try:
+        body = orjson.loads(raw)  # refuses past 1,024 levels, without recursing in Python
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if isinstance(body, dict):
+            # Two scans of the bytes in C say whether the walk is needed: it is not for most
+            # bodies, and they cost less than it for short ones.
+            openings = raw.count(b"[") + raw.count(b"{")
+            doubt = openings > MAX_JSON_DEPTH or LONG_DIGITS in raw.translate(DIGITS_AS_ZERO)
+            concern = parsed_concern(body) if doubt else None
+            if concern == "too deep":
+                raise too_deep_error()
+            if concern is None:
                 return raw, body
     try:
         text = raw.decode("utf-8")  # json.loads would take UTF-16 too, which the scan misreads
     except UnicodeDecodeError:
         raise RouterError(400, "the request body is not UTF-8 text") from None
-    if deep:
-        raise RouterError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+    if too_deep(raw):
+        raise too_deep_error()
     try:
         body = json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
     except json.JSONDecodeError as exc:
@@ -75,11 +81,38 @@ def parsed_json(raw: bytes) -> tuple[bytes, dict[str, Any]]:
     return raw, body
 
 
+def too_deep_error() -> RouterError:
+    return RouterError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+
+
+def parsed_concern(
+    value: object, limit: int = MAX_JSON_DEPTH
+) -> Literal["too deep", "inexact"] | None:
+    """What is wrong with a value orjson parsed: it nests deeper than ``limit``, or it holds a
+    float that may have been an integer beyond 64 bits (orjson reads those as floats: any such
+    float is whole and at least 2**63 in size). One walk, level by level, over the containers
+    and their items, never a string's characters: it costs the same for a short prompt as for
+    a long one full of brackets and digits, which a scan of the bytes could not."""
+    level: list[dict[Any, Any] | list[Any]] = [value] if isinstance(value, CONTAINERS) else []
+    for _ in range(limit):
+        if not level:
+            return None
+        inner: list[dict[Any, Any] | list[Any]] = []
+        for container in level:
+            for item in container.values() if isinstance(container, dict) else container:
+                if isinstance(item, CONTAINERS):
+                    inner.append(item)
+                elif type(item) is float and abs(item) >= BEYOND_64_BITS and item.is_integer():
+                    return "inexact"
+        level = inner  # the containers one level deeper
+    return "too deep" if level else None
+
+
 def too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether a UTF-8 JSON text nests deeper than ``limit``, found without parsing it: strings
     removed, then brackets counted (Python's parser recurses, so a body nested 5,000 deep must
-    be refused before it is parsed). A body with fewer openings than ``limit`` in all, strings
-    included, is answered by two counts in C, without the scan."""
+    be refused before the standard library parses it). A body with fewer openings than
+    ``limit`` in all, strings included, is answered by two counts in C, without the scan."""
     if raw.count(b"[") + raw.count(b"{") <= limit:
         return False  # cannot be deeper than it has openings: the common case stops here
     brackets = STRINGS.sub(b"", raw).translate(None, NOT_BRACKETS)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from slurm_llm._app_thread import AppThread
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
-from slurm_llm.router._requests import parsed_json, too_deep
+from slurm_llm.router._requests import parsed_concern, parsed_json, too_deep
 from tests.integration.helpers import post
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
@@ -164,6 +164,9 @@ def test_deep_nesting_is_refused_before_parsing(router: RouterThread) -> None:
     status, answer, _ = post(router.url + "/v1/completions", deep)
     assert status == 400 and "deeper than" in answer["error"]["message"]
     assert too_deep(deep) and not too_deep(b"[" * 64 + b"]" * 64)
+    within_orjson = b'{"model": "m", "prompt": "x", "extra": ' + b"[" * 100 + b"]" * 100 + b"}"
+    status, answer, _ = post(router.url + "/v1/completions", within_orjson)  # orjson's path
+    assert status == 400 and "deeper than" in answer["error"]["message"]
     brackets_in_text = {"model": "m", "prompt": "[" * 5000}
     assert not too_deep(json.dumps(brackets_in_text).encode())
     utf16 = json.dumps({"model": "m", "prompt": "\u2200", "x": [[[]]]}).encode("utf-16")
@@ -189,14 +192,16 @@ JSON = st.recursive(
 @given(JSON, st.integers(min_value=0, max_value=6))
 def test_the_depth_scan_agrees_with_the_parsed_depth(value: object, limit: int) -> None:
     """Brackets inside strings (escaped quotes too) never count, whichever path answers: the
-    count of all openings, the count without strings, or the full scan."""
+    count of all openings, the count without strings, or the full scan; the walk over the
+    parsed value (orjson's path) agrees."""
     assert too_deep(json.dumps(value).encode(), limit) == (depth(value) > limit)
+    assert (parsed_concern(value, limit) == "too deep") == (depth(value) > limit)
 
 
-@given(JSON, st.integers(min_value=-(2**70), max_value=2**70) | st.sampled_from([-(2**63) - 1, 2**64]))
+@given(JSON, st.integers(-(2**70), 2**70) | st.sampled_from([-(2**63) - 1, -(2**63), 2**64]))
 def test_every_integer_is_read_as_the_integer_it_is(value: object, integer: int) -> None:
-    """orjson reads an integer beyond 64 bits as a float: any body that may hold one (19 digits
-    or more, in a string or not) is read by the standard library instead, exactly."""
+    """orjson reads an integer beyond 64 bits as a float: a body where it did is read by the
+    standard library instead, exactly."""
     raw = json.dumps({"seed": integer, "other": value}).encode()
     _, body = parsed_json(raw)
     assert type(body["seed"]) is int and body["seed"] == integer
