@@ -184,24 +184,52 @@ class Admission:
         their number is bounded by the batch itself. ``priority`` places it in the queue.
         ``left()`` says whether the request's client has gone: one that leaves while its request
         waits takes it out of the queue (``ClientLeft``)."""
-        now = time.monotonic()
+        backend = self.try_acquire(model, key, exclude, priority)
+        if backend is not None:
+            return backend
+        return await self.wait(model, key, exclude, bounded, priority, left)
+
+    def try_acquire(
+        self,
+        model: str,
+        key: str | None = None,
+        exclude: Collection[str] = (),
+        priority: Priority = "interactive",
+    ) -> Backend | None:
+        """``acquire``'s first step, without a coroutine: a replica free now, if no request
+        waits before this one; None if it must queue (then ``wait``, with nothing awaited in
+        between). Most requests stop here, and the router's hot path awaits nothing for them.
+        Raises what ``acquire`` raises when there is nothing to wait for."""
         self.last_request[model] = time.time()
         backends = self.pool.of(model)
-        waking = self.pool.waking(model)
-        if not backends and not waking:  # its last replica went between the model check and here
+        if not backends and not self.pool.waking(model):
+            # its last replica went between the model check and here
             raise Rejected(
                 503, f"no replica of {model!r} is up right now; retry shortly", "no_replica",
                 retry_after=2,
             )  # fmt: skip
-        routable = self._routable(model, backends, exclude, now) if backends else []
-        arrived = self.clock()
+        routable = self._routable(model, backends, exclude, time.monotonic()) if backends else []
         if priority == "interactive":
-            self._last_interactive[model] = arrived
-        queue = self.queues.setdefault(model, [])
-        if routable and not queue:
+            self._last_interactive[model] = self.clock()
+        if routable and not self.queues.get(model):
             free = [b for b in routable if self._may_take(b, priority)]
             if free:
                 return self._take(model, free, key, priority)
+        return None
+
+    async def wait(
+        self,
+        model: str,
+        key: str | None = None,
+        exclude: Collection[str] = (),
+        bounded: bool = True,
+        priority: Priority = "interactive",
+        left: Callable[[], bool] | None = None,
+    ) -> Backend:
+        """``acquire``'s second step, for a request ``try_acquire`` found no free replica for:
+        its place in the queue, and the replica handed to it there."""
+        waking = self.pool.waking(model)
+        queue = self.queues.setdefault(model, [])
         if bounded and len(queue) >= self.max_queue:
             raise Rejected(
                 429,
@@ -210,6 +238,7 @@ class Admission:
                 "queue_full",
                 retry_after=self._retry_after(model),
             )
+        arrived = self.clock()
         rank = rank_of(arrived, priority, self.batch_aging_s)
         waiter = Waiter(key, exclude, rank, priority, waking)
         enqueue(queue, waiter)

@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from slurm_llm._api_keys import Identity, Priority
+from slurm_llm.router import _json
 from slurm_llm.router._dispatch import Call, Reply
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._limits import LimitHit
@@ -136,20 +137,18 @@ async def send_metered(
     ``caller``'s. A request over one of its key's limits waits for the Retry-After and tries
     again, within the request deadline: a batch is work to get through, not a burst to refuse,
     and its requests are the key's own."""
-    raw = json.dumps(body).encode()
+    raw = _json.dumps(body)
     deadline = time.monotonic() + state.config.deadline_s
     while True:
         try:
-            async with (
-                limit or contextlib.nullcontext(),
-                MeteredCall(state, caller, priority, model, endpoint, body, len(raw)) as meter,
-            ):
-                call = Call(model, endpoint, raw, priority=meter.priority)
-                reply = await state.dispatcher.send(call, bounded=False)
-                meter.answered(reply)
-                if reply.status == 200:
-                    meter.read_usage(count_usage(state.metrics, model, reply.body))
-                return reply
+            async with limit or contextlib.nullcontext():
+                with MeteredCall(state, caller, priority, model, endpoint, body, len(raw)) as meter:
+                    call = Call(model, endpoint, raw, priority=meter.priority)
+                    reply = await state.dispatcher.send(call, bounded=False)
+                    meter.answered(reply)
+                    if reply.status == 200:
+                        meter.read_usage(count_usage(state.metrics, model, reply.body))
+                    return reply
         except LimitHit as hit:
             wait = hit.retry_after or 1
             if time.monotonic() + wait > deadline:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from aiohttp import web
 
 from slurm_llm._api_keys import Priority
+from slurm_llm.router import _json
 from slurm_llm.router._admission import Admission, NoOtherReplica
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._config import RouterConfig
@@ -73,7 +74,7 @@ def with_engine_priority(body: bytes, priority: Priority) -> bytes:
     fields = json.loads(body)
     if not isinstance(fields, dict):  # the engine refuses it, whatever we add
         return body
-    return json.dumps({**fields, "priority": ENGINE_PRIORITY[priority]}).encode()
+    return _json.dumps({**fields, "priority": ENGINE_PRIORITY[priority]})
 
 
 @dataclass(slots=True)
@@ -144,12 +145,10 @@ class Dispatcher:
                     f"{call.model!r} did not answer within {self.config.deadline_s:g} s",
                     "timeout",
                 )
-            try:
-                backend, woke_s = await self._acquire(call, tried, bounded)
-            except NoOtherReplica:  # each replica failed once: after the back-off, any may retry
-                tried.clear()
-                backend, woke_s = await self._acquire(call, tried, bounded)
-            deadline += woke_s  # a wait for the model to wake is bounded by wake_timeout_s
+            backend = self._free_replica(call, tried)  # most requests: no wait, no coroutine
+            if backend is None:
+                backend, woke_s = await self._queued_replica(call, tried, bounded)
+                deadline += woke_s  # a wait for the model to wake is bounded by wake_timeout_s
             tried.add(backend.url)
             give_back = self._give_back_once(backend, call.priority)
             try:
@@ -197,12 +196,25 @@ class Dispatcher:
 
         return give_back
 
-    async def _acquire(self, call: Call, tried: set[str], bounded: bool) -> tuple[Backend, float]:
-        """A replica, and the seconds the request waited for its model to wake (0 if it had a
-        replica): that wait is not taken from the request's own deadline."""
+    def _free_replica(self, call: Call, tried: set[str]) -> Backend | None:
+        """A replica free now, or None: the request queues (``_queued_replica``)."""
+        try:
+            backend = self.admission.try_acquire(call.model, call.key, tried, call.priority)
+        except NoOtherReplica:  # each replica failed once: after the back-off, any may retry
+            tried.clear()
+            backend = self.admission.try_acquire(call.model, call.key, tried, call.priority)
+        if backend is not None:
+            self.metrics.waited(call.model, 0.0)
+        return backend
+
+    async def _queued_replica(
+        self, call: Call, tried: set[str], bounded: bool
+    ) -> tuple[Backend, float]:
+        """A replica handed over in the queue, and the seconds the request waited for its
+        model to wake (0 if it had a replica): that wait is not taken from its deadline."""
         started = time.monotonic()
         waking = self.admission.pool.waking(call.model)
-        backend = await self.admission.acquire(
+        backend = await self.admission.wait(
             call.model, call.key, tried, bounded, call.priority, call.left
         )
         waited = time.monotonic() - started

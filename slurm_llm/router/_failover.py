@@ -17,7 +17,6 @@ router with ``stream_failover=False`` and for one request with ``X-Stream-Failov
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from slurm_llm._sse import json_event
+from slurm_llm.router import _json
 from slurm_llm.router._admission import ClientLeft
 from slurm_llm.router._dispatch import Call, Relay, Reply
 from slurm_llm.router._errors import RouterError
@@ -145,7 +145,7 @@ def continued_events(path: str, sent: SentSoFar) -> Callable[[bytes], bytes]:
                     )  # fmt: skip
             elif path == CHAT and sent.pieces and only_opens(payload):
                 continue
-            out.append(b"data: " + json.dumps(payload).encode())
+            out.append(b"data: " + _json.dumps(payload))
         return b"\n\n".join(out)
 
     return rewrite
@@ -226,6 +226,6 @@ def openai_plan(call: Call, body: dict[str, Any]) -> Plan:
         rest = continuation_body(call.path, body, sent)
         if rest is None:
             return None
-        return replace(call, body=json.dumps(rest).encode()), continued_events(call.path, sent)
+        return replace(call, body=_json.dumps(rest)), continued_events(call.path, sent)
 
     return plan

@@ -82,7 +82,7 @@ async def map_reduce(request: web.Request) -> web.Response:
     raw, raw_body = await read_json(request)
     body = validated(MapReduceRequest, raw_body)
     model = served_model(request, body.model)
-    async with metered(request, model, request.path, raw_body, len(raw)) as meter:
+    with metered(request, model, request.path, raw_body, len(raw)) as meter:
         answered = await run_map_reduce(request, body, model)
         meter.status = answered.status
         return answered

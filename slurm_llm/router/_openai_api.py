@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 
 from slurm_llm._sse import json_event
-from slurm_llm.router import _tribunal_api
+from slurm_llm.router import _json, _tribunal_api
 from slurm_llm.router._admission import Rejected
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call, GiveBack, Relay, Reply
@@ -39,7 +39,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     checked = validated(ENDPOINT_MODELS[request.path], body)
     model = served_model(request, checked.model)
     state = request.app[STATE]
-    async with metered(request, model, request.path, body, len(raw)) as meter:
+    with metered(request, model, request.path, body, len(raw)) as meter:
         if isinstance(checked, ChatCompletionRequest) and checked.tribunal is not None:
             answered = await _tribunal_api.chat_with_tribunal(request, checked)
             meter.status = answered.status
@@ -66,7 +66,7 @@ async def streamed(
     asked = isinstance(options, dict) and options.get("include_usage") is True
     if not asked:
         body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
-        raw = json.dumps(body).encode()
+        raw = _json.dumps(body)
     call = Call(model, request.path, raw, affinity_key(request, body),
                 priority=meter.priority, left=client_left(request))  # fmt: skip
     stream = ClientStream(request, broken_openai, closing=DONE + b"\n\n")

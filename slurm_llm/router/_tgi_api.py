@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from slurm_llm.router import _json
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call, GiveBack, Relay, Reply
 from slurm_llm.router._errors import RouterError
@@ -82,8 +83,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     completion = to_completion(checked, model, streamed)
     native = ("/generate_stream" if streamed else "/generate", raw)
     dispatcher = request.app[STATE].dispatcher
-    async with metered(request, model, "/generate", completion, len(raw)) as meter:
-        call = Call(model, "/v1/completions", json.dumps(completion).encode(),
+    with metered(request, model, "/generate", completion, len(raw)) as meter:
+        call = Call(model, "/v1/completions", _json.dumps(completion),
                     affinity_key(request, body), tgi=native, priority=meter.priority,
                     left=client_left(request))  # fmt: skip
         if streamed:

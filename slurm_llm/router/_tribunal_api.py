@@ -98,7 +98,7 @@ async def tribunal(request: web.Request) -> web.Response:
     checked = validated(TribunalRequest, body)
     model = served_model(request, checked.model)
     state = request.app[STATE]
-    async with metered(request, model, request.path, body, len(raw)) as meter:
+    with metered(request, model, request.path, body, len(raw)) as meter:
         result = await tribunal_for(request, model, checked).run(checked.prompt)
         meter.status = 200
     count(state, result)
