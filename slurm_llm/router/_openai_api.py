@@ -28,6 +28,7 @@ from slurm_llm.router._requests import (
     served_model,
     validated,
 )
+from slurm_llm.router._routes import Routes
 from slurm_llm.router._schemas import ENDPOINT_MODELS, ChatCompletionRequest
 from slurm_llm.router._state import STATE, STATUS
 from slurm_llm.router._streams import DONE, EVENT_END, ClientStream
@@ -112,16 +113,37 @@ def as_response(reply: Reply) -> web.Response:
 
 def count_usage(metrics: RouterMetrics, model: str, payload: bytes) -> dict[str, Any]:
     """The answer's ``usage`` (empty if it has none), counted in the token metrics."""
-    try:
-        usage = orjson.loads(payload).get("usage") or {}
-    except (orjson.JSONDecodeError, AttributeError):
-        return {}
+    usage = answer_usage(payload)
     if not isinstance(usage, dict):
         return {}
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     metrics.used(model, prompt if is_token_count(prompt) else 0,
                  completion if is_token_count(completion) else 0)  # fmt: skip
     return usage
+
+
+def answer_usage(payload: bytes) -> object:
+    """The ``usage`` member of an answer's JSON object, or None. The engines write it last (or
+    all but last), so it is parsed alone when the bytes after ``"usage":`` are exactly one
+    object and the answer's closing brace: the member is then the answer's own, since a member
+    of anything nested would leave that thing's closing brackets after it. Otherwise the whole
+    answer is parsed; a long answer's text is then never turned into a string just to be
+    dropped."""
+    key = payload.rfind(b'"usage":')
+    end = payload.rstrip().rfind(b"}")
+    if key > 0 and payload[key - 1] != ord("\\"):
+        try:
+            usage = orjson.loads(payload[key + 8 : end])
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if isinstance(usage, dict):
+                return usage
+    try:
+        whole = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return whole.get("usage") if isinstance(whole, dict) else None
 
 
 def openai_error_event(exc: RouterError) -> bytes:
@@ -207,7 +229,7 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_get("/v1/models", list_models)
+def add_routes(routes: Routes) -> None:
+    routes.post("/v1/chat/completions", completions)
+    routes.post("/v1/completions", completions)
+    routes.get("/v1/models", list_models)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,7 +13,7 @@ from slurm_llm.router._admission import Admission
 from slurm_llm.router._backends import BackendPool
 from slurm_llm.router._metering import Meter
 from slurm_llm.router._metrics import LATENCY_BUCKETS, Histogram, RouterMetrics
-from slurm_llm.router._openai_api import count_usage
+from slurm_llm.router._openai_api import answer_usage, count_usage
 from slurm_llm.router._policies import make_policy
 from tests.unit.router.test_upstream import until
 
@@ -122,3 +123,25 @@ def test_a_replicas_odd_usage_is_not_counted() -> None:
     meter.read_usage(count_usage(router, "m", odd))
     assert (meter.prompt_tokens, meter.completion_tokens) == (0, 0)
     assert sample(router, "slurm_llm_router_tokens_total", model="m", kind="prompt") is None
+
+
+VALUES = st.recursive(
+    st.none() | st.integers(0, 10**6) | st.text('"\\:{}usage, '),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["usage", "choices", "text", 'a"usage']), inner, max_size=3
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@given(
+    st.dictionaries(st.sampled_from(["id", "usage", "choices", "timings"]), VALUES), st.booleans()
+)
+def test_the_usage_read_alone_is_the_answer_s_own(answer: dict[str, object], spaced: bool) -> None:
+    """Whatever the answer holds (a "usage" nested anywhere, or quoted in its text), and
+    wherever its own usage stands, the usage read is the answer's own member."""
+    payload = json.dumps(answer, separators=(", ", ": ") if spaced else (",", ":")).encode()
+    assert answer_usage(payload) == answer.get("usage")
