@@ -1,8 +1,10 @@
 """The router's aiohttp application: routes, the checks every request passes, its lifecycle.
 
-Every request passes one middleware that checks the API key, counts the request in the metrics
-and turns any ``RouterError`` into a JSON answer in the caller's dialect (OpenAI or TGI). No
-stack trace ever reaches a client: an unexpected exception is logged here and answered 500.
+Every route's handler is wrapped in the same checks (``checked``, added by ``_routes.Routes``):
+the API key, the request counted in the metrics, and any ``RouterError`` turned into a JSON
+answer in the caller's dialect (OpenAI or TGI). No stack trace ever reaches a client: an
+unexpected exception is logged here and answered 500. A path no route serves is answered by
+``unmatched``, checked the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -41,12 +43,12 @@ from slurm_llm.router._errors import RouterError
 from slurm_llm.router._metering import CALLER, add_rate_limit_headers
 from slurm_llm.router._metrics import UNKNOWN_MODEL
 from slurm_llm.router._probes import probe_forever
+from slurm_llm.router._routes import Handler, Routes
 from slurm_llm.router._state import MODEL, STATE, STATUS, RouterState
 from slurm_llm.router._upstream import Upstreams
 
 log = logging.getLogger("slurm_llm.router")
 OPEN = OPEN_PATHS | _console.asset_paths()  # the console's files hold no data (``_console``)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def openai_error(exc: RouterError) -> web.Response:
@@ -60,41 +62,60 @@ def answer_error(request: web.Request, exc: RouterError) -> web.Response:
     return _tgi_api.tgi_error(exc) if _tgi_api.is_tgi_path(request.path) else openai_error(exc)
 
 
-@web.middleware
-async def checked(request: web.Request, handler: Handler) -> web.StreamResponse:
-    state = request.app[STATE]
-    started = time.monotonic()
-    try:
-        if request.path not in OPEN:
-            request[CALLER] = state.callers.identify(request)
-        response = await handler(request)
-    except RouterError as exc:
-        if isinstance(exc, Rejected):
-            state.metrics.rejections.labels(request.get(MODEL, UNKNOWN_MODEL), exc.reason).inc()
-        response = answer_error(request, exc)
-    except web.HTTPRequestEntityTooLarge:
-        limit = state.config.max_body_bytes
-        response = answer_error(
-            request, RouterError(413, f"the request body is larger than {limit} bytes")
-        )
-    except web.HTTPException as exc:
-        response = answer_error(request, RouterError(exc.status, exc.reason))
-    except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        response = answer_error(
-            request,
-            RouterError(500, "the router failed on this request; see its log", "server_error"),
-        )
-    if request.method == "POST":
-        model = request.get(MODEL, UNKNOWN_MODEL)
-        resource = request.match_info.route.resource
-        endpoint = resource.canonical if resource else "unmatched"
-        # Only an open stream can end with another status than its response's: a plain answer
-        # need not be looked up (a lookup that misses raises and catches a KeyError).
-        plain = type(response) is web.Response
-        status = response.status if plain else request.get(STATUS, response.status)
-        state.metrics.answered(model, endpoint, status, time.monotonic() - started)
-    return response
+def checked(handler: Handler, route: str) -> Handler:
+    """``handler`` behind the checks every request passes (``_routes``): the caller's key,
+    the request counted under ``route`` in the metrics, and any ``RouterError`` (or aiohttp
+    error, or bug) answered as JSON in the caller's dialect."""
+
+    async def check(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        started = time.monotonic()
+        try:
+            if request.path not in OPEN:
+                request[CALLER] = state.callers.identify(request)
+            response = await handler(request)
+        except RouterError as exc:
+            if isinstance(exc, Rejected):
+                model = request.get(MODEL, UNKNOWN_MODEL)
+                state.metrics.rejections.labels(model, exc.reason).inc()
+            response = answer_error(request, exc)
+        except web.HTTPRequestEntityTooLarge:
+            limit = state.config.max_body_bytes
+            response = answer_error(
+                request, RouterError(413, f"the request body is larger than {limit} bytes")
+            )
+        except web.HTTPException as exc:
+            response = answer_error(request, RouterError(exc.status, exc.reason))
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            response = answer_error(
+                request,
+                RouterError(500, "the router failed on this request; see its log", "server_error"),
+            )
+        if request.method == "POST":
+            model = request.get(MODEL, UNKNOWN_MODEL)
+            # Only an open stream can end with another status than its response's: a plain
+            # answer need not be looked up (a lookup that misses raises and catches a KeyError).
+            plain = type(response) is web.Response
+            status = response.status if plain else request.get(STATUS, response.status)
+            state.metrics.answered(model, route, status, time.monotonic() - started)
+        return response
+
+    return check
+
+
+async def unmatched(request: web.Request) -> web.StreamResponse:
+    """A request no route serves: 405 where the path has routes for other methods, else 404,
+    as JSON like every other error (aiohttp's own answers are plain text)."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        takes = ", ".join(sorted(allowed))
+        raise RouterError(405, f"{request.path} takes {takes}, not {request.method}")
+    raise RouterError(404, f"there is no {request.path} here; see /docs for the APIs", "not_found")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -139,25 +160,27 @@ def build_app(
     pool: BackendPool, config: RouterConfig | None = None, home: Path | None = None
 ) -> web.Application:
     state = RouterState(config or RouterConfig(), pool, home)
-    app = web.Application(client_max_size=state.config.max_body_bytes, middlewares=[checked])
+    app = web.Application(client_max_size=state.config.max_body_bytes)
     app[STATE] = state
-    _openai_api.add_routes(app)
-    _tgi_api.add_routes(app)
-    app.router.add_post("/v1/batch", _batch.batch)
-    _files_api.add_routes(app)
-    _batches_api.add_routes(app)
-    app.router.add_post("/v1/tribunal", _tribunal_api.tribunal)
-    app.router.add_post("/v1/map_reduce", _map_reduce_api.map_reduce)
-    app.router.add_get("/v1/load", load)
-    app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", metrics)
-    _openapi.add_routes(app)
-    _deployments_api.add_routes(app)
-    _load_history.add_routes(app)
-    _verdicts_api.add_routes(app)
+    routes = Routes(app, checked)
+    _openai_api.add_routes(routes)
+    _tgi_api.add_routes(routes)
+    routes.post("/v1/batch", _batch.batch)
+    _files_api.add_routes(routes)
+    _batches_api.add_routes(routes)
+    routes.post("/v1/tribunal", _tribunal_api.tribunal)
+    routes.post("/v1/map_reduce", _map_reduce_api.map_reduce)
+    routes.get("/v1/load", load)
+    routes.get("/health", health)
+    routes.get("/ready", ready)
+    routes.get("/metrics", metrics)
+    _openapi.add_routes(routes)
+    _deployments_api.add_routes(routes)
+    _load_history.add_routes(routes)
+    _verdicts_api.add_routes(routes)
     if state.config.ui:
-        _console.add_routes(app)
+        _console.add_routes(routes)
+    routes.any_other(unmatched)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         upstreams = Upstreams(state.config.connect_timeout_s)

@@ -31,6 +31,7 @@ from slurm_llm.router._errors import RouterError
 from slurm_llm.router._files_api import owned, owner_of, page
 from slurm_llm.router._metering import CALLER, check_access
 from slurm_llm.router._requests import read_json, require_served, validated
+from slurm_llm.router._routes import Routes
 from slurm_llm.router._schemas import ENDPOINT_MODELS, BatchCreateRequest
 from slurm_llm.router._state import STATE, RouterState
 
@@ -240,11 +241,11 @@ async def cancel_batch(request: web.Request) -> web.Response:
 BATCH_RUNS: web.AppKey[BatchRuns] = web.AppKey("batch_runs", BatchRuns)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/batches", create_batch)
-    app.router.add_get("/v1/batches", list_batches)
-    app.router.add_get("/v1/batches/{batch_id}", show_batch)
-    app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)
+def add_routes(routes: Routes) -> None:
+    routes.post("/v1/batches", create_batch)
+    routes.get("/v1/batches", list_batches)
+    routes.get("/v1/batches/{batch_id}", show_batch)
+    routes.post("/v1/batches/{batch_id}/cancel", cancel_batch)
 
 
 async def batch_runs(app: web.Application) -> AsyncIterator[None]:

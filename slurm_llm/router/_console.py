@@ -14,6 +14,8 @@ from importlib import resources
 
 from aiohttp import web
 
+from slurm_llm.router._routes import Routes
+
 PREFIX = "/ui"
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -53,7 +55,7 @@ def load_assets() -> dict[str, tuple[bytes, dict[str, str]]]:
     return answers
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(routes: Routes) -> None:
     assets = load_assets()
 
     async def asset(request: web.Request) -> web.Response:
@@ -66,5 +68,5 @@ def add_routes(app: web.Application) -> None:
     async def page(request: web.Request) -> web.Response:
         return web.Response(status=302, headers={"Location": f"{PREFIX}/"})
 
-    app.router.add_get(PREFIX, page)
-    app.router.add_get(PREFIX + "/{asset:[A-Za-z0-9._-]*}", asset)
+    routes.get(PREFIX, page)
+    routes.get(PREFIX + "/{asset:[A-Za-z0-9._-]*}", asset)

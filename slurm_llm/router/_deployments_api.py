@@ -26,6 +26,7 @@ from slurm_llm.router._auth import require_operator, sees_everything
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._metering import CALLER
 from slurm_llm.router._requests import read_json, validated
+from slurm_llm.router._routes import Routes
 from slurm_llm.router._schemas import ScaleRequest
 from slurm_llm.router._state import STATE, RouterState
 
@@ -213,8 +214,9 @@ async def stop(request: web.Request) -> web.Response:
     return web.json_response({"name": request.match_info["name"], "stopped": True})
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(routes: Routes) -> None:
+    app = routes.app
     app[VIEW] = DeploymentsView(app[STATE])
-    app.router.add_get("/v1/deployments", deployments)
-    app.router.add_post("/v1/deployments/{name}/scale", scale)
-    app.router.add_delete("/v1/deployments/{name}", stop)
+    routes.get("/v1/deployments", deployments)
+    routes.post("/v1/deployments/{name}/scale", scale)
+    routes.delete("/v1/deployments/{name}", stop)

@@ -18,6 +18,7 @@ from slurm_llm._usage import ANONYMOUS
 from slurm_llm.batches._file_store import FileRecord, FileTooLarge, Purpose
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._metering import CALLER
+from slurm_llm.router._routes import Routes
 from slurm_llm.router._state import STATE
 
 UPLOAD_PURPOSES = ("batch",)  # what clients upload; batch_output files are the router's own
@@ -163,9 +164,9 @@ async def file_content(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/files", upload)
-    app.router.add_get("/v1/files", list_files)
-    app.router.add_get("/v1/files/{file_id}", show_file)
-    app.router.add_delete("/v1/files/{file_id}", delete_file)
-    app.router.add_get("/v1/files/{file_id}/content", file_content)
+def add_routes(routes: Routes) -> None:
+    routes.post("/v1/files", upload)
+    routes.get("/v1/files", list_files)
+    routes.get("/v1/files/{file_id}", show_file)
+    routes.delete("/v1/files/{file_id}", delete_file)
+    routes.get("/v1/files/{file_id}/content", file_content)

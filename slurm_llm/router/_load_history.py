@@ -28,6 +28,7 @@ from slurm_llm.router._auth import require_sight
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._metering import CALLER
 from slurm_llm.router._metrics import UNKNOWN_MODEL, RouterMetrics
+from slurm_llm.router._routes import Routes
 from slurm_llm.router._state import STATE
 
 log = logging.getLogger("slurm_llm.router")
@@ -257,7 +258,8 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response({**history.series(minutes, now), "keys": history.keys(minutes, now)})
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(routes: Routes) -> None:
+    app = routes.app
     history = app[HISTORY] = LoadHistory(app[STATE].metrics)
 
     async def stop(app: web.Application) -> None:
@@ -269,4 +271,4 @@ def add_routes(app: web.Application) -> None:
     if app[STATE].config.ui:
         app.on_startup.append(begin)
     app.on_cleanup.append(stop)
-    app.router.add_get("/v1/stats", stats)
+    routes.get("/v1/stats", stats)

@@ -1,12 +1,12 @@
 """What a caller may do and what they used.
 
-The middleware identifies the caller (``_auth.Callers``). Around each model request,
-``metered`` then checks that the key may use the model (403 naming it), counts the request
-against the key's limits (``_limits``), and once the answer is over settles the limits on the
-tokens really used and appends a usage record (``slurm_llm._usage``). The answer's ``usage`` is
-read from a plain answer's body, or from a stream's last event: streams are asked for it
-(``stream_options.include_usage``) and the event is dropped again if the client did not ask
-for it itself.
+The checks every request passes (``_app.checked``) identify the caller (``_auth.Callers``).
+Around each model request, ``metered`` then checks that the key may use the model (403 naming
+it), counts the request against the key's limits (``_limits``), and once the answer is over
+settles the limits on the tokens really used and appends a usage record
+(``slurm_llm._usage``). The answer's ``usage`` is read from a plain answer's body, or from a
+stream's last event: streams are asked for it (``stream_options.include_usage``) and the event
+is dropped again if the client did not ask for it itself.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 
 from slurm_llm import __version__
 from slurm_llm.router import _schemas as s
+from slurm_llm.router._routes import Routes
 
 REF = "#/components/schemas/{model}"
 BEARER = {
@@ -440,6 +441,6 @@ def docs_page() -> str:
     )
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/openapi.json", openapi_json)
-    app.router.add_get("/docs", docs)
+def add_routes(routes: Routes) -> None:
+    routes.get("/openapi.json", openapi_json)
+    routes.get("/docs", docs)

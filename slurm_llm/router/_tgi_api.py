@@ -34,6 +34,7 @@ from slurm_llm.router._requests import (
     served_model,
     validated,
 )
+from slurm_llm.router._routes import Routes
 from slurm_llm.router._schemas import GenerateRequest
 from slurm_llm.router._state import STATE
 from slurm_llm.router._streams import ClientStream, unchanged
@@ -164,8 +165,8 @@ def tgi_plan(call: Call, completion: dict[str, Any]) -> Plan:
     return plan_tgi
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(routes: Routes) -> None:
     for prefix in ("", "/models/{model}"):
-        app.router.add_post(prefix or "/", generate)
-        app.router.add_post(f"{prefix}/generate", generate)
-        app.router.add_post(f"{prefix}/generate_stream", generate)
+        routes.post(prefix or "/", generate)
+        routes.post(f"{prefix}/generate", generate)
+        routes.post(f"{prefix}/generate_stream", generate)

@@ -14,6 +14,7 @@ from aiohttp import web
 from slurm_llm.router._auth import require_sight
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._metering import CALLER
+from slurm_llm.router._routes import Routes
 from slurm_llm.router._state import STATE
 from slurm_llm.tribunal import VerdictLog
 from slurm_llm.tribunal._log import LogRead
@@ -70,6 +71,7 @@ async def verdicts(request: web.Request) -> web.Response:
     )  # fmt: skip
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(routes: Routes) -> None:
+    app = routes.app
     app[LOG] = ParsedLog(app[STATE].verdict_log)
-    app.router.add_get("/v1/verdicts", verdicts)
+    routes.get("/v1/verdicts", verdicts)
