@@ -78,6 +78,12 @@ def bounded_lines(file: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes
         yield None
 
 
+def refuse_constant(name: str) -> None:
+    """``NaN`` and ``Infinity``, which Python's parser takes and JSON does not: an engine
+    would refuse the line, and the router, which writes the body again, would not keep them."""
+    raise ValueError(f"it holds {name}, which JSON does not allow")
+
+
 def line_problem(
     raw: bytes | None, endpoint: str, seen: set[str], models: set[str], check_body: BodyCheck
 ) -> tuple[str, str, str | None] | None:
@@ -86,8 +92,8 @@ def line_problem(
     if raw is None:
         return "line_too_long", f"the line is longer than {MAX_LINE_BYTES} bytes", None
     try:
-        line = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        line = json.loads(raw, parse_constant=refuse_constant)
+    except (ValueError, RecursionError) as exc:  # an integer over 4,300 digits is a ValueError
         return "invalid_json_line", f"the line is not JSON: {exc}", None
     if not isinstance(line, dict):
         return "invalid_json_line", "the line must be a JSON object", None

@@ -64,8 +64,8 @@ def answer_error(request: web.Request, exc: RouterError) -> web.Response:
 
 def checked(handler: Handler, route: str) -> Handler:
     """``handler`` behind the checks every request passes (``_routes``): the caller's key,
-    the request counted under ``route`` in the metrics, and any ``RouterError`` (or aiohttp
-    error, or bug) answered as JSON in the caller's dialect."""
+    a POST counted under ``route`` in the metrics, and any ``RouterError`` (or aiohttp error,
+    or bug) answered as JSON in the caller's dialect."""
 
     async def check(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
@@ -114,7 +114,11 @@ async def unmatched(request: web.Request) -> web.StreamResponse:
             allowed |= methods
     if allowed:
         takes = ", ".join(sorted(allowed))
-        raise RouterError(405, f"{request.path} takes {takes}, not {request.method}")
+        response = answer_error(
+            request, RouterError(405, f"{request.path} takes {takes}, not {request.method}")
+        )
+        response.headers["Allow"] = takes
+        return response
     raise RouterError(404, f"there is no {request.path} here; see /docs for the APIs", "not_found")
 
 

@@ -17,6 +17,7 @@ router with ``stream_failover=False`` and for one request with ``X-Stream-Failov
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -145,7 +146,7 @@ def continued_events(path: str, sent: SentSoFar) -> Callable[[bytes], bytes]:
                     )  # fmt: skip
             elif path == CHAT and sent.pieces and only_opens(payload):
                 continue
-            out.append(b"data: " + _json.dumps(payload))
+            out.append(b"data: " + json.dumps(payload).encode())  # -Infinity kept
         return b"\n\n".join(out)
 
     return rewrite

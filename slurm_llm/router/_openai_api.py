@@ -123,17 +123,16 @@ def count_usage(metrics: RouterMetrics, model: str, payload: bytes) -> dict[str,
 
 
 def answer_usage(payload: bytes) -> object:
-    """The ``usage`` member of an answer's JSON object, or None. The engines write it last (or
-    all but last), so it is parsed alone when the bytes after ``"usage":`` are exactly one
-    object and the answer's closing brace: the member is then the answer's own, since a member
-    of anything nested would leave that thing's closing brackets after it. Otherwise the whole
-    answer is parsed; a long answer's text is then never turned into a string just to be
-    dropped."""
-    key = payload.rfind(b'"usage":')
-    end = payload.rstrip().rfind(b"}")
-    if key > 0 and payload[key - 1] != ord("\\"):
+    """The ``usage`` member of an answer's JSON object, or None. The engines write it last, so
+    it is parsed alone when the bytes after ``"usage":`` are exactly one object followed by the
+    answer's closing brace: the member is then the answer's own, since a member of anything
+    nested would leave that thing's closing brackets after it. Any other answer is parsed
+    whole; the fast path spares a long answer's text being made a string only to be dropped."""
+    body = payload.strip()
+    key = body.rfind(b'"usage":')
+    if body[:1] == b"{" and body[-1:] == b"}" and key > 0 and body[key - 1] != ord("\\"):
         try:
-            usage = orjson.loads(payload[key + 8 : end])
+            usage = orjson.loads(body[key + 8 : -1])
         except orjson.JSONDecodeError:
             pass
         else:

@@ -74,7 +74,7 @@ def parsed_json(raw: bytes) -> tuple[bytes, dict[str, Any]]:
         raise too_deep_error()
     try:
         body = json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # not JSON, or an integer of over 4,300 digits (Python's limit)
         raise RouterError(400, f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise RouterError(400, "the request body must be a JSON object")

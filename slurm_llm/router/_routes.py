@@ -34,8 +34,9 @@ class Routes:
         self.app.router.add_delete(path, self._wrap(handler, path))
 
     def any_other(self, handler: Handler) -> None:
-        """``handler`` for every request no route above serves, whatever its method: added
-        last, it is the last tried."""
+        """``handler`` for every request no other route serves, whatever its method: aiohttp
+        tries the routes of the longest matching path prefix first, and this one's prefix is
+        ``/``, the shortest."""
         self.app.router.add_route("*", "/{unmatched:.*}", self._wrap(handler, UNMATCHED))
 
 

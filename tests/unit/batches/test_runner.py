@@ -129,6 +129,7 @@ def test_bad_lines_fail_the_batch_with_their_numbers_before_any_is_sent(tmp_path
         json.dumps(line(3, url="/v1/embeddings")),
         json.dumps(line(4, body={"model": "llama-9000"})),
         json.dumps({"method": "POST", "url": ENDPOINT, "body": {}}),
+        json.dumps(line(7, body={**line(7)["body"], "temperature": float("nan")})),
     ]) + "\n"  # fmt: skip
     send = StandInSend()
     done = asyncio.run(runner(tmp_path, submit(tmp_path, text), send).run())
@@ -136,9 +137,11 @@ def test_bad_lines_fail_the_batch_with_their_numbers_before_any_is_sent(tmp_path
     assert done.errors is not None
     assert [(e.line, e.code) for e in done.errors.data] == [
         (2, "invalid_json_line"), (3, "duplicate_custom_id"), (4, "mismatched_endpoint"),
-        (5, "invalid_body"), (6, "missing_custom_id"),
+        (5, "invalid_body"), (6, "missing_custom_id"), (7, "invalid_json_line"),
     ]  # fmt: skip
     assert "llama-9000" in done.errors.data[3].message
+    refused = "the line is not JSON: it holds NaN, which JSON does not allow"
+    assert done.errors.data[5].message == refused
 
 
 def test_a_cancelled_batch_ends_with_what_was_answered(tmp_path: Path) -> None:

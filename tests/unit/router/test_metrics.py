@@ -145,3 +145,5 @@ def test_the_usage_read_alone_is_the_answer_s_own(answer: dict[str, object], spa
     wherever its own usage stands, the usage read is the answer's own member."""
     payload = json.dumps(answer, separators=(", ", ": ") if spaced else (",", ":")).encode()
     assert answer_usage(payload) == answer.get("usage")
+    assert answer_usage(b"[" + payload + b"]") is None  # not an answer: no usage of its own
+    assert answer_usage(payload + b" x") is None  # not JSON

@@ -41,8 +41,8 @@ def test_a_path_no_route_serves_is_a_json_404(router: RouterThread) -> None:
 def test_another_method_on_a_route_is_a_json_405_naming_the_ones_it_takes(
     router: RouterThread,
 ) -> None:
-    status, answer, _ = post(f"{router.url}/v1/models", {})
-    assert status == 405
+    status, answer, headers = post(f"{router.url}/v1/models", {})
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
     assert answer["error"]["message"] == "/v1/models takes GET, HEAD, not POST"
     status, answer = get_error(f"{router.url}/v1/chat/completions")
     assert status == 405

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from slurm_llm._app_thread import AppThread
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
+from slurm_llm.router._errors import RouterError
 from slurm_llm.router._requests import parsed_concern, parsed_json, too_deep
 from tests.integration.helpers import post
 
@@ -206,6 +207,12 @@ def test_every_integer_is_read_as_the_integer_it_is(value: object, integer: int)
     _, body = parsed_json(raw)
     assert type(body["seed"]) is int and body["seed"] == integer
     assert body == json.loads(raw)
+
+
+def test_an_integer_longer_than_python_reads_is_a_400_not_a_router_failure() -> None:
+    with pytest.raises(RouterError) as refused:
+        parsed_json(b'{"model": "m", "seed": ' + b"7" * 5000 + b"}")
+    assert refused.value.status == 400 and "Exceeds the limit" in refused.value.message
 
 
 def test_nan_and_infinity_are_not_json(router: RouterThread) -> None:
