@@ -191,6 +191,8 @@ def build_app(
         state.dispatcher = Dispatcher(state.admission, upstreams, state.config, state.metrics)
         if state.config.record_usage:
             state.usage = UsageLog(state.usage_dir)
+        if state.callers.has_quotas():
+            await asyncio.to_thread(state.limiter.read_period_starts)  # before it listens
         pool.refresh()
         tasks = [
             asyncio.create_task(pool.watch()),

@@ -64,6 +64,13 @@ class Callers:
             log.warning("keys reloaded from %s: %d key(s)", self.keys_file, len(self.identities))
         self.file_stamp = stamp
 
+    def has_quotas(self) -> bool:
+        """Whether a key has a daily or monthly token quota (as the keys read now)."""
+        return any(
+            identity.tokens_per_day or identity.tokens_per_month
+            for identity in self.identities.by_hash.values()
+        )
+
     def holder(self, key_hash: str) -> Identity | None:
         """The active identity of the key with this hash (a durable batch's owner, whose lines
         are sent long after the request that made it); None when revoked or unknown here."""

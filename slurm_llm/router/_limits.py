@@ -187,14 +187,21 @@ class Limiter:
             state.window_tokens -= state.window.popleft().tokens
         day, month = self._calendar(now)
         if state.day != day and identity.tokens_per_day:
-            when = datetime.fromtimestamp(now, UTC)
-            start = when.replace(hour=0, minute=0, second=0, microsecond=0)
+            start = day_start(datetime.fromtimestamp(now, UTC))
             state.day, state.day_tokens = day, self.used_since(start).get(identity.name, 0)
         if state.month != month and identity.tokens_per_month:
-            when = datetime.fromtimestamp(now, UTC)
-            start = when.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            start = day_start(datetime.fromtimestamp(now, UTC)).replace(day=1)
             state.month, state.month_tokens = month, self.used_since(start).get(identity.name, 0)
         return state
+
+    def read_period_starts(self) -> None:
+        """Where today's and this month's quotas start, read now (``used_since`` keeps it):
+        a router with quotas does this in a thread before it listens, so that the first request
+        of a key does not scan the usage files on the event loop while every other request
+        waits (seconds, with a month of files)."""
+        today = day_start(datetime.fromtimestamp(self.clock(), UTC))
+        self.used_since(today)
+        self.used_since(today.replace(day=1))
 
     def _calendar(self, now: float) -> tuple[str, str]:
         """Today's and this month's names (UTC), worked out once a day: ``strftime``, twice in
@@ -206,10 +213,14 @@ class Limiter:
         return self._calendar_names
 
 
+def day_start(when: datetime) -> datetime:
+    return when.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 def next_day(when: datetime) -> datetime:
-    return when.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    return day_start(when) + timedelta(days=1)
 
 
 def next_month(when: datetime) -> datetime:
-    first = when.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    first = day_start(when).replace(day=1)
     return (first + timedelta(days=32)).replace(day=1)

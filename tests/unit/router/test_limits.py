@@ -3,15 +3,18 @@ the usage log; each refusal says when to come back. A fake clock makes time expl
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from slurm_llm._api_keys import Identity, hash_key
+from slurm_llm._api_keys import Identity, KeysFile, hash_key
 from slurm_llm._usage import TokensUsedSince, UsageLog, UsageRecord
+from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._limits import Limiter, LimitHit, estimated_tokens
+from slurm_llm.router._limits import Limiter, LimitHit, day_start, estimated_tokens
+from slurm_llm.router._state import STATE
 
 NOON = datetime(2026, 12, 1, 12, 0, tzinfo=UTC).timestamp()
 
@@ -133,3 +136,21 @@ def test_the_usage_files_are_read_once_per_period_not_once_per_key(tmp_path: Pat
     assert used.scans == 2  # today's and this month's, for all three keys
     with pytest.raises(LimitHit, match="'bob' has used 950 of its 1000"):
         limiter.admit(Identity(name="bob", hash=hash_key("bob"), **quotas), 100)
+
+
+@pytest.mark.single_process
+def test_a_router_with_quotas_reads_where_they_start_before_it_listens(tmp_path: Path) -> None:
+    """Not on the event loop at a key's first request, with every other request waiting."""
+    log = UsageLog(tmp_path / "usage", flush_every_s=60)
+    log.record(UsageRecord(time.time() - 1, "bob", None, "m", "/v1/completions", "interactive",
+                           200, 600, 300, 0.1, None))  # fmt: skip
+    log.close()
+    keys = KeysFile(tmp_path / "keys.toml")
+    keys.add("bob", tokens_per_day=1000)
+    config = RouterConfig(probes=ProbeConfig(interval_s=0), keys_file=keys.path)
+    with RouterThread(static=[("m", "http://127.0.0.1:9")], config=config, home=tmp_path) as router:
+        used = router.app[STATE].limiter.used_since
+        today = day_start(datetime.now(UTC))
+        starts = len({today, today.replace(day=1)})  # today's and this month's: one on the 1st
+        assert isinstance(used, TokensUsedSince) and used.scans == starts
+        assert used(today)["bob"] == 900 and used.scans == starts
