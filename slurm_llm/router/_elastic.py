@@ -80,8 +80,12 @@ class ElasticLink:
                     await self._exchange()
                 except Exception:
                     log.exception("could not exchange demand and scaling records; retrying")
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+                # that comes as the nudge does, and this task then never ended (a router's
+                # stop hung for good, seen in CI).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._nudge.wait(), REPORT_EVERY_S)
+                    async with asyncio.timeout(REPORT_EVERY_S):
+                        await self._nudge.wait()
                 self._nudge.clear()
         finally:
             with contextlib.suppress(OSError):
