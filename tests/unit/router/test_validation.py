@@ -8,20 +8,25 @@ was sent; the same checks against real llama.cpp replicas are in
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import Mock
 
 import openai
 import pytest
 from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.streams import StreamReader
+from aiohttp.test_utils import make_mocked_request
 from hypothesis import given
 from hypothesis import strategies as st
 
 from slurm_llm._app_thread import AppThread
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._requests import parsed_concern, parsed_json, too_deep
+from slurm_llm.router._requests import parsed_concern, parsed_json, too_deep, whole_body
 from tests.integration.helpers import post
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
@@ -213,6 +218,36 @@ def test_an_integer_longer_than_python_reads_is_a_400_not_a_router_failure() -> 
     with pytest.raises(RouterError) as refused:
         parsed_json(b'{"model": "m", "seed": ' + b"7" * 5000 + b"}")
     assert refused.value.status == 400 and "Exceeds the limit" in refused.value.message
+
+
+@pytest.mark.parametrize("arrived", ["whole", "in pieces"])
+def test_a_body_is_read_alike_whether_it_arrived_whole_or_in_pieces(arrived: str) -> None:
+    """``whole_body`` takes a body that has arrived from aiohttp's buffer and leaves one still
+    arriving to ``request.read``: the same bytes, and the same 413 past the size limit."""
+    body = json.dumps(CHAT).encode()
+
+    async def read(limit: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        protocol = BaseProtocol(loop)
+        protocol.connection_made(Mock())  # a fake socket: the bytes are fed below
+        payload = StreamReader(protocol, 2**16, loop=loop)
+        request = make_mocked_request("POST", "/v1/chat/completions", payload=payload,
+                                      client_max_size=limit)  # fmt: skip
+        payload.feed_data(body[:10])
+
+        def rest() -> None:
+            payload.feed_data(body[10:])
+            payload.feed_eof()
+
+        if arrived == "whole":
+            rest()
+        else:
+            loop.call_soon(rest)  # once whole_body waits for it
+        return await whole_body(request)
+
+    assert asyncio.run(read(len(body))) == body
+    with pytest.raises(web.HTTPRequestEntityTooLarge):
+        asyncio.run(read(len(body) - 1))
 
 
 def test_nan_and_infinity_are_not_json(router: RouterThread) -> None:
