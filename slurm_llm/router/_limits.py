@@ -31,6 +31,8 @@ from slurm_llm.router._errors import RouterError
 WINDOW_S = 60.0
 DEFAULT_ANSWER_TOKENS = 256  # counted up front for a request without max_tokens
 BYTES_PER_TOKEN = 4  # a prompt's tokens, guessed before the engine counts them
+ANSWER_LIMITS = ("max_tokens", "max_completion_tokens")
+ANSWER_COUNTS = ("n", "best_of")
 
 
 class LimitHit(RouterError):
@@ -71,13 +73,18 @@ class Grant:
 
 def estimated_tokens(body_bytes: int, body: Mapping[str, object]) -> int:
     """The prompt's bytes / 4, plus the longest answer asked for, times the answers asked
-    for (``n``, ``best_of``)."""
-    limits = [body.get(f) for f in ("max_tokens", "max_completion_tokens")]
-    answer = max((v for v in limits if isinstance(v, int) and v > 0), default=DEFAULT_ANSWER_TOKENS)
-    answers = max(
-        (v for v in (body.get("n"), body.get("best_of")) if isinstance(v, int)), default=1
-    )
-    return body_bytes // BYTES_PER_TOKEN + answer * max(answers, 1)
+    for (``n``, ``best_of``). Plain loops: every keyed request passes here, and generators
+    with ``max(default=...)`` cost it ~4 µs (timed)."""
+    answer = answers = 0
+    for name in ANSWER_LIMITS:
+        value = body.get(name)
+        if isinstance(value, int) and value > answer:
+            answer = value
+    for name in ANSWER_COUNTS:
+        value = body.get(name)
+        if isinstance(value, int) and value > answers:
+            answers = value
+    return body_bytes // BYTES_PER_TOKEN + (answer or DEFAULT_ANSWER_TOKENS) * max(answers, 1)
 
 
 class Limiter:

@@ -109,6 +109,9 @@ def test_a_request_is_estimated_from_its_bytes_and_the_answers_it_asks_for() -> 
     assert estimated_tokens(400, {}) == 100 + 256
     assert estimated_tokens(400, {"max_completion_tokens": 80, "max_tokens": 10, "n": 3}) == 340
     assert estimated_tokens(0, {"max_tokens": 10, "best_of": 4, "n": 2}) == 40
+    # what is not a positive count counts as unset (the engine refuses it anyway)
+    assert estimated_tokens(0, {"max_tokens": -5, "max_completion_tokens": "50"}) == 256
+    assert estimated_tokens(0, {"max_tokens": 10, "n": 0, "best_of": -3}) == 10
 
 
 def test_a_request_admitted_before_midnight_and_settled_after_counts_for_the_new_day() -> None:
