@@ -45,6 +45,7 @@ class ElasticLink:
         self.home = home
         self.router = router_id()
         self._nudge: asyncio.Event | None = None  # made on the event loop, in run()
+        self._stopped = False  # run() ended: a report still being written is removed again
         admission.on_wake = self.woken
 
     def woken(self, model: str) -> None:
@@ -88,6 +89,7 @@ class ElasticLink:
                         await self._nudge.wait()
                 self._nudge.clear()
         finally:
+            self._stopped = True
             with contextlib.suppress(OSError):
                 remove_report(self.home, self.router)  # gone at once, not after going stale
 
@@ -97,7 +99,16 @@ class ElasticLink:
         records = await asyncio.to_thread(scaling_records, self.home, self.pool.deployment)
         self.pool.elastic = records
         self.admission.abandon_hopeless_wakes(self.pool.wake_problem)
-        await asyncio.to_thread(write_report, self.home, self.report())
+        await asyncio.to_thread(self._write_report, self.report())
+
+    def _write_report(self, report: DemandReport) -> None:
+        """In a thread, which a stop does not wait for: a router stopped while it wrote (its
+        ``run`` cancelled in the await, the report removed) must not leave the report behind,
+        where controllers would count its demand until it went stale. Whichever of this
+        write and the stop's removal comes last, the last thing done is a removal."""
+        write_report(self.home, report)
+        if self._stopped:
+            remove_report(self.home, self.router)
 
 
 def waiting_for(record: ScalingRecord | None) -> str:

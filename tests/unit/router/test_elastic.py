@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -15,10 +16,11 @@ import pytest
 
 from slurm_llm import Autoscale
 from slurm_llm._api_keys import KeysFile
+from slurm_llm._demand import DemandReport, demand_dir, remove_report, write_report
 from slurm_llm._paths import deployments_dir
 from slurm_llm._polling import wait_until
 from slurm_llm.control._autoscale import ScalingRecord, scaling_path
-from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
+from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread, _elastic
 from tests.integration.helpers import get_text, post
 
 
@@ -93,3 +95,33 @@ def test_a_request_that_reached_no_replica_is_charged_no_tokens(tmp_path: Path) 
         assert left, "the chat that hung up never left the queue"
         answer = post(f"{router.url}/v1/chat/completions", CHAT, {"X-API-Key": key})
     assert answer.status == 503 and "Retry-After" in answer.headers, answer.body
+
+
+@pytest.mark.single_process
+def test_a_report_still_being_written_when_the_router_stops_is_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop removes the report while a write of it is still in its thread (a stop does not
+    wait for it); that write is held until after the removal, and the report must still end
+    up gone, or controllers would count the stopped router's demand until it went stale."""
+    asleep(tmp_path)
+    writing, removed, written = threading.Event(), threading.Event(), threading.Event()
+
+    def held_write(home: Path | None, report: DemandReport) -> None:
+        writing.set()
+        assert removed.wait(30), "the stop never removed the report"
+        write_report(home, report)
+        written.set()
+
+    def seen_remove(home: Path | None, router: str) -> None:
+        remove_report(home, router)
+        removed.set()
+
+    monkeypatch.setattr(_elastic, "write_report", held_write)
+    monkeypatch.setattr(_elastic, "remove_report", seen_remove)
+    config = RouterConfig(probes=ProbeConfig(interval_s=0))
+    with RouterThread(home=tmp_path, deployment="d", config=config):
+        assert writing.wait(10), "the router never wrote its demand report"
+    assert written.wait(10), "the held write never ended"
+    reports = demand_dir(tmp_path)
+    assert wait_until(lambda: not any(reports.glob("*.json")), 10, 0.05), "a report was left"
