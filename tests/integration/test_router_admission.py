@@ -144,19 +144,23 @@ def test_metrics_count_requests_queueing_rejections_and_replicas(
 ) -> None:
     assert 429 in [status for status, _ in burst(tight_router.url)]  # a rejection to count
     post(f"{tight_router.url}/v1/completions", {"model": "gpt-9", "prompt": "x"})
-    tallied = [  # each request's counts, which a worker hands to prometheus once a second
+    published = [  # what a worker hands to prometheus once a second: its requests' counts,
+        # and its queue, which the burst left empty
         r'requests_total\{endpoint="/v1/completions",model="smollm2",status="200"\} [1-9]',
         r'requests_total\{endpoint="/v1/completions",model="unknown",status="404"\}',
         r'slurm_llm_router_queue_wait_seconds_count\{model="smollm2"\}',
         r'slurm_llm_router_tokens_total\{kind="completion",model="smollm2"\}',
+        r'slurm_llm_router_queue_depth\{model="smollm2"\} 0\.0',
     ]
-    # with several workers, the others' tallies reach a scrape within a second
-    wait_until(lambda: all(re.search(t, get_text(f"{tight_router.url}/metrics")) for t in tallied),
-               10, "the burst and the invented model's request to be counted")  # fmt: skip
+
+    def scraped_all() -> bool:  # with several workers, the others' within a second
+        text = get_text(f"{tight_router.url}/metrics")
+        return all(re.search(pattern, text) for pattern in published)
+
+    wait_until(scraped_all, 10, "the burst and the invented model's request to be published")
     text = get_text(f"{tight_router.url}/metrics")
     assert 'slurm_llm_router_rejections_total{model="smollm2",reason="queue_full"}' in text
     assert text.count("slurm_llm_router_replica_healthy{") == 2
-    assert 'slurm_llm_router_queue_depth{model="smollm2"} 0.0' in text
 
 
 @pytest.mark.single_process

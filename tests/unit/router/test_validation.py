@@ -246,6 +246,7 @@ def test_a_body_is_read_alike_whether_it_arrived_whole_or_in_pieces(arrived: str
         return await whole_body(request)
 
     assert asyncio.run(read(len(body))) == body
+    assert asyncio.run(read(0)) == body  # no limit, as aiohttp reads 0
     with pytest.raises(web.HTTPRequestEntityTooLarge):
         asyncio.run(read(len(body) - 1))
 
