@@ -73,18 +73,21 @@ class Grant:
 
 def estimated_tokens(body_bytes: int, body: Mapping[str, object]) -> int:
     """The prompt's bytes / 4, plus the longest answer asked for, times the answers asked
-    for (``n``, ``best_of``). Plain loops: every keyed request passes here, and generators
-    with ``max(default=...)`` cost it ~4 µs (timed)."""
-    answer = answers = 0
-    for name in ANSWER_LIMITS:
+    for (``n``, ``best_of``)."""
+    answer = largest_count(body, ANSWER_LIMITS) or DEFAULT_ANSWER_TOKENS
+    return body_bytes // BYTES_PER_TOKEN + answer * max(largest_count(body, ANSWER_COUNTS), 1)
+
+
+def largest_count(body: Mapping[str, object], names: tuple[str, ...]) -> int:
+    """The largest positive integer among the fields ``names``, 0 if none is one. A plain
+    loop: every keyed request passes here, and generators with ``max(default=...)`` cost it
+    ~4 µs (timed)."""
+    largest = 0
+    for name in names:
         value = body.get(name)
-        if isinstance(value, int) and value > answer:
-            answer = value
-    for name in ANSWER_COUNTS:
-        value = body.get(name)
-        if isinstance(value, int) and value > answers:
-            answers = value
-    return body_bytes // BYTES_PER_TOKEN + (answer or DEFAULT_ANSWER_TOKENS) * max(answers, 1)
+        if isinstance(value, int) and value > largest:
+            largest = value
+    return largest
 
 
 class Limiter:
