@@ -154,36 +154,68 @@ COUNTING_STREAMS: list[tuple[str, dict[str, Any]]] = [
 ]  # fmt: skip
 
 
+class Stream(NamedTuple):
+    """What a client read from one stream: its text pieces, its events, whether an error event
+    came, and whether the engine serving it was killed mid-way."""
+
+    pieces: list[str]
+    events: list[dict[str, Any]]
+    errored: bool
+    killed: bool
+
+
 def read_stream(
     router: RouterThread,
     model: str,
     path: str,
     body: dict[str, Any],
     kill_after: int | None = None,
-) -> tuple[list[str], list[dict[str, Any]], bool]:
-    """The text pieces and events of one stream; with ``kill_after``, the engine serving it is
-    killed (SIGKILL) once that many pieces have arrived. Also: whether an error event came."""
+) -> Stream:
+    """Read one stream; with ``kill_after``, the engine serving it is killed (SIGKILL) once that
+    many pieces have arrived, if the router is still relaying it then: a fast engine on a busy
+    machine can finish before the client has read that far, and ``killed`` then says so."""
     request = urllib.request.Request(
         f"{router.url}{path}", data=json.dumps({**body, "stream": True}).encode(),
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
-    pieces: list[str] = []
-    events: list[dict[str, Any]] = []
-    errored = False
+    stream = Stream([], [], errored=False, killed=False)
     with urllib.request.urlopen(request, timeout=120) as response:
         for line in response:
             data = line.removeprefix(b"data:").strip()
             if not line.startswith(b"data:") or data == b"[DONE]":
                 continue
             event = json.loads(data)
-            events.append(event)
-            errored = errored or "error" in event
+            stream.events.append(event)
+            stream = stream._replace(errored=stream.errored or "error" in event)
             for choice in event.get("choices") or []:
                 piece = (choice.get("delta") or {}).get("content") or choice.get("text")
                 if piece:
-                    pieces.append(piece)
-            if kill_after is not None and len(pieces) == kill_after:
-                [busy] = [b for b in router.pool.of(model) if b.in_flight]
-                [record] = [r for r in router.pool.registry.records() if r.url == busy.url]  # type: ignore[union-attr]
-                os.kill(record.engine_pid, signal.SIGKILL)
-    return pieces, events, errored
+                    stream.pieces.append(piece)
+            if kill_after is not None and len(stream.pieces) == kill_after:
+                busy = [b for b in router.pool.of(model) if b.in_flight]
+                if busy:
+                    assert router.pool.registry is not None, "the router reads a registry"
+                    records = router.pool.registry.records()
+                    [record] = [r for r in records if r.url == busy[0].url]
+                    os.kill(record.engine_pid, signal.SIGKILL)
+                    stream = stream._replace(killed=True)
+    return stream
+
+
+def read_killed_stream(
+    router: RouterThread,
+    model: str,
+    path: str,
+    body: dict[str, Any],
+    kill_after: int,
+    attempts: int = 3,
+) -> Stream:
+    """A stream whose engine was killed after ``kill_after`` pieces. A stream that ended before
+    the kill could land says nothing about failover, so it is read again, a few times at most."""
+    for _ in range(attempts):
+        stream = read_stream(router, model, path, body, kill_after)
+        if stream.killed:
+            return stream
+    raise AssertionError(
+        f"every one of {attempts} streams ended before its client had read {kill_after} pieces"
+    )

