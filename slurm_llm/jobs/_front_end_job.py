@@ -39,6 +39,9 @@ from slurm_llm.node._launcher import serving_host
 from slurm_llm.node._ports import lease_port
 from slurm_llm.spec._model_spec import DEFAULT_TIME_LIMIT_MIN, SlurmOptions
 
+# SLURM's default KillWait: how long a cancelled job's processes have between SIGTERM and SIGKILL.
+KILL_WAIT_S = 30.0
+
 
 class FrontEndAddress(BaseModel):
     kind: str  # router or nginx
@@ -182,9 +185,22 @@ class FrontEndJob:
     def url(self) -> str:
         return self.wait_url()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = KILL_WAIT_S) -> None:
+        """Cancels the job; returns once it has ended and withdrawn its address. SLURM counts a
+        cancelled job done at once, while its front end is still shutting down and has yet to
+        remove its address: a client reading it then was sent to a front end that had gone.
+        One that has not withdrawn it within ``timeout`` (SLURM's KillWait: by then it was
+        killed, and never will) has it removed here."""
         self.job.cancel(check=False)
-        wait_until(self.job.done, 30, every=0.1)
+        if not wait_until(self.job.done, timeout, every=0.1):
+            return
+        if not wait_until(lambda: not self._published(), timeout, every=0.1) and self._published():
+            remove_durably(address_path(self.name, self.home))
+
+    def _published(self) -> bool:
+        """Whether the address under the job's name is this job's."""
+        address = read_address(self.name, self.home)
+        return address is not None and address.job_id == self.job_id
 
     def __enter__(self) -> FrontEndJob:
         return self

@@ -1,4 +1,5 @@
-"""A front-end job publishes its address only once it serves, and never after it stopped.
+"""A front-end job publishes its address only once it serves, and never after it stopped;
+stopping it returns once its address is withdrawn.
 
 nginx as a job installs itself on first use and then starts: an address written before that
 sent clients to a port nobody listened on. The front end here is a stand-in (an aiohttp app
@@ -9,16 +10,26 @@ is told it is ready, as a server still starting would.
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
 
 from slurm_llm._app_thread import AppThread
+from slurm_llm._files import write_atomic
 from slurm_llm._polling import polling
-from slurm_llm.jobs._front_end_job import FrontEndMain, answers_health, read_address
+from slurm_llm.jobs._front_end_job import (
+    FrontEndAddress,
+    FrontEndJob,
+    FrontEndMain,
+    address_path,
+    answers_health,
+    read_address,
+)
 from tests.integration.helpers import wait_until
 
 JOB_ID = "4242"
@@ -126,3 +137,55 @@ def test_nothing_listening_is_not_serving() -> None:
     with AppThread(web.Application()) as server:
         port = server.port
     assert not answers_health("127.0.0.1", port, timeout=0.5)
+
+
+class CancelledAtOnce:
+    """A fake submitit job (no scheduler behind it) that, like a SLURM job, counts as done as
+    soon as it is cancelled, whatever its processes are still doing."""
+
+    job_id = JOB_ID
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self, check: bool = True) -> None:
+        self.cancelled = True
+
+    def done(self) -> bool:
+        return self.cancelled
+
+
+def published(home: Path, job_id: str = JOB_ID) -> None:
+    address = FrontEndAddress(kind="stand-in", name="stand-in", url="http://127.0.0.1:1",
+                              job_id=job_id, node="here", pid=1, started=0.0)  # fmt: skip
+    write_atomic(address_path("stand-in", home), address.model_dump_json())
+
+
+def job_of(home: Path) -> FrontEndJob:
+    return FrontEndJob("stand-in", home, cast(Any, CancelledAtOnce()))
+
+
+def test_stopping_returns_once_the_front_end_has_withdrawn_its_address(home: Path) -> None:
+    """SLURM says a cancelled job is done before its front end has shut down and removed its
+    address; ``stop`` waits for the removal, so nobody reads the address of a stopped job."""
+    published(home)
+    shutting_down = threading.Timer(0.3, lambda: address_path("stand-in", home).unlink())
+    shutting_down.start()
+    began = time.monotonic()
+    job_of(home).stop()
+    assert time.monotonic() - began >= 0.25  # it waited for the front end
+    assert read_address("stand-in", home) is None
+    shutting_down.join()
+
+
+def test_an_address_a_killed_front_end_left_is_removed_by_stop(home: Path) -> None:
+    published(home)
+    job_of(home).stop(timeout=0.2)
+    assert read_address("stand-in", home) is None
+
+
+def test_stop_leaves_the_address_of_a_newer_job_of_the_same_name(home: Path) -> None:
+    published(home, job_id="4243")
+    job_of(home).stop(timeout=0.2)
+    address = read_address("stand-in", home)
+    assert address is not None and address.job_id == "4243"
