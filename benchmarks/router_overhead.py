@@ -61,7 +61,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import RESULTS, describe, machine_info, save_figure
-from _servers import answers, background, rss_mib
+from _servers import answers, background, cpu_seconds, rss_mib
 
 from slurm_llm import _debian
 from slurm_llm._api_keys import KeysFile
@@ -71,6 +71,7 @@ from slurm_llm.node._ports import lease_port
 
 HERE = Path(__file__).parent
 COLUMNS = ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms")
+CPU_COLUMNS = ("proxy_us", "mock_us", "wrk_us", "proxy_cores")  # phase 2, per request
 GOALS = {
     "added_p50_ms": 2.0,
     "added_p99_ms": 15.0,
@@ -78,6 +79,7 @@ GOALS = {
 }
 ARRIVALS = ("spread", "together")  # phase 1's two ways (the module's docstring); goals: spread
 TWO = "router-x2"
+MOCK = "mock"  # the mock upstream's entry among the processes whose CPU time is read
 NO_UI = "router-no-ui"
 WRK_BODY = {
     "model": "mock",
@@ -132,7 +134,8 @@ def wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, flo
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
     text = done.stdout
     found = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    if done.returncode != 0 or not found:
+    served = re.search(r"(\d+) requests in", text)
+    if done.returncode != 0 or not found or not served:
         raise RuntimeError(f"wrk failed:\n{text}\n{done.stderr}")
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", text))
     socket_errors = re.search(
@@ -140,7 +143,7 @@ def wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, flo
     )
     if socket_errors:
         errors += sum(int(n) for n in socket_errors.groups())
-    return {"req_s": float(found.group(1)), "errors": errors}
+    return {"req_s": float(found.group(1)), "requests": int(served.group(1)), "errors": errors}
 
 
 def ms(values: list[float], q: float) -> float:
@@ -199,6 +202,7 @@ def phase_streams(
 
 def phase_throughput(
     urls: dict[str, str],
+    pids: dict[str, int],
     rounds: int,
     seconds: int,
     connections: int,
@@ -212,12 +216,39 @@ def phase_throughput(
     runs: dict[str, list[dict[str, float]]] = {path: [] for path in urls}
     for round_no in range(rounds):
         for path in rotated(list(urls), round_no):
-            runs[path].append(wrk(urls[path], script, seconds, connections))
+            run = wrk_with_cpu(urls[path], pids.get(path), pids[MOCK], script, seconds, connections)
+            runs[path].append(run)
             console.print(
                 f"  throughput round {round_no + 1}/{rounds} {path:6}: "
-                f"{runs[path][-1]['req_s']:.0f} req/s, {runs[path][-1]['errors']:.0f} errors"
+                f"{run['req_s']:.0f} req/s, {run['errors']:.0f} errors, proxy "
+                f"{run['proxy_us']:.0f} µs and mock {run['mock_us']:.0f} µs of CPU a request"
             )
     return runs
+
+
+def wrk_with_cpu(
+    url: str, proxy: int | None, mock: int, script: Path, seconds: int, connections: int
+) -> dict[str, float]:
+    """One wrk run, and the CPU time each process used per request served: the proxy's (its
+    workers included), the mock's and wrk's. CPU time, unlike requests per second, shows what a
+    request costs whatever else the machine was doing, and so what more cores would give."""
+    before = {"proxy": cpu_seconds(proxy) if proxy else 0.0, "mock": cpu_seconds(mock)}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    began = time.monotonic()
+    run = wrk(url, script, seconds, connections)
+    wall = time.monotonic() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = {
+        "proxy": (cpu_seconds(proxy) if proxy else 0.0) - before["proxy"],
+        "mock": cpu_seconds(mock) - before["mock"],
+        "wrk": after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime,
+    }
+    served = max(run["requests"], 1)
+    return {
+        **run,
+        **{f"{name}_us": seconds_used / served * 1e6 for name, seconds_used in used.items()},
+        "proxy_cores": used["proxy"] / wall,
+    }
 
 
 def phase_connections(
@@ -373,7 +404,7 @@ def main() -> None:
         mock = f"http://127.0.0.1:{mock_port}"
         slow = f"http://127.0.0.1:{slow_port}"
         mock_argv = [sys.executable, str(HERE / "_mock_upstream.py")]
-        stack.enter_context(
+        mock_process = stack.enter_context(
             background(
                 [
                     *mock_argv,
@@ -401,9 +432,9 @@ def main() -> None:
         router = stack.enter_context(
             router_process(router_argv, router_port, backends, work / "router.log")
         )
-        bare = bare_proxy(stack, mock, work)
+        bare, bare_pid = bare_proxy(stack, mock, work)
         two_port = stack.enter_context(lease_port("127.0.0.1")).port
-        stack.enter_context(
+        two = stack.enter_context(
             router_process(
                 router_argv, two_port, [*backends, "--workers", "2"], work / "router2.log"
             )
@@ -427,7 +458,10 @@ def main() -> None:
             TWO: f"http://127.0.0.1:{two_port}/v1/chat/completions",
             "bare": bare,
         }
-        key = optional_paths(args, stack, router_argv, backends, work, urls)
+        pids = {MOCK: mock_process.pid, "router": router.pid, TWO: two.pid, "bare": bare_pid}
+        if nginx.pid is not None:
+            pids["nginx"] = nginx.pid
+        key = optional_paths(args, stack, router_argv, backends, work, urls, pids)
         stream_s = args.chunks * args.chunk_delay
         console.print(
             f"[bold]1. streams[/bold]: {args.concurrency} concurrent, {args.chunks} chunks "
@@ -446,7 +480,7 @@ def main() -> None:
             f"[bold]2. throughput[/bold]: wrk, {args.wrk_connections} connections, non-streamed"
         )
         throughput = phase_throughput(
-            urls, args.rounds, args.wrk_seconds, args.wrk_connections, work, console, key
+            urls, pids, args.rounds, args.wrk_seconds, args.wrk_connections, work, console, key
         )
         console.print(
             f"[bold]3. connections[/bold]: {args.connections} streams at once through the router "
@@ -469,8 +503,10 @@ def optional_paths(
     backends: list[str],
     work: Path,
     urls: dict[str, str],
+    pids: dict[str, int],
 ) -> str | None:
-    """The routers asked for besides today's (added to ``urls``); the key to send, if any."""
+    """The routers asked for besides today's (added to ``urls`` and their processes to
+    ``pids``); the key to send, if any."""
     if args.baseline:
         source = stack.enter_context(worktree(args.baseline, work / "baseline"))
         port = stack.enter_context(lease_port("127.0.0.1")).port
@@ -479,16 +515,18 @@ def optional_paths(
         # from this checkout instead of the worktree's.
         argv = [sys.executable, "-P", "-m", "slurm_llm"]
         log = work / "baseline-router.log"
-        stack.enter_context(router_process(argv, port, backends, log, env))
+        baseline = stack.enter_context(router_process(argv, port, backends, log, env))
         urls[f"router@{args.baseline}"] = f"http://127.0.0.1:{port}/v1/chat/completions"
+        pids[f"router@{args.baseline}"] = baseline.pid
     if args.without_ui:
         port = stack.enter_context(lease_port("127.0.0.1")).port
         log = work / "router-no-ui.log"
-        stack.enter_context(router_process(router_argv, port, [*backends, "--no-ui"], log))
+        no_ui = stack.enter_context(router_process(router_argv, port, [*backends, "--no-ui"], log))
         urls[NO_UI] = f"http://127.0.0.1:{port}/v1/chat/completions"
+        pids[NO_UI] = no_ui.pid
     if not args.with_keys:
         return None
-    urls["router+keys"], key = keyed_router(stack, router_argv, backends, work)
+    urls["router+keys"], key, pids["router+keys"] = keyed_router(stack, router_argv, backends, work)
     return key
 
 
@@ -516,15 +554,16 @@ def prepared_machine(console: Console) -> dict[str, Any]:
     return info
 
 
-def bare_proxy(stack: ExitStack, upstream: str, work: Path) -> str:
-    """``_bare_proxy.py`` in front of ``upstream`` until ``stack`` closes; its chat URL."""
+def bare_proxy(stack: ExitStack, upstream: str, work: Path) -> tuple[str, int]:
+    """``_bare_proxy.py`` in front of ``upstream`` until ``stack`` closes; its chat URL and
+    pid."""
     port = stack.enter_context(lease_port("127.0.0.1")).port
     argv = [sys.executable, str(HERE / "_bare_proxy.py"), "--port", str(port),
             "--upstream", upstream]  # fmt: skip
-    stack.enter_context(
+    process = stack.enter_context(
         background(argv, answers(f"http://127.0.0.1:{port}/health"), work / "bare.log")
     )
-    return f"http://127.0.0.1:{port}/v1/chat/completions"
+    return f"http://127.0.0.1:{port}/v1/chat/completions", process.pid
 
 
 @contextmanager
@@ -544,16 +583,16 @@ def router_process(
 
 def keyed_router(
     stack: ExitStack, argv: list[str], backends: list[str], work: Path
-) -> tuple[str, str]:
+) -> tuple[str, str, int]:
     """A router with a keys file, and a key whose limits the run never reaches: every request
-    is counted and settled, none refused. Its chat URL and the key."""
+    is counted and settled, none refused. Its chat URL, the key and its pid."""
     keys = KeysFile(work / "keys.toml")
     key = keys.add("bench", requests_per_minute=10**9, tokens_per_minute=10**12,
                    tokens_per_day=10**15)  # fmt: skip
     port = stack.enter_context(lease_port("127.0.0.1")).port
     keyed = [*backends, "--api-keys-file", str(keys.path)]
-    stack.enter_context(router_process(argv, port, keyed, work / "keys-router.log"))
-    return f"http://127.0.0.1:{port}/v1/chat/completions", key
+    process = stack.enter_context(router_process(argv, port, keyed, work / "keys-router.log"))
+    return f"http://127.0.0.1:{port}/v1/chat/completions", key, process.pid
 
 
 @contextmanager
@@ -583,11 +622,17 @@ def report(
     added_by = {arrivals: added_to_direct(summaries[arrivals]) for arrivals in ARRIVALS}
     streams, added = summaries["spread"], added_by["spread"]
     req_s = {path: statistics.median(r["req_s"] for r in runs) for path, runs in throughput.items()}
+    cpu = {
+        path: {name: statistics.median(r[name] for r in runs) for name in CPU_COLUMNS}
+        for path, runs in throughput.items()
+    }
     for arrivals in ARRIVALS:
         streams_table(args, arrivals, summaries[arrivals], added_by[arrivals], console)
 
     table = Table(title=f"Throughput: wrk, {args.wrk_connections} connections, non-streamed")
-    for column in ("path", "req/s (median)", "req/s per round", "errors"):
+    columns = ("req/s (median)", "req/s per round", "errors", "proxy cores",
+               "CPU µs a request: proxy", "mock", "wrk")  # fmt: skip
+    for column in ("path", *columns):
         table.add_column(column, justify="left" if column == "path" else "right")
     for path, runs in throughput.items():
         table.add_row(
@@ -595,8 +640,18 @@ def report(
             f"{req_s[path]:.0f}",
             ", ".join(f"{r['req_s']:.0f}" for r in runs),
             f"{sum(r['errors'] for r in runs):.0f}",
+            f"{cpu[path]['proxy_cores']:.2f}",
+            *(f"{cpu[path][name]:.0f}" for name in ("proxy_us", "mock_us", "wrk_us")),
         )
     console.print(table)
+    per_worker = cpu[TWO]["proxy_us"] / cpu["router"]["proxy_us"]
+    console.print(
+        f"CPU a request (medians of the rounds): router {cpu['router']['proxy_us']:.0f} µs with "
+        f"one worker, {cpu[TWO]['proxy_us']:.0f} µs with two ({per_worker:.2f}x); nginx "
+        f"{cpu['nginx']['proxy_us']:.0f} µs. One router core serves about "
+        f"{1e6 / cpu['router']['proxy_us']:.0f} req/s; with a core for each, N workers about "
+        f"N x {1e6 / cpu[TWO]['proxy_us']:.0f}."
+    )
 
     table = Table(title=f"{args.connections} concurrent streams through the router")
     columns = ("wave", "completed", "errors", "wall", "RSS before", "RSS peak", "RSS after")
@@ -643,14 +698,17 @@ def report(
     if args.with_keys:  # the router is one process: its time per request is 1 / its req/s
         keys_cost = {
             "us_per_request_non_streamed": (1 / req_s["router+keys"] - 1 / req_s["router"]) * 1e6,
+            "cpu_us_per_request_non_streamed": cpu["router+keys"]["proxy_us"]
+            - cpu["router"]["proxy_us"],
             "added_ttft_p50_ms": streams["router+keys"]["ttft_p50_ms"]
             - streams["router"]["ttft_p50_ms"],
         }
-        cost_us, added_ms = keys_cost["us_per_request_non_streamed"], keys_cost["added_ttft_p50_ms"]
         console.print(
-            f"Named keys, limits and their headers cost {cost_us:.0f} µs per non-streamed request"
-            f" (from req/s), {added_ms:+.2f} ms TTFT p50 on streams, against the router without"
-            " keys (both record usage)"
+            "Named keys, limits and their headers cost "
+            f"{keys_cost['us_per_request_non_streamed']:.0f} µs per non-streamed request from "
+            f"req/s, {keys_cost['cpu_us_per_request_non_streamed']:.0f} µs from CPU time, "
+            f"{keys_cost['added_ttft_p50_ms']:+.2f} ms TTFT p50 on streams, against the router "
+            "without keys (both record usage)"
         )
     table = Table(title="Goals (2-core machine; load generator, proxies and upstream share it)")
     table.add_column("goal")
@@ -680,6 +738,7 @@ def report(
                 "streams_together": summaries["together"],
                 "added_vs_direct_together": added_by["together"],
                 "throughput_req_s": {"median": req_s, "runs": throughput},
+                "cpu_per_request": cpu,
                 "connections": {k: v for k, v in connections.items() if k != "timeline"},
                 "router_rss_timeline": connections["timeline"],
                 "goals": goals,
