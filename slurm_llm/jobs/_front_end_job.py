@@ -64,6 +64,19 @@ def read_address(name: str, home: Path | None = None) -> FrontEndAddress | None:
         return None
 
 
+def published_by(name: str, home: Path, job_id: str) -> FrontEndAddress | None:
+    """The address under ``name`` if job ``job_id`` wrote it (a later job of the same name may
+    have replaced it)."""
+    address = read_address(name, home)
+    return address if address is not None and address.job_id == job_id else None
+
+
+def withdraw(name: str, home: Path, job_id: str) -> None:
+    """Removes the address under ``name`` if it is job ``job_id``'s."""
+    if published_by(name, home, job_id) is not None:
+        remove_durably(address_path(name, home))
+
+
 def answers_health(host: str, port: int, timeout: float = 1.0) -> bool:
     """Whether ``GET /health`` on ``host:port`` answers 200 (the router's and our nginx
     configuration's both do). http.client rather than urllib: a site's ``http_proxy`` must not
@@ -145,9 +158,7 @@ class FrontEndMain(submitit.helpers.Checkpointable):
                 self.serve(host, lease.port, home)
             finally:
                 publisher.stop()
-                published = read_address(self.name, home)
-                if published is not None and published.job_id == address.job_id:
-                    remove_durably(address_path(self.name, home))
+                withdraw(self.name, home, address.job_id)
 
 
 class FrontEndJob:
@@ -167,8 +178,8 @@ class FrontEndJob:
         end has answered on it (nginx is first installed on first use, then started), so the
         URL returned takes requests at once."""
         for _ in polling(timeout, every=0.1):
-            address = read_address(self.name, self.home)
-            if address is not None and address.job_id == self.job_id:
+            address = published_by(self.name, self.home, self.job_id)
+            if address is not None:
                 return address.url
             if self.job.done():
                 raise DeploymentError(
@@ -194,13 +205,12 @@ class FrontEndJob:
         self.job.cancel(check=False)
         if not wait_until(self.job.done, timeout, every=0.1):
             return
-        if not wait_until(lambda: not self._published(), timeout, every=0.1) and self._published():
-            remove_durably(address_path(self.name, self.home))
 
-    def _published(self) -> bool:
-        """Whether the address under the job's name is this job's."""
-        address = read_address(self.name, self.home)
-        return address is not None and address.job_id == self.job_id
+        def withdrawn() -> bool:
+            return published_by(self.name, self.home, self.job_id) is None
+
+        if not wait_until(withdrawn, timeout, every=0.1):
+            withdraw(self.name, self.home, self.job_id)
 
     def __enter__(self) -> FrontEndJob:
         return self

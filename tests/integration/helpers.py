@@ -178,28 +178,30 @@ def read_stream(
         f"{router.url}{path}", data=json.dumps({**body, "stream": True}).encode(),
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
-    stream = Stream([], [], errored=False, killed=False)
+    pieces: list[str] = []
+    events: list[dict[str, Any]] = []
+    errored = killed = False
     with urllib.request.urlopen(request, timeout=120) as response:
         for line in response:
             data = line.removeprefix(b"data:").strip()
             if not line.startswith(b"data:") or data == b"[DONE]":
                 continue
             event = json.loads(data)
-            stream.events.append(event)
-            stream = stream._replace(errored=stream.errored or "error" in event)
+            events.append(event)
+            errored = errored or "error" in event
             for choice in event.get("choices") or []:
                 piece = (choice.get("delta") or {}).get("content") or choice.get("text")
                 if piece:
-                    stream.pieces.append(piece)
-            if kill_after is not None and len(stream.pieces) == kill_after:
+                    pieces.append(piece)
+            if kill_after is not None and len(pieces) == kill_after:
                 busy = [b for b in router.pool.of(model) if b.in_flight]
                 if busy:
                     assert router.pool.registry is not None, "the router reads a registry"
                     records = router.pool.registry.records()
                     [record] = [r for r in records if r.url == busy[0].url]
                     os.kill(record.engine_pid, signal.SIGKILL)
-                    stream = stream._replace(killed=True)
-    return stream
+                    killed = True
+    return Stream(pieces, events, errored, killed)
 
 
 def read_killed_stream(
