@@ -9,6 +9,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from slurm_llm._polling import polling
 from slurm_llm.node._ports import lease_port
@@ -89,18 +90,51 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user and system) a process and its living descendants have used so far: a
-    supervisor with its workers, nginx's master with its worker (0 for whatever is gone)."""
-    total = 0.0
+class Usage(NamedTuple):
+    """What a process tree has used so far: CPU time, and how often its threads left a core,
+    by waiting (nothing to do: a voluntary switch) or by being preempted (another process was
+    given the core: an involuntary one). Preemptions per request tell processes crowding the
+    cores apart from one doing more work per request."""
+
+    cpu_s: float = 0.0
+    waits: int = 0
+    preemptions: int = 0
+
+    def plus(self, other: Usage) -> Usage:
+        return Usage(
+            self.cpu_s + other.cpu_s, self.waits + other.waits, self.preemptions + other.preemptions
+        )
+
+    def since(self, earlier: Usage) -> Usage:
+        return Usage(
+            self.cpu_s - earlier.cpu_s,
+            self.waits - earlier.waits,
+            self.preemptions - earlier.preemptions,
+        )
+
+
+def usage(pid: int) -> Usage:
+    """What a process and its living descendants have used so far: a supervisor with its
+    workers, nginx's master with its worker (nothing for whatever is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-        children = [
-            int(child)
-            for task in Path(f"/proc/{pid}/task").iterdir()
-            for child in (task / "children").read_text().split()
-        ]
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except (FileNotFoundError, ProcessLookupError):
-        return total
-    return total + sum(cpu_seconds(child) for child in children)
+        return Usage()
+    total = Usage((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))  # utime, stime
+    for task in tasks:
+        try:
+            waits, preemptions = switch_counts((task / "status").read_text())
+            children = (task / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):  # a thread that has just ended
+            continue
+        total = total.plus(Usage(0.0, waits, preemptions))
+        for child in children:
+            total = total.plus(usage(int(child)))
+    return total
+
+
+def switch_counts(status: str) -> tuple[int, int]:
+    """A thread's voluntary and involuntary context switches, from its ``/proc`` status."""
+    counts = dict(line.split(":", 1) for line in status.splitlines() if "ctxt_switches" in line)
+    return int(counts["voluntary_ctxt_switches"]), int(counts["nonvoluntary_ctxt_switches"])
