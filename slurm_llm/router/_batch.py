@@ -33,8 +33,7 @@ from slurm_llm.router import _json
 from slurm_llm.router._dispatch import Call, Reply
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._limits import LimitHit
-from slurm_llm.router._metering import CALLER, MeteredCall, check_access, priority_of
-from slurm_llm.router._openai_api import count_usage
+from slurm_llm.router._metering import CALLER, MeteredCall, check_access, count_usage, priority_of
 from slurm_llm.router._requests import read_json, require_served, validated
 from slurm_llm.router._schemas import ENDPOINT_MODELS, BatchRequest
 from slurm_llm.router._state import MODEL, STATE, RouterState

@@ -19,7 +19,7 @@ from slurm_llm.router._admission import usable
 from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Call
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._metering import metered, priority_of
+from slurm_llm.router._metering import Meter, count_usage, metered, priority_of
 from slurm_llm.router._requests import read_json, served_model, validated
 from slurm_llm.router._schemas import MapReduceRequest
 from slurm_llm.router._state import STATE, RouterState
@@ -83,12 +83,15 @@ async def map_reduce(request: web.Request) -> web.Response:
     body = validated(MapReduceRequest, raw_body)
     model = served_model(request, body.model)
     with metered(request, model, request.path, raw_body, len(raw)) as meter:
-        answered = await run_map_reduce(request, body, model)
+        answered = await run_map_reduce(request, body, model, meter)
         meter.status = answered.status
         return answered
 
 
-async def run_map_reduce(request: web.Request, body: MapReduceRequest, model: str) -> web.Response:
+async def run_map_reduce(
+    request: web.Request, body: MapReduceRequest, model: str, meter: Meter
+) -> web.Response:
+    """The map-reduce, and the tribunal after it if asked, every call charged to ``meter``."""
     state = request.app[STATE]
     replicas = usable(state.pool.of(model), time.monotonic()) or state.pool.of(model)
     tokenizer = ReplicaTokenizer(state.dispatcher.upstreams, replicas[0])
@@ -100,6 +103,7 @@ async def run_map_reduce(request: web.Request, body: MapReduceRequest, model: st
         reply = await state.dispatcher.send(call)
         if reply.status != 200:
             raise RouterError(502, f"{model!r} answered {reply.status}: {reply.body[:300]!r}")
+        meter.charge(reply, count_usage(state.metrics, model, reply.body))
         answer = json.loads(reply.body)
         content = answer["choices"][0]["message"]["content"] or ""
         return str(content), int((answer.get("usage") or {}).get("prompt_tokens", 0))
@@ -112,7 +116,7 @@ async def run_map_reduce(request: web.Request, body: MapReduceRequest, model: st
         raise RouterError(400, str(exc)) from None
     answer: dict[str, Any] = {**asdict(result), "context": job.context}
     if body.tribunal is not None:
-        run = await tribunal_for(request, model, body.tribunal).run(
+        run = await tribunal_for(request, model, body.tribunal, meter).run(
             body.instruction, draft=result.answer
         )
         count(state, run)

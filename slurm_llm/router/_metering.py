@@ -6,7 +6,8 @@ it), counts the request against the key's limits (``_limits``), and once the ans
 settles the limits on the tokens really used and appends a usage record
 (``slurm_llm._usage``). The answer's ``usage`` is read from a plain answer's body, or from a
 stream's last event: streams are asked for it (``stream_options.include_usage``) and the event
-is dropped again if the client did not ask for it itself.
+is dropped again if the client did not ask for it itself. A request the router runs itself (a
+tribunal, a map-reduce) is charged every call it made (``Meter.charge``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+import orjson
 from aiohttp import web
 
 from slurm_llm._api_keys import Identity, Priority
@@ -23,6 +25,7 @@ from slurm_llm.router._backends import Backend
 from slurm_llm.router._dispatch import Reply
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._limits import Grant, LimitHit, estimated_tokens
+from slurm_llm.router._metrics import RouterMetrics
 from slurm_llm.router._state import STATE, RouterState
 from slurm_llm.router._streams import ClientStream
 
@@ -71,10 +74,56 @@ class Meter:
             if is_token_count(completion):
                 self.completion_tokens = completion
 
+    def charge(self, reply: Reply, usage: object) -> None:
+        """One of the calls the router makes itself for this request (a tribunal's drafts,
+        critiques and revisions; a map-reduce's chunks): its tokens added to the calls' before
+        it, its replica the one that answered last. The caller's key pays for every call its
+        request caused, as it would had it made them one by one."""
+        self.replica = reply.backend
+        if isinstance(usage, dict):
+            self.counted = True
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            self.prompt_tokens += prompt if is_token_count(prompt) else 0
+            self.completion_tokens += completion if is_token_count(completion) else 0
+
 
 def is_token_count(value: object) -> TypeGuard[int]:
     """Whether a replica's usage field is a count of tokens (``bool`` is an ``int`` too)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def count_usage(metrics: RouterMetrics, model: str, payload: bytes) -> dict[str, Any]:
+    """The answer's ``usage`` (empty if it has none), counted in the token metrics."""
+    usage = answer_usage(payload)
+    if not isinstance(usage, dict):
+        return {}
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    metrics.used(model, prompt if is_token_count(prompt) else 0,
+                 completion if is_token_count(completion) else 0)  # fmt: skip
+    return usage
+
+
+def answer_usage(payload: bytes) -> object:
+    """The ``usage`` member of an answer's JSON object, or None. The engines write it last, so
+    it is parsed alone when the bytes after ``"usage":`` are exactly one object followed by the
+    answer's closing brace: the member is then the answer's own, since a member of anything
+    nested would leave that thing's closing brackets after it. Any other answer is parsed
+    whole; the fast path spares a long answer's text being made a string only to be dropped."""
+    body = payload.strip()
+    key = body.rfind(b'"usage":')
+    if body[:1] == b"{" and body[-1:] == b"}" and key > 0 and body[key - 1] != ord("\\"):
+        try:
+            usage = orjson.loads(body[key + 8 : -1])
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if isinstance(usage, dict):
+                return usage
+    try:
+        whole = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return whole.get("usage") if isinstance(whole, dict) else None
 
 
 def check_access(caller: Identity | None, model: str) -> None:

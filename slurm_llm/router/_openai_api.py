@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from slurm_llm._sse import json_event
@@ -19,7 +18,7 @@ from slurm_llm.router._dispatch import Call, GiveBack, Relay, Reply
 from slurm_llm.router._elastic import refuse_cold_start, tell_progress
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._failover import RelayFor, openai_plan, stream_with_failover
-from slurm_llm.router._metering import Meter, is_token_count, metered
+from slurm_llm.router._metering import Meter, count_usage, metered
 from slurm_llm.router._metrics import RouterMetrics
 from slurm_llm.router._requests import (
     affinity_key,
@@ -42,7 +41,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     with metered(request, model, request.path, body, len(raw)) as meter:
         if isinstance(checked, ChatCompletionRequest) and checked.tribunal is not None:
-            answered = await _tribunal_api.chat_with_tribunal(request, checked)
+            answered = await _tribunal_api.chat_with_tribunal(request, checked, meter)
             meter.status = answered.status
             return answered
         if checked.stream:
@@ -109,40 +108,6 @@ def as_response(reply: Reply) -> web.Response:
     return web.Response(
         body=reply.body, status=reply.status, content_type=reply.content_type, headers=headers
     )
-
-
-def count_usage(metrics: RouterMetrics, model: str, payload: bytes) -> dict[str, Any]:
-    """The answer's ``usage`` (empty if it has none), counted in the token metrics."""
-    usage = answer_usage(payload)
-    if not isinstance(usage, dict):
-        return {}
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    metrics.used(model, prompt if is_token_count(prompt) else 0,
-                 completion if is_token_count(completion) else 0)  # fmt: skip
-    return usage
-
-
-def answer_usage(payload: bytes) -> object:
-    """The ``usage`` member of an answer's JSON object, or None. The engines write it last, so
-    it is parsed alone when the bytes after ``"usage":`` are exactly one object followed by the
-    answer's closing brace: the member is then the answer's own, since a member of anything
-    nested would leave that thing's closing brackets after it. Any other answer is parsed
-    whole; the fast path spares a long answer's text being made a string only to be dropped."""
-    body = payload.strip()
-    key = body.rfind(b'"usage":')
-    if body[:1] == b"{" and body[-1:] == b"}" and key > 0 and body[key - 1] != ord("\\"):
-        try:
-            usage = orjson.loads(body[key + 8 : -1])
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            if isinstance(usage, dict):
-                return usage
-    try:
-        whole = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-    return whole.get("usage") if isinstance(whole, dict) else None
 
 
 def openai_error_event(exc: RouterError) -> bytes:

@@ -18,7 +18,14 @@ from aiohttp import web
 from slurm_llm._errors import SpecError
 from slurm_llm.router._dispatch import Call
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._metering import CALLER, check_access, metered, priority_of
+from slurm_llm.router._metering import (
+    CALLER,
+    Meter,
+    check_access,
+    count_usage,
+    metered,
+    priority_of,
+)
 from slurm_llm.router._requests import read_json, require_served, served_model, validated
 from slurm_llm.router._schemas import (
     ChatCompletionRequest,
@@ -39,9 +46,12 @@ from slurm_llm.tribunal import (
 from slurm_llm.tribunal._tribunal import Messages
 
 
-def tribunal_for(request: web.Request, generator: str, options: TribunalOptions) -> Tribunal:
-    """The tribunal a request asks for, its calls in the caller's class. Only shipped law
-    books: a client names a book, never a file on the router's machine."""
+def tribunal_for(
+    request: web.Request, generator: str, options: TribunalOptions, meter: Meter
+) -> Tribunal:
+    """The tribunal a request asks for, its calls in the caller's class and charged to the
+    request's ``meter``. Only shipped law books: a client names a book, never a file on the
+    router's machine."""
     state = request.app[STATE]
     if options.laws not in (shipped := law_books()):
         raise RouterError(
@@ -71,6 +81,7 @@ def tribunal_for(request: web.Request, generator: str, options: TribunalOptions)
         reply = await state.dispatcher.send(call)
         if reply.status != 200:
             raise RouterError(502, f"{model!r} answered {reply.status} during the tribunal")
+        meter.charge(reply, count_usage(state.metrics, model, reply.body))
         content = json.loads(reply.body)["choices"][0]["message"]["content"]
         return str(content or "")
 
@@ -99,13 +110,15 @@ async def tribunal(request: web.Request) -> web.Response:
     model = served_model(request, checked.model)
     state = request.app[STATE]
     with metered(request, model, request.path, body, len(raw)) as meter:
-        result = await tribunal_for(request, model, checked).run(checked.prompt)
+        result = await tribunal_for(request, model, checked, meter).run(checked.prompt)
         meter.status = 200
     count(state, result)
     return web.json_response(result.to_dict())
 
 
-async def chat_with_tribunal(request: web.Request, body: ChatCompletionRequest) -> web.Response:
+async def chat_with_tribunal(
+    request: web.Request, body: ChatCompletionRequest, meter: Meter
+) -> web.Response:
     """A chat completion whose answer went through the tribunal; the run rides along."""
     assert body.tribunal is not None
     if body.stream:
@@ -116,7 +129,7 @@ async def chat_with_tribunal(request: web.Request, body: ChatCompletionRequest) 
         raise RouterError(400, "a tribunal needs a user message with text to answer")
     state = request.app[STATE]
     model = body.model
-    result = await tribunal_for(request, model, body.tribunal).run(question)
+    result = await tribunal_for(request, model, body.tribunal, meter).run(question)
     count(state, result)
     return web.json_response({
         "id": f"chatcmpl-tribunal-{int(result.started * 1000)}",

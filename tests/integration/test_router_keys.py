@@ -1,6 +1,7 @@
 """Named keys on real llama.cpp replicas: a key over its rate gets 429 with a Retry-After that
 holds, a key without access to a model gets 403 naming it, and the usage records match what the
-engine said it used, for plain and streamed answers; ``slurm-llm usage`` reports them."""
+engine said it used, for plain and streamed answers; ``slurm-llm usage`` reports them. A
+tribunal is charged every call it made."""
 
 from __future__ import annotations
 
@@ -128,6 +129,29 @@ def test_usage_records_match_the_engine_s_usage_plain_and_streamed(
     [row] = [r for r in csv.DictReader(io.StringIO(report)) if r["key"] == "carol"]
     assert int(row["requests"]) == 3
     assert int(row["tokens"]) == sum(r.prompt_tokens + r.completion_tokens for r in records)
+
+
+def test_a_tribunal_is_charged_every_call_it_made(
+    keyed_router: RouterThread, keys: KeysFile, tmp_path: Path
+) -> None:
+    key = keys.add("erin", tokens_per_minute=100_000)
+    wait_known(keyed_router, key)
+    question = {"model": "smollm2", "prompt": "Name a colour.", "max_tokens": 8,
+                "only": ["formal-language"], "max_rounds": 1}  # fmt: skip
+    answer = post(f"{keyed_router.url}/v1/tribunal", question, {"X-API-Key": key})
+    assert answer.status == 200, answer.body
+    records: list[UsageRecord] = []
+
+    def written() -> bool:
+        records[:] = [r for r in read_usage(tmp_path / "usage") if r.key == "erin"]
+        return bool(records)
+
+    wait_until(written, what="the tribunal's usage record")
+    [record] = records
+    # a draft and a critique at least, each with its prompt: more than the question alone
+    assert record.prompt_tokens > 2 * 5 and record.completion_tokens > 0 and record.replica
+    used = record.prompt_tokens + record.completion_tokens
+    assert int(answer.headers["x-ratelimit-remaining-tokens"]) == 100_000 - used
 
 
 def test_a_revoked_key_is_refused_within_seconds(

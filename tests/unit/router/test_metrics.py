@@ -11,9 +11,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from slurm_llm.router._admission import Admission
 from slurm_llm.router._backends import BackendPool
-from slurm_llm.router._metering import Meter
+from slurm_llm.router._metering import Meter, answer_usage, count_usage
 from slurm_llm.router._metrics import LATENCY_BUCKETS, Histogram, RouterMetrics
-from slurm_llm.router._openai_api import answer_usage, count_usage
 from slurm_llm.router._policies import make_policy
 from tests.unit.router.test_upstream import until
 
