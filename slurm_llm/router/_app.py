@@ -72,7 +72,9 @@ def checked(handler: Handler, route: str) -> Handler:
         started = time.monotonic()
         try:
             if request.path not in OPEN:
-                request[CALLER] = state.callers.identify(request)
+                caller = request[CALLER] = state.callers.identify(request)
+                if (reading := state.limiter.read_ahead(caller)) is not None:
+                    await reading
             response = await handler(request)
         except RouterError as exc:
             if isinstance(exc, Rejected):

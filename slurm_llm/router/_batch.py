@@ -141,6 +141,8 @@ async def send_metered(
     while True:
         try:
             async with limit or contextlib.nullcontext():
+                if (reading := state.limiter.read_ahead(caller)) is not None:  # a batch at 0:00
+                    await reading
                 with MeteredCall(state, caller, priority, model, endpoint, body, len(raw)) as meter:
                     call = Call(model, endpoint, raw, priority=meter.priority)
                     reply = await state.dispatcher.send(call, bounded=False)

@@ -9,7 +9,10 @@ answer's real ``usage`` once it is known; a request that fails is settled at wha
 
 Daily and monthly quotas must hold across restarts, so they start from the usage log
 (``slurm_llm._usage``) and then count on in memory. Everything on the hot path is a dict
-lookup and a deque, under the event loop (one owner, no lock).
+lookup and a deque, under the event loop (one owner, no lock). Reading the usage log is not:
+it scans files that grow for as long as a router runs, so it is done in a thread, before the
+router listens and, for a key whose quota starts a new day or month (after midnight UTC, or a
+keys file that gave it a quota), before its request is admitted (``read_ahead``).
 
 A refusal is a 429 whose ``Retry-After`` is when the limit that was hit frees enough room:
 the oldest request leaving the window, or the next day or month. Every answer to a key with
@@ -18,10 +21,12 @@ limits carries OpenAI's ``x-ratelimit-*`` headers for requests and tokens per mi
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -103,6 +108,54 @@ class Limiter:
         self.keys: dict[str, KeyState] = {}
         self._calendar_day = -1
         self._calendar_names = ("", "")
+        self._reading: dict[str, asyncio.Future[Mapping[str, int]]] = {}  # period: its scan
+        self._periods_read: set[str] = set()  # days and months ``used_since`` has scanned
+
+    def read_ahead(self, identity: Identity | None) -> Awaitable[object] | None:
+        """What to await before ``identity``'s request is admitted: where its quotas start, read
+        in a thread, when its ``admit`` would otherwise read it from the usage log (its quota
+        starts a day or month it has not been counted in: after midnight UTC, or a keys file
+        that gave it a quota). On the event loop, that scan (seconds, for a router that has run
+        for weeks) would hold every request of every key. None, after a dict lookup, for the
+        rest: every keyed request asks. One scan per period start, however many keys' requests
+        wait for it; a request that leaves does not stop it."""
+        if identity is None or not (identity.tokens_per_day or identity.tokens_per_month):
+            return None
+        periods = self._unread_periods(identity, self.clock())
+        if not periods:
+            return None
+        return asyncio.gather(*(asyncio.shield(self._reading_of(period)) for period in periods))
+
+    def _reading_of(self, period: str) -> asyncio.Future[Mapping[str, int]]:
+        reading = self._reading.get(period)
+        if reading is None:
+            start = period_start(period)
+            reading = asyncio.ensure_future(asyncio.to_thread(self.used_since, start))
+            self._reading[period] = reading
+            reading.add_done_callback(functools.partial(self._read, period))
+        return reading
+
+    def _read(self, period: str, reading: asyncio.Future[Mapping[str, int]]) -> None:
+        """A scan is over: ``used_since`` keeps its totals for every key, so no request waits
+        for this period again (a key that is never admitted, refused a model or asking for
+        the model list, must not start a scan at each request); a failed scan starts anew."""
+        del self._reading[period]
+        if not reading.cancelled() and reading.exception() is None:
+            self._periods_read = {*self._calendar_names, period} & {*self._periods_read, period}
+
+    def _unread_periods(self, identity: Identity, now: float) -> list[str]:
+        """The day and month (``2026-12-03``, ``2026-12``) whose usage ``identity``'s quotas
+        need and its count has not started in."""
+        state = self.keys.get(identity.name)
+        day, month = self._calendar(now)
+        return [
+            period
+            for period, quota, counted in (
+                (day, identity.tokens_per_day, state.day if state else ""),
+                (month, identity.tokens_per_month, state.month if state else ""),
+            )
+            if quota and counted != period and period not in self._periods_read
+        ]
 
     def admit(self, identity: Identity, tokens: int) -> Grant:
         """Counts one request of ``identity`` that may use ``tokens``, or raises ``LimitHit``."""
@@ -197,21 +250,24 @@ class Limiter:
             state.window_tokens -= state.window.popleft().tokens
         day, month = self._calendar(now)
         if state.day != day and identity.tokens_per_day:
-            start = day_start(datetime.fromtimestamp(now, UTC))
-            state.day, state.day_tokens = day, self.used_since(start).get(identity.name, 0)
+            state.day, state.day_tokens = day, self._used(identity, day)
         if state.month != month and identity.tokens_per_month:
-            start = day_start(datetime.fromtimestamp(now, UTC)).replace(day=1)
-            state.month, state.month_tokens = month, self.used_since(start).get(identity.name, 0)
+            state.month, state.month_tokens = month, self._used(identity, month)
         return state
+
+    def _used(self, identity: Identity, period: str) -> int:
+        """What the usage log says ``identity`` used in ``period`` (read ahead, in the router)."""
+        return self.used_since(period_start(period)).get(identity.name, 0)
 
     def read_period_starts(self) -> None:
         """Where today's and this month's quotas start, read now (``used_since`` keeps it):
         a router with quotas does this in a thread before it listens, so that the first request
         of a key does not scan the usage files on the event loop while every other request
         waits (seconds, with a month of files)."""
-        today = day_start(datetime.fromtimestamp(self.clock(), UTC))
-        self.used_since(today)
-        self.used_since(today.replace(day=1))
+        periods = self._calendar(self.clock())
+        for period in periods:
+            self.used_since(period_start(period))
+        self._periods_read = set(periods)
 
     def _calendar(self, now: float) -> tuple[str, str]:
         """Today's and this month's names (UTC), worked out once a day: ``strftime``, twice in
@@ -221,6 +277,11 @@ class Limiter:
             iso = datetime.fromtimestamp(now, UTC).date().isoformat()
             self._calendar_day, self._calendar_names = index, (iso, iso[:7])
         return self._calendar_names
+
+
+def period_start(period: str) -> datetime:
+    """Where a day (``2026-12-03``) or a month (``2026-12``) begins, UTC."""
+    return datetime.fromisoformat(period if len(period) > 7 else f"{period}-01").replace(tzinfo=UTC)
 
 
 def day_start(when: datetime) -> datetime:

@@ -3,7 +3,10 @@ the usage log; each refusal says when to come back. A fake clock makes time expl
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
 from slurm_llm.router._errors import RouterError
 from slurm_llm.router._limits import Limiter, LimitHit, day_start, estimated_tokens
 from slurm_llm.router._state import STATE
+from tests.integration.helpers import HttpReply, post, wait_until
 
 NOON = datetime(2026, 12, 1, 12, 0, tzinfo=UTC).timestamp()
 
@@ -157,3 +161,96 @@ def test_a_router_with_quotas_reads_where_they_start_before_it_listens(tmp_path:
         starts = len({today, today.replace(day=1)})  # today's and this month's: one on the 1st
         assert isinstance(used, TokensUsedSince) and used.scans == starts
         assert used(today)["bob"] == 900 and used.scans == starts
+
+
+class WatchedUsage(TokensUsedSince):
+    """The real reader of the usage log, telling which thread each scan ran on and holding a
+    scan until ``release`` is set (to see the event loop serve meanwhile)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.threads: list[str] = []
+        self.release = threading.Event()
+
+    def __call__(self, since: datetime) -> dict[str, int]:
+        if since not in self._totals:
+            self.threads.append(threading.current_thread().name)
+            assert self.release.wait(10)
+        return super().__call__(since)
+
+
+def test_a_quota_s_new_day_is_read_in_a_thread_while_the_loop_serves(tmp_path: Path) -> None:
+    log = UsageLog(tmp_path, flush_every_s=60)
+    log.record(UsageRecord(NOON - 60, "alice", None, "m", "/v1/completions", "interactive", 200,
+                           600, 300, 0.1, None))  # fmt: skip
+    log.close()
+    clock, used = Clock(NOON), WatchedUsage(tmp_path)
+    limiter, alice = Limiter(used, clock), key(tokens_per_day=1000)
+    bob = Identity(name="bob", hash=hash_key("b"), tokens_per_day=1000)
+
+    async def first_requests() -> int:
+        reading, same = limiter.read_ahead(alice), limiter.read_ahead(bob)
+        assert reading is not None and same is not None  # both wait for the one scan
+        waited = asyncio.gather(reading, same)
+        served = 0  # what the loop does while the scan is held
+        while not used.threads or served < 10:
+            await asyncio.sleep(0.001)
+            served += 1
+        used.release.set()
+        await waited
+        return served
+
+    assert asyncio.run(first_requests()) >= 10
+    assert used.scans == 1 and used.threads != [threading.main_thread().name]
+    assert limiter.read_ahead(bob) is None  # read for every key, admitted or not
+    with pytest.raises(LimitHit, match="used 900 of its 1000"):
+        limiter.admit(alice, 200)  # from what was read: no scan on the loop
+    assert used.scans == 1
+    clock.now += 12 * 3600  # past midnight UTC: the new day is read ahead again
+
+    async def after_midnight() -> None:
+        reading = limiter.read_ahead(alice)
+        assert reading is not None
+        await reading
+
+    asyncio.run(after_midnight())
+    assert used.scans == 2
+
+
+@pytest.mark.single_process  # it watches the router's own reader of the usage log
+def test_a_keys_file_that_gives_a_key_a_quota_counts_what_it_used_today(tmp_path: Path) -> None:
+    """The router read no usage before it listened (no key had a quota): the key's first
+    request after the keys file gave it one waits for the scan, and the router answers others
+    meanwhile."""
+    log = UsageLog(tmp_path / "usage", flush_every_s=60)
+    log.record(UsageRecord(time.time() - 1, "bob", None, "m", "/v1/completions", "interactive",
+                           200, 600, 300, 0.1, None))  # fmt: skip
+    log.close()
+    keys = KeysFile(tmp_path / "keys.toml")
+    keys.add("bootstrap")  # a keys file with a key in it, and no quota
+    config = RouterConfig(probes=ProbeConfig(interval_s=0), keys_file=keys.path)
+    with RouterThread(static=[("m", "http://127.0.0.1:9")], config=config, home=tmp_path) as router:
+        watched = router.app[STATE].limiter.used_since = WatchedUsage(tmp_path / "usage")
+        bob = keys.add("bob", tokens_per_day=1000)
+        ask = {"model": "m", "prompt": "Hi", "max_tokens": 200}
+        answers: list[HttpReply] = []
+
+        def first_request() -> None:  # the first one the router takes bob's key for
+            def taken() -> bool:
+                answers[:] = [post(f"{router.url}/v1/completions", ask, {"X-API-Key": bob})]
+                return answers[0].status != 401
+
+            wait_until(taken, what="the router to read bob's key")
+
+        asking = threading.Thread(target=first_request)
+        asking.start()
+        try:
+            wait_until(lambda: watched.threads, what="the scan of the usage log")
+            with urllib.request.urlopen(f"{router.url}/health", timeout=5) as health:
+                assert health.status == 200  # served while the scan is held
+        finally:
+            watched.release.set()
+            asking.join(timeout=30)
+    [answer] = answers
+    assert answer.status == 429, answer.body
+    assert "'bob' has used 900 of its 1000 tokens this day" in answer.body["error"]["message"]
