@@ -25,6 +25,8 @@ from tests.integration.helpers import post, wait_until
 PROMPT_TOKENS, COMPLETION_TOKENS = 11, 5
 TOKENS_PER_MINUTE = 100_000
 ONE_LAW = {"laws": "academic", "only": ["formal-language"], "max_rounds": 1}
+SUMMARY = {"model": "m", "instruction": "Summarise.", "text": "word " * 300, "context": 256,
+           "max_tokens": 16, "overlap": 8}  # fmt: skip
 
 
 class StandInChatReplica(AppThread):
@@ -99,29 +101,8 @@ def charged_once(usage: Path) -> UsageRecord:
                 "tribunal": ONE_LAW,
             },
         ),
-        (
-            "/v1/map_reduce",
-            {
-                "model": "m",
-                "instruction": "Summarise.",
-                "text": "word " * 300,
-                "context": 256,
-                "max_tokens": 16,
-                "overlap": 8,
-            },
-        ),
-        (
-            "/v1/map_reduce",
-            {
-                "model": "m",
-                "instruction": "Summarise.",
-                "text": "word " * 300,
-                "context": 256,
-                "max_tokens": 16,
-                "overlap": 8,
-                "tribunal": ONE_LAW,
-            },
-        ),
+        ("/v1/map_reduce", SUMMARY),
+        ("/v1/map_reduce", {**SUMMARY, "tribunal": ONE_LAW}),
     ],
     ids=["tribunal", "chat with a tribunal", "map-reduce", "map-reduce with a tribunal"],
 )
