@@ -54,7 +54,7 @@ class Meter:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     replica: Backend | None = None  # the one that answered (the last, after a failover)
-    counted: bool = False  # an engine's usage was read
+    counted: bool = False  # an engine's count of the tokens was read
 
     def answered(self, reply: Reply) -> None:
         """A replica's whole answer (not streamed): its status and who gave it."""
@@ -66,13 +66,11 @@ class Meter:
         self.replica = stream.replicas[-1] if stream.replicas else None
 
     def read_usage(self, usage: object) -> None:
-        if isinstance(usage, dict):
+        """An answer's ``usage``; one that counts no tokens (none, or a replica's odd one) leaves
+        the request to be settled on its estimate, not on nothing."""
+        if (counts := token_counts(usage)) is not None:
             self.counted = True
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            if is_token_count(prompt):  # a replica's odd count (negative, a text) is not taken
-                self.prompt_tokens = prompt
-            if is_token_count(completion):
-                self.completion_tokens = completion
+            self.prompt_tokens, self.completion_tokens = counts
 
     def charge(self, reply: Reply, usage: object) -> None:
         """One of the calls the router makes itself for this request (a tribunal's drafts,
@@ -80,11 +78,21 @@ class Meter:
         it, its replica the one that answered last. The caller's key pays for every call its
         request caused, as it would had it made them one by one."""
         self.replica = reply.backend
-        if isinstance(usage, dict):
+        if (counts := token_counts(usage)) is not None:
             self.counted = True
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            self.prompt_tokens += prompt if is_token_count(prompt) else 0
-            self.completion_tokens += completion if is_token_count(completion) else 0
+            self.prompt_tokens += counts[0]
+            self.completion_tokens += counts[1]
+
+
+def token_counts(usage: object) -> tuple[int, int] | None:
+    """(prompt, completion) tokens an answer's ``usage`` counts, a field that is not a count
+    (negative, a text: a replica's odd usage) taken as 0; None if it counts neither."""
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not (is_token_count(prompt) or is_token_count(completion)):
+        return None
+    return prompt if is_token_count(prompt) else 0, completion if is_token_count(completion) else 0
 
 
 def is_token_count(value: object) -> TypeGuard[int]:
@@ -92,14 +100,11 @@ def is_token_count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def count_usage(metrics: RouterMetrics, model: str, payload: bytes) -> dict[str, Any]:
-    """The answer's ``usage`` (empty if it has none), counted in the token metrics."""
+def count_usage(metrics: RouterMetrics, model: str, payload: bytes) -> object:
+    """The answer's ``usage`` (None if it has none), its counts added to the token metrics."""
     usage = answer_usage(payload)
-    if not isinstance(usage, dict):
-        return {}
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    metrics.used(model, prompt if is_token_count(prompt) else 0,
-                 completion if is_token_count(completion) else 0)  # fmt: skip
+    if (counts := token_counts(usage)) is not None:
+        metrics.used(model, *counts)
     return usage
 
 

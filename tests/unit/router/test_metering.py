@@ -9,6 +9,7 @@ requests' usage against a real engine is checked in ``tests/integration/test_rou
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from slurm_llm._api_keys import KeysFile
 from slurm_llm._app_thread import AppThread
 from slurm_llm._usage import UsageRecord, read_usage
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
+from slurm_llm.router._limits import estimated_tokens
 from tests.integration.helpers import post, wait_until
+from tests.unit.router.test_fault_attribution import StandInReplica
 
 PROMPT_TOKENS, COMPLETION_TOKENS = 11, 5
 TOKENS_PER_MINUTE = 100_000
@@ -121,3 +124,20 @@ def test_every_call_a_request_makes_is_charged_to_the_caller_s_key(
     assert record.status == 200 and record.replica == replica.url and record.endpoint == path
     used = calls * (PROMPT_TOKENS + COMPLETION_TOKENS)
     assert int(answer.headers["x-ratelimit-remaining-tokens"]) == TOKENS_PER_MINUTE - used
+
+
+def test_an_answer_without_usage_is_settled_at_its_estimate_not_at_nothing(
+    tmp_path: Path,
+) -> None:
+    keys = KeysFile(tmp_path / "keys.toml")
+    key = keys.add("alice", tokens_per_minute=TOKENS_PER_MINUTE)
+    config = RouterConfig(probes=ProbeConfig(interval_s=0), keys_file=keys.path)
+    ask = {"model": "m", "prompt": "Hi", "max_tokens": 2}
+    with (
+        StandInReplica() as replica,  # its answers say no usage
+        RouterThread(static=[("m", replica.url)], config=config, home=tmp_path) as router,
+    ):
+        answer = post(f"{router.url}/v1/completions", ask, {"X-API-Key": key})
+    assert answer.status == 200
+    estimate = estimated_tokens(len(json.dumps(ask)), ask)
+    assert int(answer.headers["x-ratelimit-remaining-tokens"]) == TOKENS_PER_MINUTE - estimate
