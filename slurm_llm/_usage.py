@@ -16,11 +16,12 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -72,7 +73,10 @@ class UsageLog:
         self.folder = folder or usage_dir()
         self.folder.mkdir(parents=True, exist_ok=True)
         started = time.strftime("%Y%m%d-%H%M%S")
-        self.path = self.folder / f"{socket.gethostname()}-{os.getpid()}-{started}.jsonl"
+        # Its own file even beside another log of the same process opened in the same second
+        # (two RouterThreads): a router leaves its own file out when it reads the others'.
+        unique = secrets.token_hex(3)
+        self.path = self.folder / f"{socket.gethostname()}-{os.getpid()}-{started}-{unique}.jsonl"
         self.flush_every_s = flush_every_s
         # The event loop appends, the flusher takes from the other end: a deque's ends are
         # safe to use from two threads without a lock, which the hot path would have to take.
@@ -144,11 +148,13 @@ def json_lines(records: list[UsageRecord]) -> bytes:
         return b"".join(json.dumps(asdict(r)).encode() + b"\n" for r in records)
 
 
-def read_usage(folder: Path | None = None, since: float = 0.0) -> Iterator[UsageRecord]:
-    """Every record at or after ``since``, from every router's file; lines cut short by a crash
-    are skipped."""
+def read_usage(
+    folder: Path | None = None, since: float = 0.0, skip: Path | None = None
+) -> Iterator[UsageRecord]:
+    """Every record at or after ``since``, from every router's file but ``skip``; lines cut
+    short by a crash are skipped."""
     for path in sorted((folder or usage_dir()).glob("*.jsonl")):
-        if path.stat().st_mtime < since:  # last written before the period: nothing in it
+        if path == skip or path.stat().st_mtime < since:  # before the period: nothing in it
             continue
         with path.open() as lines:
             for line in lines:
@@ -160,35 +166,27 @@ def read_usage(folder: Path | None = None, since: float = 0.0) -> Iterator[Usage
                     yield record
 
 
-def tokens_used_since(folder: Path | None, since: datetime) -> dict[str, int]:
-    """Tokens per key name since ``since``: where a router's daily and monthly quotas start
-    after a restart."""
+def tokens_used_since(
+    folder: Path | None, since: datetime, skip: Path | None = None
+) -> dict[str, int]:
+    """Tokens per key name since ``since`` (in every file but ``skip``): where a router's daily
+    and monthly quotas start."""
     totals: dict[str, int] = {}
-    for record in read_usage(folder, since.timestamp()):
+    for record in read_usage(folder, since.timestamp(), skip):
         totals[record.key] = totals.get(record.key, 0) + record.tokens
     return totals
 
 
 class TokensUsedSince:
-    """``tokens_used_since`` read once per period start for every key, not once per key: the
-    router asks it on the event loop when a key is first seen in a day or month, which must
-    not mean a scan of the usage files for each key of a busy morning.
+    """What the other router processes' usage files say each key used since a moment: a
+    router counts its own usage in memory (``router._limits``), so its own file is left out,
+    or its records would count twice. ``own`` says which file that is, once it exists."""
 
-    Reusing one scan for a key first seen later is exact: a key this router has not counted
-    since the period began has no record of this router's after the scan either.
-    """
-
-    KEEP = 4  # period starts remembered: today and this month, with room for a rollover
-
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Path | None, own: Callable[[], Path | None] = lambda: None) -> None:
         self.folder = folder
+        self.own = own
         self.scans = 0
-        self._totals: dict[datetime, dict[str, int]] = {}
 
     def __call__(self, since: datetime) -> dict[str, int]:
-        if since not in self._totals:
-            self.scans += 1
-            self._totals[since] = tokens_used_since(self.folder, since)
-            for oldest in sorted(self._totals)[: -self.KEEP]:
-                del self._totals[oldest]
-        return self._totals[since]
+        self.scans += 1
+        return tokens_used_since(self.folder, since, self.own())

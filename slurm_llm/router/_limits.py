@@ -7,12 +7,15 @@ edge. Tokens are counted before the answer exists, from the request (its prompt'
 plus ``max_tokens``, or ``DEFAULT_ANSWER_TOKENS`` when it sets none), and settled on the
 answer's real ``usage`` once it is known; a request that fails is settled at what it used.
 
-Daily and monthly quotas must hold across restarts, so they start from the usage log
-(``slurm_llm._usage``) and then count on in memory. Everything on the hot path is a dict
-lookup and a deque, under the event loop (one owner, no lock). Reading the usage log is not:
-it scans files that grow for as long as a router runs, so it is done in a thread, before the
-router listens and, for a key whose quota starts a new day or month (after midnight UTC, or a
-keys file that gave it a quota), before its request is admitted (``read_ahead``).
+Daily and monthly quotas must hold across restarts and across router processes (the workers
+of one router, routers before a restart), so a key's use of a day or month is what this process
+let it use, counted in memory for every key, plus what the other processes' usage files said
+when that period's were read: before the router listens, and after midnight UTC or on the 1st
+(or when a keys file gives a key the first quota of its kind) before the first request that
+needs them (``read_ahead``). What another process lets a key use after that read reaches this
+one's quotas at the next period. Everything on the hot path is a dict lookup and a deque, under
+the event loop (one owner, no lock); the usage files, which grow for as long as a router runs,
+are read in a thread, never on the loop.
 
 A refusal is a 429 whose ``Retry-After`` is when the limit that was hit frees enough room:
 the oldest request leaving the window, or the next day or month. Every answer to a key with
@@ -101,61 +104,63 @@ class Limiter:
         used_since: Callable[[datetime], Mapping[str, int]] = lambda since: {},
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``used_since(when)``: tokens used per key name since then, from the usage log (for
-        quotas that outlive a restart); ``clock``: seconds since the epoch."""
+        """``used_since(when)``: tokens used per key name since then by the other router
+        processes, from their usage files (this one counts its own in memory); ``clock``:
+        seconds since the epoch."""
         self.used_since = used_since
         self.clock = clock
         self.keys: dict[str, KeyState] = {}
         self._calendar_day = -1
         self._calendar_names = ("", "")
-        self._reading: dict[str, asyncio.Future[Mapping[str, int]]] = {}  # period: its scan
-        self._periods_read: set[str] = set()  # days and months ``used_since`` has scanned
+        epoch = datetime.fromtimestamp(0, UTC)
+        self._starts = (epoch, epoch)  # where today and this month began
+        # What the other processes used since a period's start, per key, as last read; and
+        # the reads under way. Only the event loop changes them (``_read``).
+        self._others: dict[datetime, Mapping[str, int]] = {}
+        self._reading: dict[datetime, asyncio.Future[Mapping[str, int]]] = {}
 
     def read_ahead(self, identity: Identity | None) -> Awaitable[object] | None:
-        """What to await before ``identity``'s request is admitted: where its quotas start, read
-        in a thread, when its ``admit`` would otherwise read it from the usage log (its quota
-        starts a day or month it has not been counted in: after midnight UTC, or a keys file
-        that gave it a quota). On the event loop, that scan (seconds, for a router that has run
-        for weeks) would hold every request of every key. None, after a dict lookup, for the
-        rest: every keyed request asks. One scan per period start, however many keys' requests
-        wait for it; a request that leaves does not stop it."""
+        """What to await before ``identity``'s request is admitted: what the other processes
+        used since its quotas' day or month began, read in a thread, where it has not been
+        read (after midnight UTC, on the 1st, or when a keys file has just given a key the
+        first quota of its kind). On the event loop, that scan (seconds, for routers that have
+        run for weeks) would hold every request of every key. None, after a dict lookup, for
+        the rest: every keyed request asks. One read per period serves every key, however
+        many requests wait for it; a request that leaves does not stop it."""
         if identity is None or not (identity.tokens_per_day or identity.tokens_per_month):
             return None
-        periods = self._unread_periods(identity, self.clock())
-        if not periods:
+        unread = self._unread(identity, self.clock())
+        if not unread:
             return None
-        return asyncio.gather(*(asyncio.shield(self._reading_of(period)) for period in periods))
+        return asyncio.gather(*(asyncio.shield(self._reading_of(start)) for start in unread))
 
-    def _reading_of(self, period: str) -> asyncio.Future[Mapping[str, int]]:
-        reading = self._reading.get(period)
+    def _unread(self, identity: Identity, now: float) -> set[datetime]:
+        """The starts of ``identity``'s quota periods whose other processes' usage is unread
+        (one on the 1st of a month, when the day and the month begin together)."""
+        self._calendar(now)
+        day, month = self._starts
+        return {
+            start
+            for start, quota in ((day, identity.tokens_per_day), (month, identity.tokens_per_month))
+            if quota and start not in self._others
+        }
+
+    def _reading_of(self, start: datetime) -> asyncio.Future[Mapping[str, int]]:
+        reading = self._reading.get(start)
         if reading is None:
-            start = period_start(period)
             reading = asyncio.ensure_future(asyncio.to_thread(self.used_since, start))
-            self._reading[period] = reading
-            reading.add_done_callback(functools.partial(self._read, period))
+            self._reading[start] = reading
+            reading.add_done_callback(functools.partial(self._read, start))
         return reading
 
-    def _read(self, period: str, reading: asyncio.Future[Mapping[str, int]]) -> None:
-        """A scan is over: ``used_since`` keeps its totals for every key, so no request waits
-        for this period again (a key that is never admitted, refused a model or asking for
-        the model list, must not start a scan at each request); a failed scan starts anew."""
-        del self._reading[period]
+    def _read(self, start: datetime, reading: asyncio.Future[Mapping[str, int]]) -> None:
+        """A read is over: kept, with what was read for today's and this month's other
+        periods (older ones are dropped); after a failed one, the next request reads anew."""
+        del self._reading[start]
         if not reading.cancelled() and reading.exception() is None:
-            self._periods_read = {*self._calendar_names, period} & {*self._periods_read, period}
-
-    def _unread_periods(self, identity: Identity, now: float) -> list[str]:
-        """The day and month (``2026-12-03``, ``2026-12``) whose usage ``identity``'s quotas
-        need and its count has not started in."""
-        state = self.keys.get(identity.name)
-        day, month = self._calendar(now)
-        return [
-            period
-            for period, quota, counted in (
-                (day, identity.tokens_per_day, state.day if state else ""),
-                (month, identity.tokens_per_month, state.month if state else ""),
-            )
-            if quota and counted != period and period not in self._periods_read
-        ]
+            current = set(self._starts)
+            self._others = {s: used for s, used in self._others.items() if s in current}
+            self._others[start] = reading.result()
 
     def admit(self, identity: Identity, tokens: int) -> Grant:
         """Counts one request of ``identity`` that may use ``tokens``, or raises ``LimitHit``."""
@@ -180,8 +185,8 @@ class Limiter:
         grant.spent.tokens = tokens
         if grant.spent.at > state.aged_to:  # still in the window
             state.window_tokens += change
-        # A request admitted before midnight and settled after: today's count (read back from
-        # the usage log, which does not have it yet) gets all of it.
+        # A request admitted before midnight and settled after: the new day's count gets all
+        # of it, as its usage record (written as it ends) does.
         state.day_tokens += change if grant.day == state.day else tokens
         state.month_tokens += change if grant.month == state.month else tokens
         state.in_flight -= 1
@@ -219,11 +224,15 @@ class Limiter:
             if (over := state.window_tokens + tokens - tpm) > 0:
                 wait = self._frees(state, over, now)
                 raise LimitHit(f"key {name!r} is over its {tpm} tokens per minute", wait)
-        for quota, used, period, ends in (
-            (identity.tokens_per_day, state.day_tokens, "day", next_day),
-            (identity.tokens_per_month, state.month_tokens, "month", next_month),
+        day, month = self._starts
+        for quota, own, start, period, ends in (
+            (identity.tokens_per_day, state.day_tokens, day, "day", next_day),
+            (identity.tokens_per_month, state.month_tokens, month, "month", next_month),
         ):
-            if quota is not None and used + tokens > quota:
+            if quota is None:
+                continue
+            used = own + self._others.get(start, {}).get(name, 0)
+            if used + tokens > quota:
                 when = datetime.fromtimestamp(now, UTC)  # only for a refusal: it costs
                 raise LimitHit(
                     f"key {name!r} has used {used} of its {quota} tokens this {period} (UTC)",
@@ -240,8 +249,9 @@ class Limiter:
         return WINDOW_S
 
     def _state(self, identity: Identity, now: float) -> KeyState:
-        """The key's state, its window aged to ``now`` and its day and month current; a key
-        seen first (or first since a restart) starts from the usage log."""
+        """The key's state, its window aged to ``now`` and its day and month current. What this
+        process let the key use in them is counted here for every key, with a quota or not, so
+        a quota a keys file gives a key later counts what it used before."""
         state = self.keys.get(identity.name)
         if state is None:
             state = self.keys[identity.name] = KeyState()
@@ -249,39 +259,29 @@ class Limiter:
         while state.window and state.window[0].at <= state.aged_to:
             state.window_tokens -= state.window.popleft().tokens
         day, month = self._calendar(now)
-        if state.day != day and identity.tokens_per_day:
-            state.day, state.day_tokens = day, self._used(identity, day)
-        if state.month != month and identity.tokens_per_month:
-            state.month, state.month_tokens = month, self._used(identity, month)
+        if state.day != day:
+            state.day, state.day_tokens = day, 0
+        if state.month != month:
+            state.month, state.month_tokens = month, 0
         return state
 
-    def _used(self, identity: Identity, period: str) -> int:
-        """What the usage log says ``identity`` used in ``period`` (read ahead, in the router)."""
-        return self.used_since(period_start(period)).get(identity.name, 0)
-
     def read_period_starts(self) -> None:
-        """Where today's and this month's quotas start, read now (``used_since`` keeps it):
-        a router with quotas does this in a thread before it listens, so that the first request
-        of a key does not scan the usage files on the event loop while every other request
-        waits (seconds, with a month of files)."""
-        periods = self._calendar(self.clock())
-        for period in periods:
-            self.used_since(period_start(period))
-        self._periods_read = set(periods)
+        """What the other processes used today and this month, read now: a router with quotas
+        does this in a thread before it listens (a month of files delays its start, not a
+        request)."""
+        self._calendar(self.clock())
+        self._others = {start: self.used_since(start) for start in set(self._starts)}
 
     def _calendar(self, now: float) -> tuple[str, str]:
         """Today's and this month's names (UTC), worked out once a day: ``strftime``, twice in
         each of a request's two limiter calls, cost more than the limits' arithmetic (profiled)."""
         index = int(now // 86400)  # the epoch began at a UTC midnight
         if index != self._calendar_day:
-            iso = datetime.fromtimestamp(now, UTC).date().isoformat()
+            today = datetime.fromtimestamp(index * 86400, UTC)
+            iso = today.date().isoformat()
             self._calendar_day, self._calendar_names = index, (iso, iso[:7])
+            self._starts = (today, today.replace(day=1))
         return self._calendar_names
-
-
-def period_start(period: str) -> datetime:
-    """Where a day (``2026-12-03``) or a month (``2026-12``) begins, UTC."""
-    return datetime.fromisoformat(period if len(period) > 7 else f"{period}-01").replace(tzinfo=UTC)
 
 
 def day_start(when: datetime) -> datetime:

@@ -50,9 +50,13 @@ class RouterState:
         self.metrics = RouterMetrics(self.admission)
         self.elastic = ElasticLink(self.pool, self.admission, self.metrics, self.home)
         self.callers = Callers(self.config.api_keys, self.config.keys_file)
-        self.limiter = Limiter(TokensUsedSince(self.usage_dir))
+        self.limiter = Limiter(TokensUsedSince(self.usage_dir, self.own_usage_file))
         self.files = FileStore(self.home)
         self.batches = BatchStore(self.home)
+
+    def own_usage_file(self) -> Path | None:
+        """This process's usage file, once it is open."""
+        return self.usage.path if self.usage is not None else None
 
     @property
     def usage_dir(self) -> Path:

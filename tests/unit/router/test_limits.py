@@ -75,6 +75,16 @@ def test_concurrent_requests_are_bounded_until_one_ends() -> None:
     limiter.admit(alice, 1)
 
 
+def read_ahead(limiter: Limiter, identity: Identity) -> None:
+    """What a router does before it admits a keyed request: read what it must, in a thread."""
+
+    async def read() -> None:
+        if (reading := limiter.read_ahead(identity)) is not None:
+            await reading
+
+    asyncio.run(read())
+
+
 def test_a_daily_quota_starts_from_the_usage_log_and_resets_at_midnight_utc() -> None:
     clock = Clock()
     asked: list[datetime] = []
@@ -83,14 +93,30 @@ def test_a_daily_quota_starts_from_the_usage_log_and_resets_at_midnight_utc() ->
         asked.append(since)
         return {"alice": 950 if since.day == 1 else 0}
 
-    limiter, alice = Limiter(used_since, clock), key(tokens_per_day=1000)
+    limiter = Limiter(used_since, clock)
+    alice = key(tokens_per_day=1000, tokens_per_month=100_000)
+    limiter.read_period_starts()  # as a router does before it listens
     with pytest.raises(LimitHit, match="used 950 of its 1000 tokens this day") as hit:
         limiter.admit(alice, 100)
-    assert asked == [datetime(2026, 12, 1, tzinfo=UTC)]
+    assert asked == [datetime(2026, 12, 1, tzinfo=UTC)]  # the 1st: the day and month as one
     assert hit.value.retry_after == 12 * 3600  # until midnight UTC
     clock.now = NOON + 12 * 3600 + 1  # the next day: the log says what was used since
-    limiter.admit(alice, 100)
+    limiter.headers(alice)  # an answer going out after midnight reads nothing
+    assert len(asked) == 1
+    read_ahead(limiter, alice)
     assert asked[-1] == datetime(2026, 12, 2, tzinfo=UTC)
+    limiter.admit(alice, 100)
+    read_ahead(limiter, alice)  # read once a day
+    assert len(asked) == 2
+
+
+def test_a_quota_a_keys_file_gives_later_counts_what_the_key_used_before() -> None:
+    limiter = Limiter(lambda since: {}, Clock())  # the other processes' files: nothing
+    limiter.settle(limiter.admit(key(), 600), 600)  # no quota yet
+    with_quota = key(tokens_per_day=1000)
+    read_ahead(limiter, with_quota)
+    with pytest.raises(LimitHit, match="used 600 of its 1000 tokens this day"):
+        limiter.admit(with_quota, 500)
 
 
 def test_the_rate_limit_headers_say_what_is_left() -> None:
@@ -139,7 +165,9 @@ def test_the_usage_files_are_read_once_per_period_not_once_per_key(tmp_path: Pat
     limiter = Limiter(used, Clock(nov_15))
     quotas = {"tokens_per_day": 1000, "tokens_per_month": 10_000}
     for name in ("alice", "bob", "carol"):
-        limiter.admit(Identity(name=name, hash=hash_key(name), **quotas), 50)
+        alice_bob_or_carol = Identity(name=name, hash=hash_key(name), **quotas)
+        read_ahead(limiter, alice_bob_or_carol)
+        limiter.admit(alice_bob_or_carol, 50)
     assert used.scans == 2  # today's and this month's, for all three keys
     with pytest.raises(LimitHit, match="'bob' has used 950 of its 1000"):
         limiter.admit(Identity(name="bob", hash=hash_key("bob"), **quotas), 100)
@@ -153,19 +181,23 @@ def test_a_router_with_quotas_reads_where_they_start_before_it_listens(tmp_path:
                            200, 600, 300, 0.1, None))  # fmt: skip
     log.close()
     keys = KeysFile(tmp_path / "keys.toml")
-    keys.add("bob", tokens_per_day=1000)
+    bob = keys.add("bob", tokens_per_day=1000)
     config = RouterConfig(probes=ProbeConfig(interval_s=0), keys_file=keys.path)
     with RouterThread(static=[("m", "http://127.0.0.1:9")], config=config, home=tmp_path) as router:
         used = router.app[STATE].limiter.used_since
         today = day_start(datetime.now(UTC))
         starts = len({today, today.replace(day=1)})  # today's and this month's: one on the 1st
         assert isinstance(used, TokensUsedSince) and used.scans == starts
-        assert used(today)["bob"] == 900 and used.scans == starts
+        ask = {"model": "m", "prompt": "Hi", "max_tokens": 200}
+        refused = post(f"{router.url}/v1/completions", ask, {"X-API-Key": bob})
+        assert used.scans == starts  # bob's first request read nothing more
+    assert refused.status == 429
+    assert "'bob' has used 900 of its 1000" in refused.body["error"]["message"]
 
 
 class WatchedUsage(TokensUsedSince):
-    """The real reader of the usage log, telling which thread each scan ran on and holding a
-    scan until ``release`` is set (to see the event loop serve meanwhile)."""
+    """The real reader of the usage log, telling which thread each scan ran on and holding
+    every scan until ``release`` is set (to see the event loop serve meanwhile)."""
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
@@ -173,9 +205,8 @@ class WatchedUsage(TokensUsedSince):
         self.release = threading.Event()
 
     def __call__(self, since: datetime) -> dict[str, int]:
-        if since not in self._totals:
-            self.threads.append(threading.current_thread().name)
-            assert self.release.wait(10)
+        self.threads.append(threading.current_thread().name)
+        assert self.release.wait(10)
         return super().__call__(since)
 
 
@@ -185,7 +216,7 @@ def test_a_quota_s_new_day_is_read_in_a_thread_while_the_loop_serves(tmp_path: P
                            600, 300, 0.1, None))  # fmt: skip
     log.close()
     clock, used = Clock(NOON), WatchedUsage(tmp_path)
-    limiter, alice = Limiter(used, clock), key(tokens_per_day=1000)
+    limiter, alice = Limiter(used, clock), key(tokens_per_day=1000, tokens_per_month=10_000)
     bob = Identity(name="bob", hash=hash_key("b"), tokens_per_day=1000)
 
     async def first_requests() -> int:
@@ -201,19 +232,14 @@ def test_a_quota_s_new_day_is_read_in_a_thread_while_the_loop_serves(tmp_path: P
         return served
 
     assert asyncio.run(first_requests()) >= 10
+    # one scan (the 1st: alice's day and month begin together), and not on the loop's thread
     assert used.scans == 1 and used.threads != [threading.main_thread().name]
     assert limiter.read_ahead(bob) is None  # read for every key, admitted or not
     with pytest.raises(LimitHit, match="used 900 of its 1000"):
         limiter.admit(alice, 200)  # from what was read: no scan on the loop
     assert used.scans == 1
     clock.now += 12 * 3600  # past midnight UTC: the new day is read ahead again
-
-    async def after_midnight() -> None:
-        reading = limiter.read_ahead(alice)
-        assert reading is not None
-        await reading
-
-    asyncio.run(after_midnight())
+    read_ahead(limiter, alice)
     assert used.scans == 2
 
 
