@@ -115,7 +115,9 @@ class Usage(NamedTuple):
 
 def usage(pid: int) -> Usage:
     """What a process and its living descendants have used so far: a supervisor with its
-    workers, nginx's master with its worker (nothing for whatever is gone)."""
+    workers, nginx's master with its worker (nothing for whatever is gone). A thread's context
+    switches are its own, so a thread that ended between two readings takes its switches with
+    it (the CPU time stays in the process's): the proxies' busy threads live as long as they do."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
