@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -56,10 +56,20 @@ class UsageRecord:
     # jobs' GPU-hours; None for a fixed backend (and in records from before they were kept).
     deployment: str | None = None
     job: str | None = None
+    # Tokens counted against the key's limits where no engine count was read (a TGI stream, a
+    # client that left early): the request's estimate, so that a restarted router, and the
+    # other workers, count for the key's quotas what this one did.
+    estimated_tokens: int = 0
 
     @property
     def tokens(self) -> int:
+        """What the engine counted."""
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def charged_tokens(self) -> int:
+        """What the key's quotas counted: the engine's count, or the estimate without one."""
+        return self.tokens + self.estimated_tokens
 
 
 def usage_dir(home: Path | None = None) -> Path:
@@ -151,34 +161,45 @@ def json_lines(records: list[UsageRecord]) -> bytes:
 def read_usage(
     folder: Path | None = None, since: float = 0.0, skip: Path | None = None
 ) -> Iterator[UsageRecord]:
-    """Every record at or after ``since``, from every router's file but ``skip``; lines cut
-    short by a crash are skipped."""
+    """Every record at or after ``since``, from every router's file but ``skip``. A line cut
+    short by a crash is skipped, and so is a file that cannot be read (removed meanwhile,
+    another user's), which is logged: one bad file does not hide every other's records."""
     for path in sorted((folder or usage_dir()).glob("*.jsonl")):
-        if path == skip or path.stat().st_mtime < since:  # before the period: nothing in it
+        if path == skip:
             continue
-        with path.open() as lines:
-            for line in lines:
-                try:
-                    record = UsageRecord(**json.loads(line))
-                except (json.JSONDecodeError, TypeError):
-                    continue
-                if record.at >= since:
-                    yield record
+        try:
+            if path.stat().st_mtime < since:  # last written before the period: nothing in it
+                continue
+            with path.open("rb") as lines:
+                for line in lines:
+                    try:
+                        record = UsageRecord(**json.loads(line))
+                    except (ValueError, TypeError):  # not JSON (cut short), not a record
+                        continue
+                    if record.at >= since:
+                        yield record
+        except OSError as exc:
+            log.warning("cannot read the usage file %s (%s); its records are left out", path, exc)
 
 
 def tokens_used_since(
-    folder: Path | None, since: datetime, skip: Path | None = None
-) -> dict[str, int]:
-    """Tokens per key name since ``since`` (in every file but ``skip``): where a router's daily
-    and monthly quotas start."""
-    totals: dict[str, int] = {}
-    for record in read_usage(folder, since.timestamp(), skip):
-        totals[record.key] = totals.get(record.key, 0) + record.tokens
+    folder: Path | None, starts: Collection[datetime], skip: Path | None = None
+) -> dict[datetime, dict[str, int]]:
+    """Tokens per key name since each of ``starts`` (in every file but ``skip``), in one read:
+    where a router's daily and monthly quotas start. What a key was charged counts (the
+    engine's count, or the estimate without one)."""
+    since = {start: start.timestamp() for start in starts}
+    totals: dict[datetime, dict[str, int]] = {start: {} for start in starts}
+    for record in read_usage(folder, min(since.values(), default=0.0), skip):
+        for start, moment in since.items():
+            if record.at >= moment:
+                per_key = totals[start]
+                per_key[record.key] = per_key.get(record.key, 0) + record.charged_tokens
     return totals
 
 
 class TokensUsedSince:
-    """What the other router processes' usage files say each key used since a moment: a
+    """What the other router processes' usage files say each key used since some moments: a
     router counts its own usage in memory (``router._limits``), so its own file is left out,
     or its records would count twice. ``own`` says which file that is, once it exists."""
 
@@ -187,6 +208,6 @@ class TokensUsedSince:
         self.own = own
         self.scans = 0
 
-    def __call__(self, since: datetime) -> dict[str, int]:
+    def __call__(self, starts: Collection[datetime]) -> dict[datetime, dict[str, int]]:
         self.scans += 1
-        return tokens_used_since(self.folder, since, self.own())
+        return tokens_used_since(self.folder, starts, self.own())

@@ -10,12 +10,12 @@ answer's real ``usage`` once it is known; a request that fails is settled at wha
 Daily and monthly quotas must hold across restarts and across router processes (the workers
 of one router, routers before a restart), so a key's use of a day or month is what this process
 let it use, counted in memory for every key, plus what the other processes' usage files said
-when that period's were read: before the router listens, and after midnight UTC or on the 1st
-(or when a keys file gives a key the first quota of its kind) before the first request that
-needs them (``read_ahead``). What another process lets a key use after that read reaches this
-one's quotas at the next period. Everything on the hot path is a dict lookup and a deque, under
-the event loop (one owner, no lock); the usage files, which grow for as long as a router runs,
-are read in a thread, never on the loop.
+when they were read: before the router listens, and each day (after midnight UTC, or when a
+keys file gives a key the first quota of its kind) before the first request that needs them
+(``read_ahead``), today's and this month's use in one read. What another process lets a key use
+after a read reaches this one's quotas the next day. Everything on the hot path is a dict lookup
+and a deque, under the event loop (one owner, no lock); the usage files, which grow for as long
+as a router runs, are read in a thread, never on the loop.
 
 A refusal is a 429 whose ``Retry-After`` is when the limit that was hit frees enough room:
 the oldest request leaving the window, or the next day or month. Every answer to a key with
@@ -29,7 +29,7 @@ import functools
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -101,12 +101,14 @@ def largest_count(body: Mapping[str, object], names: tuple[str, ...]) -> int:
 class Limiter:
     def __init__(
         self,
-        used_since: Callable[[datetime], Mapping[str, int]] = lambda since: {},
+        used_since: Callable[[Collection[datetime]], Mapping[datetime, Mapping[str, int]]] = (
+            lambda starts: {}
+        ),
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``used_since(when)``: tokens used per key name since then by the other router
-        processes, from their usage files (this one counts its own in memory); ``clock``:
-        seconds since the epoch."""
+        """``used_since(starts)``: tokens used per key name since each of ``starts`` by the
+        other router processes, from their usage files (this one counts its own in memory);
+        ``clock``: seconds since the epoch."""
         self.used_since = used_since
         self.clock = clock
         self.keys: dict[str, KeyState] = {}
@@ -114,53 +116,56 @@ class Limiter:
         self._calendar_names = ("", "")
         epoch = datetime.fromtimestamp(0, UTC)
         self._starts = (epoch, epoch)  # where today and this month began
-        # What the other processes used since a period's start, per key, as last read; and
-        # the reads under way. Only the event loop changes them (``_read``).
+        # What the other processes used since today's and this month's starts, per key, as
+        # read (once a day: the month's total is read again with each day's); the read under
+        # way, by the day it is for. Only the event loop changes them (``_read``).
         self._others: dict[datetime, Mapping[str, int]] = {}
-        self._reading: dict[datetime, asyncio.Future[Mapping[str, int]]] = {}
+        self._reading: dict[datetime, asyncio.Future[Mapping[datetime, Mapping[str, int]]]] = {}
 
-    def read_ahead(self, identity: Identity | None) -> Awaitable[object] | None:
+    def read_ahead(self, identity: Identity | None) -> Awaitable[None] | None:
         """What to await before ``identity``'s request is admitted: what the other processes
-        used since its quotas' day or month began, read in a thread, where it has not been
-        read (after midnight UTC, on the 1st, or when a keys file has just given a key the
-        first quota of its kind). On the event loop, that scan (seconds, for routers that have
-        run for weeks) would hold every request of every key. None, after a dict lookup, for
-        the rest: every keyed request asks. One read per period serves every key, however
-        many requests wait for it; a request that leaves does not stop it."""
+        used today and this month, read in a thread, where today's has not been read (after
+        midnight UTC, or when the keys file has just given a key the first quota of its kind).
+        On the event loop, that read (seconds, for routers that have run for weeks) would hold
+        every request of every key. None, after a dict lookup, for the rest: every keyed
+        request asks. One read a day serves every key, however many requests wait for it; a
+        request that leaves does not stop it."""
         if identity is None or not (identity.tokens_per_day or identity.tokens_per_month):
             return None
-        unread = self._unread(identity, self.clock())
-        if not unread:
-            return None
-        return asyncio.gather(*(asyncio.shield(self._reading_of(start)) for start in unread))
-
-    def _unread(self, identity: Identity, now: float) -> set[datetime]:
-        """The starts of ``identity``'s quota periods whose other processes' usage is unread
-        (one on the 1st of a month, when the day and the month begin together)."""
-        self._calendar(now)
+        self._calendar(self.clock())
         day, month = self._starts
-        return {
-            start
-            for start, quota in ((day, identity.tokens_per_day), (month, identity.tokens_per_month))
-            if quota and start not in self._others
-        }
+        if (not identity.tokens_per_day or day in self._others) and (
+            not identity.tokens_per_month or month in self._others
+        ):
+            return None
+        return self._wait(self._reading_of(day))
 
-    def _reading_of(self, start: datetime) -> asyncio.Future[Mapping[str, int]]:
-        reading = self._reading.get(start)
+    async def _wait(self, reading: asyncio.Future[Mapping[datetime, Mapping[str, int]]]) -> None:
+        try:
+            await asyncio.shield(reading)
+        except OSError as exc:  # the usage folder itself (a file that fails is skipped)
+            raise RouterError(
+                503, f"cannot read the usage records for this key's quota now ({exc})",
+                "service_unavailable", retry_after=5,
+            ) from None  # fmt: skip
+
+    def _reading_of(self, day: datetime) -> asyncio.Future[Mapping[datetime, Mapping[str, int]]]:
+        reading = self._reading.get(day)
         if reading is None:
-            reading = asyncio.ensure_future(asyncio.to_thread(self.used_since, start))
-            self._reading[start] = reading
-            reading.add_done_callback(functools.partial(self._read, start))
+            starts = set(self._starts)  # one, on the 1st
+            reading = asyncio.ensure_future(asyncio.to_thread(self.used_since, starts))
+            self._reading[day] = reading
+            reading.add_done_callback(functools.partial(self._read, day))
         return reading
 
-    def _read(self, start: datetime, reading: asyncio.Future[Mapping[str, int]]) -> None:
-        """A read is over: kept, with what was read for today's and this month's other
-        periods (older ones are dropped); after a failed one, the next request reads anew."""
-        del self._reading[start]
-        if not reading.cancelled() and reading.exception() is None:
-            current = set(self._starts)
-            self._others = {s: used for s, used in self._others.items() if s in current}
-            self._others[start] = reading.result()
+    def _read(
+        self, day: datetime, reading: asyncio.Future[Mapping[datetime, Mapping[str, int]]]
+    ) -> None:
+        """A read is over: kept if it is today's (one that ends after midnight is not; the next
+        request reads the new day); after a failed one, the next request reads anew."""
+        del self._reading[day]
+        if not reading.cancelled() and reading.exception() is None and day == self._starts[0]:
+            self._others = dict(reading.result())
 
     def admit(self, identity: Identity, tokens: int) -> Grant:
         """Counts one request of ``identity`` that may use ``tokens``, or raises ``LimitHit``."""
@@ -180,7 +185,7 @@ class Limiter:
         if grant.settled:
             return
         grant.settled = True
-        state = self.keys[grant.identity.name]
+        state = self._state(grant.identity, self.clock())  # its day may have ended since
         change = tokens - grant.spent.tokens
         grant.spent.tokens = tokens
         if grant.spent.at > state.aged_to:  # still in the window
@@ -231,6 +236,8 @@ class Limiter:
         ):
             if quota is None:
                 continue
+            # (Others' use of a period not read yet counts as none: a request whose read came
+            # just before midnight is admitted on the seconds-old day's use alone.)
             used = own + self._others.get(start, {}).get(name, 0)
             if used + tokens > quota:
                 when = datetime.fromtimestamp(now, UTC)  # only for a refusal: it costs
@@ -270,7 +277,7 @@ class Limiter:
         does this in a thread before it listens (a month of files delays its start, not a
         request)."""
         self._calendar(self.clock())
-        self._others = {start: self.used_since(start) for start in set(self._starts)}
+        self._others = dict(self.used_since(set(self._starts)))
 
     def _calendar(self, now: float) -> tuple[str, str]:
         """Today's and this month's names (UTC), worked out once a day: ``strftime``, twice in

@@ -193,12 +193,15 @@ class MeteredCall:
         state, caller, meter = self.state, self.caller, self.meter
         if isinstance(exc, RouterError):  # no replica, a timeout: the status the client got
             meter.status = exc.status
+        estimated = 0  # charged to the key for want of the engine's count, and so recorded
         if self.grant is not None:
             # No usage read (a stream left early, a TGI stream): the estimate; none for a
             # request that reached no replica (refused, or its client left while it waited).
-            used = meter.prompt_tokens + meter.completion_tokens
-            unread = self.estimate if meter.replica is not None else 0
-            state.limiter.settle(self.grant, used if meter.counted else unread)
+            if not meter.counted and meter.replica is not None:
+                estimated = self.estimate
+            state.limiter.settle(
+                self.grant, meter.prompt_tokens + meter.completion_tokens + estimated
+            )
         name = caller.name if caller is not None else ANONYMOUS
         state.metrics.key_used(name, meter.status, meter.prompt_tokens, meter.completion_tokens)
         if state.usage is not None:
@@ -218,6 +221,7 @@ class MeteredCall:
                     replica=replica.url if replica else None,
                     deployment=replica.deployment if replica else None,
                     job=replica.job if replica else None,
+                    estimated_tokens=estimated,
                 )
             )
 

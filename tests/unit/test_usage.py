@@ -94,14 +94,32 @@ def test_the_flushing_outlives_an_unexpected_error(
     assert "cannot write usage records" in caplog.text
 
 
-def test_tokens_since_a_moment_per_key(tmp_path: Path) -> None:
+def test_tokens_since_each_moment_per_key_in_one_read(tmp_path: Path) -> None:
     log = UsageLog(tmp_path, flush_every_s=60)
-    midnight = datetime(2026, 12, 1, tzinfo=UTC)
+    midnight, month = datetime(2026, 12, 2, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
     log.record(record("alice", midnight.timestamp() - 1, 100, 100))  # yesterday
     log.record(record("alice", midnight.timestamp() + 1, 10, 5))
-    log.record(record("bob", midnight.timestamp() + 2, 1, 1))
+    unread = record("bob", midnight.timestamp() + 2, 0, 0)
+    unread.estimated_tokens = 2  # a TGI stream: what the key was charged counts
+    log.record(unread)
     log.close()
-    assert tokens_used_since(tmp_path, midnight) == {"alice": 15, "bob": 2}
+    assert tokens_used_since(tmp_path, [midnight, month]) == {
+        midnight: {"alice": 15, "bob": 2}, month: {"alice": 215, "bob": 2}
+    }  # fmt: skip
+    assert tokens_used_since(tmp_path, [midnight], skip=log.path) == {midnight: {}}  # its own
+
+
+def test_a_usage_file_that_cannot_be_read_leaves_the_others_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = UsageLog(tmp_path, flush_every_s=60)
+    log.record(record("alice", 100.0))
+    log.close()
+    (tmp_path / "a-removed-meanwhile.jsonl").mkdir()  # sorted first; opening it fails
+    with log.path.open("ab") as cut:
+        cut.write(b'{"at": 101.0, "key": "\xc3')  # a crash in the middle of a character
+    assert [r.key for r in read_usage(tmp_path)] == ["alice"]
+    assert "cannot read the usage file" in caplog.text
 
 
 def test_a_failed_write_keeps_the_records_for_the_next_flush(tmp_path: Path) -> None:

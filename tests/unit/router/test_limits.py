@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 import urllib.request
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from slurm_llm._api_keys import Identity, KeysFile, hash_key
 from slurm_llm._usage import TokensUsedSince, UsageLog, UsageRecord
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._limits import Limiter, LimitHit, day_start, estimated_tokens
+from slurm_llm.router._limits import Limiter, LimitHit, estimated_tokens
 from slurm_llm.router._state import STATE
 from tests.integration.helpers import HttpReply, post, wait_until
 
@@ -87,24 +88,24 @@ def read_ahead(limiter: Limiter, identity: Identity) -> None:
 
 def test_a_daily_quota_starts_from_the_usage_log_and_resets_at_midnight_utc() -> None:
     clock = Clock()
-    asked: list[datetime] = []
+    asked: list[list[datetime]] = []
 
-    def used_since(since: datetime) -> dict[str, int]:
-        asked.append(since)
-        return {"alice": 950 if since.day == 1 else 0}
+    def used_since(starts: Collection[datetime]) -> dict[datetime, dict[str, int]]:
+        asked.append(sorted(starts))
+        return {start: {"alice": 950 if start.day == 1 else 0} for start in starts}
 
     limiter = Limiter(used_since, clock)
     alice = key(tokens_per_day=1000, tokens_per_month=100_000)
     limiter.read_period_starts()  # as a router does before it listens
     with pytest.raises(LimitHit, match="used 950 of its 1000 tokens this day") as hit:
         limiter.admit(alice, 100)
-    assert asked == [datetime(2026, 12, 1, tzinfo=UTC)]  # the 1st: the day and month as one
+    assert asked == [[datetime(2026, 12, 1, tzinfo=UTC)]]  # the 1st: the day and month as one
     assert hit.value.retry_after == 12 * 3600  # until midnight UTC
     clock.now = NOON + 12 * 3600 + 1  # the next day: the log says what was used since
     limiter.headers(alice)  # an answer going out after midnight reads nothing
     assert len(asked) == 1
-    read_ahead(limiter, alice)
-    assert asked[-1] == datetime(2026, 12, 2, tzinfo=UTC)
+    read_ahead(limiter, alice)  # the new day's use and the month's, in one read
+    assert asked[-1] == [datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 12, 2, tzinfo=UTC)]
     limiter.admit(alice, 100)
     read_ahead(limiter, alice)  # read once a day
     assert len(asked) == 2
@@ -154,6 +155,26 @@ def test_a_request_admitted_before_midnight_and_settled_after_counts_for_the_new
     assert limiter.keys["alice"].day_tokens == 101  # not 1 + (100 - 2000)
 
 
+def test_a_request_settled_after_midnight_with_none_between_counts_for_the_new_day() -> None:
+    clock = Clock(NOON + 12 * 3600 - 10)  # ten seconds before midnight UTC
+    limiter, alice = Limiter(clock=clock), key(tokens_per_day=1000)
+    grant = limiter.admit(alice, 900)
+    clock.now += 20  # a stream that ends after midnight, and no other request of the key
+    limiter.settle(grant, 900)
+    with pytest.raises(LimitHit, match="used 900 of its 1000 tokens this day"):
+        limiter.admit(alice, 200)
+
+
+def test_a_usage_folder_that_cannot_be_read_is_a_503_that_says_so() -> None:
+    def unreadable(starts: Collection[datetime]) -> dict[datetime, dict[str, int]]:
+        raise PermissionError("permission denied: /shared/usage")
+
+    limiter = Limiter(unreadable, Clock())
+    with pytest.raises(RouterError, match="cannot read the usage records") as refused:
+        read_ahead(limiter, key(tokens_per_day=1000))
+    assert refused.value.status == 503 and refused.value.retry_after == 5
+
+
 def test_the_usage_files_are_read_once_per_period_not_once_per_key(tmp_path: Path) -> None:
     log = UsageLog(tmp_path, flush_every_s=60)
     # not the 1st, so the day and the month start apart; in the past, as the files' times are
@@ -168,7 +189,7 @@ def test_the_usage_files_are_read_once_per_period_not_once_per_key(tmp_path: Pat
         alice_bob_or_carol = Identity(name=name, hash=hash_key(name), **quotas)
         read_ahead(limiter, alice_bob_or_carol)
         limiter.admit(alice_bob_or_carol, 50)
-    assert used.scans == 2  # today's and this month's, for all three keys
+    assert used.scans == 1  # today's and this month's use in one read, for all three keys
     with pytest.raises(LimitHit, match="'bob' has used 950 of its 1000"):
         limiter.admit(Identity(name="bob", hash=hash_key("bob"), **quotas), 100)
 
@@ -185,12 +206,10 @@ def test_a_router_with_quotas_reads_where_they_start_before_it_listens(tmp_path:
     config = RouterConfig(probes=ProbeConfig(interval_s=0), keys_file=keys.path)
     with RouterThread(static=[("m", "http://127.0.0.1:9")], config=config, home=tmp_path) as router:
         used = router.app[STATE].limiter.used_since
-        today = day_start(datetime.now(UTC))
-        starts = len({today, today.replace(day=1)})  # today's and this month's: one on the 1st
-        assert isinstance(used, TokensUsedSince) and used.scans == starts
+        assert isinstance(used, TokensUsedSince) and used.scans == 1  # today's and the month's
         ask = {"model": "m", "prompt": "Hi", "max_tokens": 200}
         refused = post(f"{router.url}/v1/completions", ask, {"X-API-Key": bob})
-        assert used.scans == starts  # bob's first request read nothing more
+        assert used.scans == 1  # bob's first request read nothing more
     assert refused.status == 429
     assert "'bob' has used 900 of its 1000" in refused.body["error"]["message"]
 
@@ -204,10 +223,10 @@ class WatchedUsage(TokensUsedSince):
         self.threads: list[str] = []
         self.release = threading.Event()
 
-    def __call__(self, since: datetime) -> dict[str, int]:
+    def __call__(self, starts: Collection[datetime]) -> dict[datetime, dict[str, int]]:
         self.threads.append(threading.current_thread().name)
         assert self.release.wait(10)
-        return super().__call__(since)
+        return super().__call__(starts)
 
 
 def test_a_quota_s_new_day_is_read_in_a_thread_while_the_loop_serves(tmp_path: Path) -> None:

@@ -141,3 +141,5 @@ def test_an_answer_without_usage_is_settled_at_its_estimate_not_at_nothing(
     assert answer.status == 200
     estimate = estimated_tokens(len(json.dumps(ask)), ask)
     assert int(answer.headers["x-ratelimit-remaining-tokens"]) == TOKENS_PER_MINUTE - estimate
+    record = charged_once(tmp_path / "usage")  # what another worker or a restart will count
+    assert (record.tokens, record.estimated_tokens) == (0, estimate)
