@@ -117,9 +117,11 @@ class Limiter:
         epoch = datetime.fromtimestamp(0, UTC)
         self._starts = (epoch, epoch)  # where today and this month began
         # What the other processes used since today's and this month's starts, per key, as
-        # read (once a day: the month's total is read again with each day's); the read under
-        # way, by the day it is for. Only the event loop changes them (``_read``).
+        # read on the day ``_read_on`` (once a day: the month's total is read again with each
+        # day's); the read under way, by the day it is for. Only the event loop changes them
+        # (``_read``), but for the read before the router listens.
         self._others: dict[datetime, Mapping[str, int]] = {}
+        self._read_on = epoch
         self._reading: dict[datetime, asyncio.Future[Mapping[datetime, Mapping[str, int]]]] = {}
 
     def read_ahead(self, identity: Identity | None) -> Awaitable[None] | None:
@@ -133,12 +135,8 @@ class Limiter:
         if identity is None or not (identity.tokens_per_day or identity.tokens_per_month):
             return None
         self._calendar(self.clock())
-        day, month = self._starts
-        if (not identity.tokens_per_day or day in self._others) and (
-            not identity.tokens_per_month or month in self._others
-        ):
-            return None
-        return self._wait(self._reading_of(day))
+        day = self._starts[0]
+        return None if self._read_on == day else self._wait(self._reading_of(day))
 
     async def _wait(self, reading: asyncio.Future[Mapping[datetime, Mapping[str, int]]]) -> None:
         try:
@@ -165,7 +163,7 @@ class Limiter:
         request reads the new day); after a failed one, the next request reads anew."""
         del self._reading[day]
         if not reading.cancelled() and reading.exception() is None and day == self._starts[0]:
-            self._others = dict(reading.result())
+            self._others, self._read_on = dict(reading.result()), day
 
     def admit(self, identity: Identity, tokens: int) -> Grant:
         """Counts one request of ``identity`` that may use ``tokens``, or raises ``LimitHit``."""
@@ -277,7 +275,7 @@ class Limiter:
         does this in a thread before it listens (a month of files delays its start, not a
         request)."""
         self._calendar(self.clock())
-        self._others = dict(self.used_since(set(self._starts)))
+        self._others, self._read_on = dict(self.used_since(set(self._starts))), self._starts[0]
 
     def _calendar(self, now: float) -> tuple[str, str]:
         """Today's and this month's names (UTC), worked out once a day: ``strftime``, twice in

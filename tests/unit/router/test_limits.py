@@ -165,6 +165,21 @@ def test_a_request_settled_after_midnight_with_none_between_counts_for_the_new_d
         limiter.admit(alice, 200)
 
 
+def test_a_monthly_quota_alone_has_the_month_read_again_each_day() -> None:
+    clock, reads = Clock(NOON + 24 * 3600), []  # the 2nd
+
+    def used_since(starts: Collection[datetime]) -> dict[datetime, dict[str, int]]:
+        reads.append(sorted(starts))
+        return {}
+
+    limiter, monthly = Limiter(used_since, clock), key(tokens_per_month=10_000)
+    limiter.read_period_starts()
+    assert limiter.read_ahead(monthly) is None and len(reads) == 1
+    clock.now += 24 * 3600  # the 3rd: the other processes' month is read again
+    read_ahead(limiter, monthly)
+    assert reads[-1] == [datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 12, 3, tzinfo=UTC)]
+
+
 def test_a_usage_folder_that_cannot_be_read_is_a_503_that_says_so() -> None:
     def unreadable(starts: Collection[datetime]) -> dict[datetime, dict[str, int]]:
         raise PermissionError("permission denied: /shared/usage")
