@@ -7,6 +7,7 @@ import json
 import resource
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,8 +67,20 @@ def test_every_router_s_file_is_read_and_a_torn_line_skipped(tmp_path: Path) -> 
     assert sorted(r.key for r in read_usage(tmp_path)) == ["key-a", "key-b"]
 
 
+@pytest.fixture
+def logged(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[pytest.LogCaptureFixture]:
+    """What ``_usage`` logs, straight from its logger: a CLI test may have stopped slurm_llm's
+    records reaching the root."""
+    _usage.log.addHandler(caplog.handler)
+    monkeypatch.setattr(_usage.log, "disabled", False)
+    yield caplog
+    _usage.log.removeHandler(caplog.handler)
+
+
 def test_the_flushing_outlives_an_unexpected_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged: pytest.LogCaptureFixture
 ) -> None:
     calls = []
 
@@ -78,20 +91,14 @@ def test_the_flushing_outlives_an_unexpected_error(
         return json_lines(records)
 
     monkeypatch.setattr(_usage, "json_lines", fails_once)
-    # Straight to the logger: a CLI test may have stopped slurm_llm's records reaching the root.
-    _usage.log.addHandler(caplog.handler)
-    monkeypatch.setattr(_usage.log, "disabled", False)
-    try:
-        log = UsageLog(tmp_path, flush_every_s=0.05)
-        log.record(record("alice", time.time()))  # its flush fails, and says so
-        assert wait_until(lambda: calls, timeout=5, every=0.02)
-        log.record(record("bob", time.time()))
-        assert wait_until(lambda: list(read_usage(tmp_path)), timeout=5, every=0.02)
-        log.close()
-    finally:
-        _usage.log.removeHandler(caplog.handler)
+    log = UsageLog(tmp_path, flush_every_s=0.05)
+    log.record(record("alice", time.time()))  # its flush fails, and says so
+    assert wait_until(lambda: calls, timeout=5, every=0.02)
+    log.record(record("bob", time.time()))
+    assert wait_until(lambda: list(read_usage(tmp_path)), timeout=5, every=0.02)
+    log.close()
     assert [r.key for r in read_usage(tmp_path)] == ["bob"]
-    assert "cannot write usage records" in caplog.text
+    assert "cannot write usage records" in logged.text
 
 
 def test_tokens_since_each_moment_per_key_in_one_read(tmp_path: Path) -> None:
@@ -110,7 +117,7 @@ def test_tokens_since_each_moment_per_key_in_one_read(tmp_path: Path) -> None:
 
 
 def test_a_usage_file_that_cannot_be_read_leaves_the_others_read(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, logged: pytest.LogCaptureFixture
 ) -> None:
     log = UsageLog(tmp_path, flush_every_s=60)
     log.record(record("alice", 100.0))
@@ -119,7 +126,7 @@ def test_a_usage_file_that_cannot_be_read_leaves_the_others_read(
     with log.path.open("ab") as cut:
         cut.write(b'{"at": 101.0, "key": "\xc3')  # a crash in the middle of a character
     assert [r.key for r in read_usage(tmp_path)] == ["alice"]
-    assert "cannot read the usage file" in caplog.text
+    assert "cannot read the usage file" in logged.text
 
 
 def test_a_failed_write_keeps_the_records_for_the_next_flush(tmp_path: Path) -> None:
