@@ -188,26 +188,85 @@ def tokens_used_since(
     """Tokens per key name since each of ``starts`` (in every file but ``skip``), in one read:
     where a router's daily and monthly quotas start. What a key was charged counts (the
     engine's count, or the estimate without one)."""
-    since = {start: start.timestamp() for start in starts}
-    totals: dict[datetime, dict[str, int]] = {start: {} for start in starts}
-    for record in read_usage(folder, min(since.values(), default=0.0), skip):
-        for start, moment in since.items():
-            if record.at >= moment:
-                per_key = totals[start]
-                per_key[record.key] = per_key.get(record.key, 0) + record.charged_tokens
-    return totals
+    return TokensUsedSince(folder, lambda: skip)(starts)
 
 
 class TokensUsedSince:
     """What the other router processes' usage files say each key used since some moments: a
     router counts its own usage in memory (``router._limits``), so its own file is left out,
-    or its records would count twice. ``own`` says which file that is, once it exists."""
+    or its records would count twice. ``own`` says which file that is, once it exists.
+
+    Each file is read on from where the last read (for the same moments) stopped, so a read
+    costs what was written since: the router reads every few seconds, and its quotas count
+    what the other workers let a key use within seconds. One read at a time (a read of the
+    new day may begin while the last one of the old day ends): they take turns."""
 
     def __init__(self, folder: Path | None, own: Callable[[], Path | None] = lambda: None) -> None:
         self.folder = folder
         self.own = own
         self.scans = 0
+        self._starts: tuple[datetime, ...] = ()
+        self._files: dict[Path, FileTotals] = {}
+        self._turn = threading.Lock()
 
     def __call__(self, starts: Collection[datetime]) -> dict[datetime, dict[str, int]]:
+        with self._turn:
+            return self._read(starts)
+
+    def _read(self, starts: Collection[datetime]) -> dict[datetime, dict[str, int]]:
         self.scans += 1
-        return tokens_used_since(self.folder, starts, self.own())
+        wanted = tuple(sorted(set(starts)))
+        if wanted != self._starts:  # a new day: every file from its beginning
+            self._starts, self._files = wanted, {}
+        skip, files = self.own(), {}
+        for path in sorted((self.folder or usage_dir()).glob("*.jsonl")):
+            if path == skip:
+                continue
+            files[path] = self._files.get(path) or FileTotals(wanted)
+            try:
+                files[path].read_on(path)
+            except OSError as exc:  # what was read of it before still counts
+                log.warning("cannot read the usage file %s (%s); read on later", path, exc)
+        self._files = files  # a file removed is no longer counted
+        totals: dict[datetime, dict[str, int]] = {start: {} for start in wanted}
+        for read in files.values():
+            for start, per_key in read.totals.items():
+                for key, tokens in per_key.items():
+                    totals[start][key] = totals[start].get(key, 0) + tokens
+        return totals
+
+
+class FileTotals:
+    """One usage file's tokens per key since each of ``starts``, as far as it has been read."""
+
+    def __init__(self, starts: tuple[datetime, ...]) -> None:
+        self.since = {start: start.timestamp() for start in starts}
+        self.offset = 0  # bytes read: whole lines only
+        self.totals: dict[datetime, dict[str, int]] = {start: {} for start in starts}
+
+    def read_on(self, path: Path) -> None:
+        """Adds the records written since the last read. A line not ended yet (being written,
+        or cut short by a crash) is left to the next read; a record that is not one (cut
+        short, then written over) is skipped."""
+        status = path.stat()
+        size = status.st_size
+        if size < self.offset:  # written anew from its start: read so
+            self.offset, self.totals = 0, {start: {} for start in self.since}
+        if not self.offset and status.st_mtime < min(self.since.values(), default=0.0):
+            self.offset = size  # last written before the earliest moment: nothing in it
+        if size == self.offset:
+            return
+        with path.open("rb") as lines:
+            lines.seek(self.offset)
+            for line in lines:
+                if not line.endswith(b"\n"):
+                    break
+                self.offset += len(line)
+                try:
+                    record = UsageRecord(**json.loads(line))
+                except (ValueError, TypeError):  # not JSON, not a record
+                    continue
+                for start, moment in self.since.items():
+                    if record.at >= moment:
+                        per_key = self.totals[start]
+                        per_key[record.key] = per_key.get(record.key, 0) + record.charged_tokens

@@ -12,8 +12,9 @@ of one router, routers before a restart), so a key's use of a day or month is wh
 let it use, counted in memory for every key, plus what the other processes' usage files said
 when they were read: before the router listens, and each day (after midnight UTC, or when a
 keys file gives a key the first quota of its kind) before the first request that needs them
-(``read_ahead``), today's and this month's use in one read. What another process lets a key use
-after a read reaches this one's quotas the next day. Everything on the hot path is a dict lookup
+(``read_ahead``), today's and this month's use in one read, and then read on every few seconds
+(what was written since): what another process lets a key use reaches this one's quotas within
+seconds (its records are written once a second). Everything on the hot path is a dict lookup
 and a deque, under the event loop (one owner, no lock); the usage files, which grow for as long
 as a router runs, are read in a thread, never on the loop.
 
@@ -37,6 +38,7 @@ from slurm_llm._api_keys import Identity
 from slurm_llm.router._errors import RouterError
 
 WINDOW_S = 60.0
+REREAD_S = 2.0  # the other processes' usage files read on at most this often (while keys ask)
 DEFAULT_ANSWER_TOKENS = 256  # counted up front for a request without max_tokens
 BYTES_PER_TOKEN = 4  # a prompt's tokens, guessed before the engine counts them
 ANSWER_LIMITS = ("max_tokens", "max_completion_tokens")
@@ -117,11 +119,12 @@ class Limiter:
         epoch = datetime.fromtimestamp(0, UTC)
         self._starts = (epoch, epoch)  # where today and this month began
         # What the other processes used since today's and this month's starts, per key, as
-        # read on the day ``_read_on`` (once a day: the month's total is read again with each
-        # day's); the read under way, by the day it is for. Only the event loop changes them
-        # (``_read``), but for the read before the router listens.
+        # read on the day ``_read_on`` (the month's total anew with each day's, then read on
+        # every ``REREAD_S``); the read under way, by the day it is for. Only the event loop
+        # changes them (``_read``), but for the read before the router listens.
         self._others: dict[datetime, Mapping[str, int]] = {}
         self._read_on = epoch
+        self._read_at = 0.0  # when the last read ended (or failed)
         self._reading: dict[datetime, asyncio.Future[Mapping[datetime, Mapping[str, int]]]] = {}
 
     def read_ahead(self, identity: Identity | None) -> Awaitable[None] | None:
@@ -131,12 +134,18 @@ class Limiter:
         On the event loop, that read (seconds, for routers that have run for weeks) would hold
         every request of every key. None, after a dict lookup, for the rest: every keyed
         request asks. One read a day serves every key, however many requests wait for it; a
-        request that leaves does not stop it."""
+        request that leaves does not stop it. After it, the files are read on (what was written
+        since) every ``REREAD_S`` while keys with quotas ask, and no request waits for that: the
+        other workers' use reaches this one's quotas within seconds."""
         if identity is None or not (identity.tokens_per_day or identity.tokens_per_month):
             return None
-        self._calendar(self.clock())
+        self._calendar(now := self.clock())
         day = self._starts[0]
-        return None if self._read_on == day else self._wait(self._reading_of(day))
+        if self._read_on != day:
+            return self._wait(self._reading_of(day))
+        if now - self._read_at >= REREAD_S and day not in self._reading:
+            self._reading_of(day)  # read on, for the requests after this one: it does not wait
+        return None
 
     async def _wait(self, reading: asyncio.Future[Mapping[datetime, Mapping[str, int]]]) -> None:
         try:
@@ -162,6 +171,7 @@ class Limiter:
         """A read is over: kept if it is today's (one that ends after midnight is not; the next
         request reads the new day); after a failed one, the next request reads anew."""
         del self._reading[day]
+        self._read_at = self.clock()  # after a failure too: no read at every request
         if not reading.cancelled() and reading.exception() is None and day == self._starts[0]:
             self._others, self._read_on = dict(reading.result()), day
 
@@ -276,6 +286,7 @@ class Limiter:
         request)."""
         self._calendar(self.clock())
         self._others, self._read_on = dict(self.used_since(set(self._starts))), self._starts[0]
+        self._read_at = self.clock()
 
     def _calendar(self, now: float) -> tuple[str, str]:
         """Today's and this month's names (UTC), worked out once a day: ``strftime``, twice in

@@ -14,8 +14,8 @@ with ``SO_REUSEPORT`` the connections, and so the load, are spread evenly on ave
 every instant, so the queue wait's tail grows where slots are few per worker. Sites with many
 slots per replica (vLLM's 256) see no difference; the measured effect is in the router guide.
 Per-minute key limits are per worker too (a key gets up to N times them); daily and monthly
-quotas start from every worker's usage records, read once a day, and each worker counts its own
-after that (within a day a key gets up to N times what was left of them at the read).
+quotas count every worker's use: each worker its own in memory, the others' from their usage
+records, read on every 2 s (``_limits.REREAD_S``), so within about 3 s.
 
 Metrics are the workers' summed: counters and histograms through prometheus-client's
 multiprocess mode (a folder of memory-mapped files the supervisor makes and removes), and the

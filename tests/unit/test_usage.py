@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 
 from slurm_llm import _usage
 from slurm_llm._polling import wait_until
-from slurm_llm._usage import UsageLog, UsageRecord, json_lines, read_usage, tokens_used_since
+from slurm_llm._usage import (
+    TokensUsedSince,
+    UsageLog,
+    UsageRecord,
+    json_lines,
+    read_usage,
+    tokens_used_since,
+)
 
 
 def record(key: str, at: float, prompt: int = 10, completion: int = 5) -> UsageRecord:
@@ -157,3 +164,24 @@ def test_a_write_cut_short_is_undone_so_the_retry_writes_each_record_once(tmp_pa
         signal.signal(signal.SIGXFSZ, handler)
     log.close()
     assert [r.key for r in read_usage(tmp_path)] == ["alice", "bob", "carol"]
+
+
+def test_the_usage_files_are_read_on_from_where_the_last_read_stopped(tmp_path: Path) -> None:
+    midnight = datetime(2026, 12, 2, tzinfo=UTC)
+    log = UsageLog(tmp_path, flush_every_s=60)
+    log.record(record("alice", midnight.timestamp() + 1, 10, 5))
+    log.flush()
+    used = TokensUsedSince(tmp_path)
+    assert used([midnight]) == {midnight: {"alice": 15}}
+    log.record(record("alice", midnight.timestamp() + 2, 1, 1))
+    log.flush()
+    with log.path.open("ab") as writing:
+        writing.write(b'{"at": 1796256000.0, "key": "bob"')  # a line still being written
+    assert used([midnight]) == {midnight: {"alice": 17}}  # the new record, not the half line
+    with log.path.open("ab") as writing:  # the line ends (as a record it is not whole)
+        writing.write(b"}\n")
+    log.record(record("bob", midnight.timestamp() + 3, 2, 2))
+    log.close()
+    assert used([midnight]) == {midnight: {"alice": 17, "bob": 4}}
+    day_after = datetime(2026, 12, 3, tzinfo=UTC)
+    assert used([day_after]) == {day_after: {}}  # other moments: every file from its start
