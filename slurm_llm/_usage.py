@@ -207,6 +207,7 @@ class TokensUsedSince:
         self.scans = 0
         self._starts: tuple[datetime, ...] = ()
         self._files: dict[Path, FileTotals] = {}
+        self._unreadable: set[Path] = set()  # said once each, until read again
         self._turn = threading.Lock()
 
     def __call__(self, starts: Collection[datetime]) -> dict[datetime, dict[str, int]]:
@@ -216,17 +217,26 @@ class TokensUsedSince:
     def _read(self, starts: Collection[datetime]) -> dict[datetime, dict[str, int]]:
         self.scans += 1
         wanted = tuple(sorted(set(starts)))
+        if self._starts and max(wanted) < max(self._starts):
+            # Older moments than the last read's (yesterday's read ending after today's began):
+            # not what the router keeps, so answered empty rather than undo what was read.
+            return {start: {} for start in wanted}
         if wanted != self._starts:  # a new day: every file from its beginning
             self._starts, self._files = wanted, {}
         skip, files = self.own(), {}
-        for path in sorted((self.folder or usage_dir()).glob("*.jsonl")):
+        for path in self._paths():
             if path == skip:
                 continue
             files[path] = self._files.get(path) or FileTotals(wanted)
             try:
                 files[path].read_on(path)
             except OSError as exc:  # what was read of it before still counts
-                log.warning("cannot read the usage file %s (%s); read on later", path, exc)
+                if path not in self._unreadable:
+                    log.warning("cannot read the usage file %s (%s); what was read of it "
+                                "before still counts", path, exc)  # fmt: skip
+                self._unreadable.add(path)
+            else:
+                self._unreadable.discard(path)
         self._files = files  # a file removed is no longer counted
         totals: dict[datetime, dict[str, int]] = {start: {} for start in wanted}
         for read in files.values():
@@ -234,6 +244,16 @@ class TokensUsedSince:
                 for key, tokens in per_key.items():
                     totals[start][key] = totals[start].get(key, 0) + tokens
         return totals
+
+    def _paths(self) -> list[Path]:
+        """The usage files, none for a folder not made yet; a folder that cannot be listed
+        raises (``Path.glob`` would answer none, as if every file had gone)."""
+        folder = self.folder or usage_dir()
+        try:
+            names = [entry.name for entry in os.scandir(folder)]
+        except FileNotFoundError:
+            return []
+        return [folder / name for name in sorted(names) if name.endswith(".jsonl")]
 
 
 class FileTotals:

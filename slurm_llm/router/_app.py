@@ -204,6 +204,7 @@ def build_app(
             tasks.append(asyncio.create_task(state.elastic.run()))
         if state.config.probes.interval_s > 0:
             tasks.append(asyncio.create_task(probe_forever(pool, upstreams, state.config.probes)))
+        tasks.append(asyncio.create_task(state.limiter.keep_reading()))  # reads once keys ask
         yield
         for task in tasks:
             task.cancel()

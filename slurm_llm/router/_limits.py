@@ -13,10 +13,11 @@ let it use, counted in memory for every key, plus what the other processes' usag
 when they were read: before the router listens, and each day (after midnight UTC, or when a
 keys file gives a key the first quota of its kind) before the first request that needs them
 (``read_ahead``), today's and this month's use in one read, and then read on every few seconds
-(what was written since): what another process lets a key use reaches this one's quotas within
-seconds (its records are written once a second). Everything on the hot path is a dict lookup
-and a deque, under the event loop (one owner, no lock); the usage files, which grow for as long
-as a router runs, are read in a thread, never on the loop.
+in the background (``keep_reading``, what was written since): what another process lets a key
+use reaches this one's quotas within seconds (its records are written once a second).
+Everything on the hot path is a dict lookup and a deque, under the event loop (one owner, no
+lock); the usage files, which grow for as long as a router runs, are read in a thread, never on
+the loop.
 
 A refusal is a 429 whose ``Retry-After`` is when the limit that was hit frees enough room:
 the oldest request leaving the window, or the next day or month. Every answer to a key with
@@ -26,7 +27,9 @@ limits carries OpenAI's ``x-ratelimit-*`` headers for requests and tokens per mi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 import math
 import time
 from collections import deque
@@ -37,8 +40,10 @@ from datetime import UTC, datetime, timedelta
 from slurm_llm._api_keys import Identity
 from slurm_llm.router._errors import RouterError
 
+log = logging.getLogger("slurm_llm.router")
+
 WINDOW_S = 60.0
-REREAD_S = 2.0  # the other processes' usage files read on at most this often (while keys ask)
+REREAD_S = 2.0  # how often the other processes' usage files are read on
 DEFAULT_ANSWER_TOKENS = 256  # counted up front for a request without max_tokens
 BYTES_PER_TOKEN = 4  # a prompt's tokens, guessed before the engine counts them
 ANSWER_LIMITS = ("max_tokens", "max_completion_tokens")
@@ -124,7 +129,7 @@ class Limiter:
         # changes them (``_read``), but for the read before the router listens.
         self._others: dict[datetime, Mapping[str, int]] = {}
         self._read_on = epoch
-        self._read_at = 0.0  # when the last read ended (or failed)
+        self._failing = False  # the last read failed (said once)
         self._reading: dict[datetime, asyncio.Future[Mapping[datetime, Mapping[str, int]]]] = {}
 
     def read_ahead(self, identity: Identity | None) -> Awaitable[None] | None:
@@ -134,18 +139,25 @@ class Limiter:
         On the event loop, that read (seconds, for routers that have run for weeks) would hold
         every request of every key. None, after a dict lookup, for the rest: every keyed
         request asks. One read a day serves every key, however many requests wait for it; a
-        request that leaves does not stop it. After it, the files are read on (what was written
-        since) every ``REREAD_S`` while keys with quotas ask, and no request waits for that: the
-        other workers' use reaches this one's quotas within seconds."""
+        request that leaves does not stop it. After it, ``keep_reading`` reads the files on."""
         if identity is None or not (identity.tokens_per_day or identity.tokens_per_month):
             return None
-        self._calendar(now := self.clock())
+        self._calendar(self.clock())
         day = self._starts[0]
-        if self._read_on != day:
-            return self._wait(self._reading_of(day))
-        if now - self._read_at >= REREAD_S and day not in self._reading:
-            self._reading_of(day)  # read on, for the requests after this one: it does not wait
-        return None
+        return None if self._read_on == day else self._wait(self._reading_of(day))
+
+    async def keep_reading(self, every: float = REREAD_S) -> None:
+        """Reads the other processes' usage files on, every ``every`` seconds, once today's
+        have been read (a router with quotas): what the other workers let a key use counts
+        here within seconds, whether or not this worker's keys send requests meanwhile. No
+        request waits for these reads."""
+        while True:
+            await asyncio.sleep(every)
+            self._calendar(self.clock())
+            day = self._starts[0]
+            if self._read_on == day and day not in self._reading:
+                with contextlib.suppress(Exception):  # said in ``_read``; tried again
+                    await asyncio.shield(self._reading_of(day))
 
     async def _wait(self, reading: asyncio.Future[Mapping[datetime, Mapping[str, int]]]) -> None:
         try:
@@ -171,9 +183,16 @@ class Limiter:
         """A read is over: kept if it is today's (one that ends after midnight is not; the next
         request reads the new day); after a failed one, the next request reads anew."""
         del self._reading[day]
-        self._read_at = self.clock()  # after a failure too: no read at every request
-        if not reading.cancelled() and reading.exception() is None and day == self._starts[0]:
-            self._others, self._read_on = dict(reading.result()), day
+        failure = None if reading.cancelled() else reading.exception()
+        if failure is not None:
+            if not self._failing:  # once until a read succeeds again
+                log.warning("cannot read the other router processes' usage records (%s); the "
+                            "quotas count what was read of them before", failure)  # fmt: skip
+            self._failing = True
+        elif not reading.cancelled():
+            self._failing = False
+            if day == self._starts[0]:
+                self._others, self._read_on = dict(reading.result()), day
 
     def admit(self, identity: Identity, tokens: int) -> Grant:
         """Counts one request of ``identity`` that may use ``tokens``, or raises ``LimitHit``."""
@@ -286,7 +305,6 @@ class Limiter:
         request)."""
         self._calendar(self.clock())
         self._others, self._read_on = dict(self.used_since(set(self._starts))), self._starts[0]
-        self._read_at = self.clock()
 
     def _calendar(self, now: float) -> tuple[str, str]:
         """Today's and this month's names (UTC), worked out once a day: ``strftime``, twice in

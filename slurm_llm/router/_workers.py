@@ -15,7 +15,7 @@ every instant, so the queue wait's tail grows where slots are few per worker. Si
 slots per replica (vLLM's 256) see no difference; the measured effect is in the router guide.
 Per-minute key limits are per worker too (a key gets up to N times them); daily and monthly
 quotas count every worker's use: each worker its own in memory, the others' from their usage
-records, read on every 2 s (``_limits.REREAD_S``), so within about 3 s.
+records, read on every 2 s in the background (``Limiter.keep_reading``), so within seconds.
 
 Metrics are the workers' summed: counters and histograms through prometheus-client's
 multiprocess mode (a folder of memory-mapped files the supervisor makes and removes), and the

@@ -17,7 +17,7 @@ from slurm_llm._api_keys import Identity, KeysFile, hash_key
 from slurm_llm._usage import TokensUsedSince, UsageLog, UsageRecord
 from slurm_llm.router import ProbeConfig, RouterConfig, RouterThread
 from slurm_llm.router._errors import RouterError
-from slurm_llm.router._limits import REREAD_S, Limiter, LimitHit, estimated_tokens
+from slurm_llm.router._limits import Limiter, LimitHit, estimated_tokens
 from slurm_llm.router._state import STATE
 from tests.integration.helpers import HttpReply, post, wait_until
 from tests.unit.router.test_upstream import until
@@ -181,36 +181,35 @@ def test_a_monthly_quota_alone_has_the_month_read_again_each_day() -> None:
     assert reads[-1] == [datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 12, 3, tzinfo=UTC)]
 
 
+def refused(limiter: Limiter, identity: Identity, tokens: int) -> bool:
+    """Whether ``limiter`` would refuse ``identity`` a request of ``tokens`` now (one it lets
+    through is settled at nothing)."""
+    try:
+        limiter.settle(limiter.admit(identity, tokens), 0)
+    except LimitHit:
+        return True
+    return False
+
+
 def test_what_other_workers_let_a_key_use_counts_within_seconds_and_no_request_waits() -> None:
-    clock, others = Clock(), {"alice": 0}  # what the other workers' files say, as they grow
-    release = threading.Event()
+    clock, others, threads = Clock(), {"alice": 0}, []  # the other workers' files, as they grow
 
     def used_since(starts: Collection[datetime]) -> dict[datetime, dict[str, int]]:
-        assert release.wait(10)
+        threads.append(threading.current_thread().name)
         return {start: dict(others) for start in starts}
 
     limiter, alice = Limiter(used_since, clock), key(tokens_per_day=1000)
-    release.set()
     limiter.read_period_starts()
-    release.clear()  # the reads on hold from here: a request that waited for one would hang
-
-    def refused() -> bool:
-        try:
-            limiter.settle(limiter.admit(alice, 1), 0)
-        except LimitHit:
-            return True
-        return False
 
     async def requests() -> None:
+        reading_on = asyncio.create_task(limiter.keep_reading(every=0.02))
         others["alice"] = 1000  # another worker let alice use all of today's quota
-        assert limiter.read_ahead(alice) is None and not refused()  # read a moment ago
-        clock.now += REREAD_S
-        assert limiter.read_ahead(alice) is None  # reads on, and this request does not wait
-        assert not refused()
-        release.set()
-        assert await until(refused)
+        assert limiter.read_ahead(alice) is None  # no request waits for the reads on
+        assert await until(lambda: refused(limiter, alice, 1))
+        reading_on.cancel()
 
     asyncio.run(requests())
+    assert threading.main_thread().name not in threads[1:]  # read on in threads
 
 
 def own_file(log: UsageLog) -> Callable[[], Path]:
@@ -219,36 +218,33 @@ def own_file(log: UsageLog) -> Callable[[], Path]:
 
 def test_two_workers_count_what_the_other_let_a_key_use(tmp_path: Path) -> None:
     """Two router processes' limiters and usage files, as ``--workers 2`` has them: each
-    counts its own use in memory and reads on the other's file, never its own."""
+    counts its own use in memory and reads the other's file on, never its own."""
     clock, alice = Clock(), key(tokens_per_day=1000)
     logs = [UsageLog(tmp_path, flush_every_s=60) for _ in range(2)]
     workers = [Limiter(TokensUsedSince(tmp_path, own_file(log)), clock) for log in logs]
     for worker in workers:
         worker.read_period_starts()
 
-    def use(worker: int, tokens: int) -> None:  # what a router does around a request
-        workers[worker].settle(workers[worker].admit(alice, tokens), tokens)
-        logs[worker].record(UsageRecord(clock.now, "alice", None, "m", "/v1/completions",
-                                        "interactive", 200, tokens, 0, 0.1, None))  # fmt: skip
-        logs[worker].flush()
+    def use(tokens: int) -> None:  # each worker lets alice use them, as a router does
+        for worker, log in zip(workers, logs, strict=True):
+            worker.settle(worker.admit(alice, tokens), tokens)
+            log.record(UsageRecord(clock.now, "alice", None, "m", "/v1/completions",
+                                   "interactive", 200, tokens, 0, 0.1, None))  # fmt: skip
+            log.flush()
 
-    def refused(worker: int, tokens: int) -> bool:
-        try:
-            workers[worker].settle(workers[worker].admit(alice, tokens), 0)
-        except LimitHit:
-            return True
-        return False
-
-    use(0, 300)
-    use(1, 300)
-    clock.now += REREAD_S
+    def both_refuse(tokens: int) -> bool:
+        return all(refused(worker, alice, tokens) for worker in workers)
 
     async def requests() -> None:
-        for worker in workers:
-            assert worker.read_ahead(alice) is None  # reads on, in a thread
-        # each counts 600: its own 300 once (not again from its own file) and the other's
-        assert await until(lambda: refused(0, 500) and refused(1, 500))
-        assert not refused(0, 400) and not refused(1, 400)
+        reading_on = [asyncio.create_task(worker.keep_reading(every=0.02)) for worker in workers]
+        use(300)  # each counts 600: its own 300 once (not again from its file), the other's
+        assert await until(lambda: both_refuse(401))
+        assert not any(refused(worker, alice, 400) for worker in workers)
+        use(100)  # and again, each file read on from where the last read stopped
+        assert await until(lambda: both_refuse(201))
+        assert not any(refused(worker, alice, 200) for worker in workers)
+        for task in reading_on:
+            task.cancel()
 
     asyncio.run(requests())
     for log in logs:
