@@ -250,7 +250,8 @@ class TokensUsedSince:
         raises (``Path.glob`` would answer none, as if every file had gone)."""
         folder = self.folder or usage_dir()
         try:
-            names = [entry.name for entry in os.scandir(folder)]
+            with os.scandir(folder) as entries:
+                names = [entry.name for entry in entries]
         except FileNotFoundError:
             return []
         return [folder / name for name in sorted(names) if name.endswith(".jsonl")]

@@ -194,7 +194,10 @@ def build_app(
         if state.config.record_usage:
             state.usage = UsageLog(state.usage_dir)
         if state.callers.has_quotas():
-            await asyncio.to_thread(state.limiter.read_period_starts)  # before it listens
+            try:
+                await asyncio.to_thread(state.limiter.read_period_starts)  # before it listens
+            except OSError as exc:  # its first quota request tries again (a 503 if it fails)
+                log.warning("cannot read the usage records for the keys' quotas: %s", exc)
         pool.refresh()
         tasks = [
             asyncio.create_task(pool.watch()),

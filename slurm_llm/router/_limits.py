@@ -157,7 +157,7 @@ class Limiter:
             day = self._starts[0]
             if self._read_on == day and day not in self._reading:
                 with contextlib.suppress(Exception):  # said in ``_read``; tried again
-                    await asyncio.shield(self._reading_of(day))
+                    await self._reading_of(day)  # no request waits for it (``read_ahead``)
 
     async def _wait(self, reading: asyncio.Future[Mapping[datetime, Mapping[str, int]]]) -> None:
         try:
